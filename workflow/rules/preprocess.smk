@@ -1,0 +1,20 @@
+rule preprocess:
+    """QC filters, group clean-up, highly variable genes and log-normalisation."""
+    input:
+        "resources/datasets/{dataset}/raw.h5ad",
+    output:
+        h5ad="results/{dataset}/preprocessed.h5ad",
+        qc="results/{dataset}/qc.json",
+    params:
+        script=script("preprocess"),
+        entry=dataset_entry,
+        settings=settings_of("preprocess"),
+    log:
+        "logs/{dataset}/preprocess.log",
+    benchmark:
+        "benchmarks/{dataset}/preprocess.tsv"
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python {params.script:q} --raw {input:q} --entry {params.entry:q} "
+        "--settings {params.settings:q} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"
