@@ -1,5 +1,5 @@
 import json
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -7,7 +7,8 @@ from pathlib import Path
 SRC = str(Path(workflow.basedir).parent / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+# jobs (local, conda, cluster) see the same library through PYTHONPATH
+shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 from tissuelens.config import step_settings, validate_config
 from tissuelens.errors import InputError
@@ -30,9 +31,13 @@ def script(name):
     return str(SCRIPTS / f"{name}.py")
 
 
+STEP_KEYS = ("preprocess", "factorize", "embed", "sae", "analyze", "report")
+
+
 def dataset_entry(wildcards):
-    """The dataset's own config entry (source and its options), as JSON for --dataset-config."""
-    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+    """The dataset's source options as JSON, without its step overrides (those rerun only their step)."""
+    entry = config["datasets"][wildcards.dataset]
+    return json.dumps({k: v for k, v in entry.items() if k not in STEP_KEYS}, sort_keys=True)
 
 
 def dataset_seed(wildcards):

@@ -1,0 +1,1 @@
+"""Dataset sources: each returns an AnnData in the common contract (see `contract.finalize`)."""

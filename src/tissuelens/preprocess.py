@@ -1,0 +1,125 @@
+"""Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
+
+Order: missing coordinates/expression/group -> QC cell filters -> small groups -> gene filter.
+Every filter records how many cells or genes it removed (returned as the QC report).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tissuelens.errors import InputError
+
+log = logging.getLogger(__name__)
+MISSING_GROUP_NAMES = {"", "none", "nan", "na", "null"}
+
+
+def _drop_cells(adata, keep: np.ndarray, report: dict, name: str):
+    report["cells_removed"][name] = int((~keep).sum())
+    return adata[keep].copy() if not keep.all() else adata
+
+
+def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
+    if spatial:
+        keep = np.isfinite(adata.obsm["spatial"]).all(axis=1)
+        adata = _drop_cells(adata, keep, report, "nan_coordinates")
+    data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    if data.size and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = ~np.isfinite(adata.X.toarray() if sp.issparse(adata.X) else adata.X).all(axis=1)
+        adata = _drop_cells(adata, ~np.asarray(bad).ravel(), report, "nan_expression")
+    else:
+        report["cells_removed"]["nan_expression"] = 0
+    if group_key is not None:
+        labels = adata.obs[group_key]
+        missing = labels.isna().to_numpy() | labels.astype(str).str.strip().str.lower().isin(MISSING_GROUP_NAMES).to_numpy()
+        adata = _drop_cells(adata, ~missing, report, "missing_group")
+    return adata
+
+
+def qc_filter_cells(adata, settings: dict, report: dict):
+    import scanpy as sc
+
+    adata.var["mt"] = adata.var_names.str.upper().str.startswith("MT-")
+    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
+    adata = _drop_cells(adata, adata.obs["total_counts"].to_numpy() >= settings["min_counts"], report, "min_counts")
+    adata = _drop_cells(adata, adata.obs["n_genes_by_counts"].to_numpy() >= settings["min_genes"], report, "min_genes")
+    if settings.get("max_pct_mt") is not None:
+        adata = _drop_cells(adata, adata.obs["pct_counts_mt"].to_numpy() <= settings["max_pct_mt"], report, "max_pct_mt")
+    return adata
+
+
+def clean_groups(adata, group_key: str, settings: dict, report: dict):
+    """Drop groups below the size threshold; obs['group'] = remaining groups, re-encoded."""
+    labels = adata.obs[group_key].astype(str)
+    sizes = labels.value_counts()
+    threshold = max(settings["min_group_fraction"] * adata.n_obs, settings["min_group_size"])
+    small = sizes[sizes < threshold].index
+    report["groups_removed"] = sorted(map(str, small))
+    adata = _drop_cells(adata, ~labels.isin(small).to_numpy(), report, "small_groups")
+    kept = adata.obs[group_key].astype(str)
+    adata.obs["group"] = pd.Categorical(kept, categories=sorted(kept.unique()))
+    return adata
+
+
+def preprocess(adata, entry: dict, settings: dict, where: str):
+    """Return (preprocessed AnnData, QC report). InputError if nothing survives."""
+    import scanpy as sc
+
+    report = {"n_cells_raw": int(adata.n_obs), "n_genes_raw": int(adata.n_vars), "cells_removed": {}, "genes_removed": {}}
+    group_key = entry.get("group_key")
+    if group_key is not None and group_key not in adata.obs:
+        raise InputError(f"{where}: group_key '{group_key}' is not an obs column")
+    if entry["spatial"] and "spatial" not in adata.obsm:
+        raise InputError(f"{where}: spatial: true but obsm['spatial'] is missing")
+
+    adata = drop_missing(adata, group_key, entry["spatial"], report)
+    adata = qc_filter_cells(adata, settings, report)
+    if group_key is not None:
+        adata = clean_groups(adata, group_key, settings, report)
+    if adata.n_obs == 0:
+        removed = ", ".join(f"{k}: {v}" for k, v in report["cells_removed"].items() if v)
+        raise InputError(f"{where}: filters removed every cell ({removed}); relax the preprocess settings")
+
+    detected = np.asarray((adata.X > 0).sum(axis=0)).ravel()
+    keep_genes = detected >= settings["min_cells"]
+    report["genes_removed"]["min_cells"] = int((~keep_genes).sum())
+    if settings["drop_mt_genes"]:
+        report["genes_removed"]["mt_genes"] = int((keep_genes & adata.var["mt"].to_numpy()).sum())
+        keep_genes &= ~adata.var["mt"].to_numpy()
+    adata = adata[:, keep_genes].copy()
+    if adata.n_vars == 0:
+        raise InputError(f"{where}: filters removed every gene (min_cells={settings['min_cells']})")
+
+    adata.layers["counts"] = adata.X.copy()
+    flag_hvg(adata, settings)
+    sc.pp.normalize_total(adata, target_sum=settings["target_sum"])
+    sc.pp.log1p(adata)
+    if settings["subset_hvg"]:
+        report["genes_removed"]["not_highly_variable"] = int((~adata.var["highly_variable"]).sum())
+        adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+
+    report.update(
+        n_cells=int(adata.n_obs),
+        n_genes=int(adata.n_vars),
+        n_highly_variable=int(adata.var["highly_variable"].sum()),
+        groups={str(k): int(v) for k, v in adata.obs["group"].value_counts(sort=False).items()} if group_key else {},
+    )
+    return adata, report
+
+
+def flag_hvg(adata, settings: dict) -> None:
+    """var['highly_variable'] from raw counts; all genes when n_top_genes is null or >= the gene count."""
+    import scanpy as sc
+
+    n_top = settings["n_top_genes"]
+    if n_top is None or n_top >= adata.n_vars:
+        adata.var["highly_variable"] = True
+        return
+    if settings["hvg_flavor"] == "pearson_residuals":
+        sc.experimental.pp.highly_variable_genes(adata, flavor="pearson_residuals", n_top_genes=n_top, layer="counts")
+    else:
+        sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top, layer="counts")
