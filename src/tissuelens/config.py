@@ -14,7 +14,9 @@ import yaml
 
 from tissuelens.errors import InputError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_DIR = REPO / "workflow" / "schemas"
+REPO_CONFIG_DIR = REPO / "config"
 STEPS = ("preprocess", "factorize", "embed", "sae", "analyze", "report")
 
 

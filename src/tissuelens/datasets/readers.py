@@ -50,7 +50,7 @@ def read_10x_h5(path: Path) -> ad.AnnData:
 
 def read_visium_folder(path: Path) -> ad.AnnData:
     """A Space Ranger `outs/` folder: counts .h5 + `spatial/` (positions, scalefactors, images)."""
-    import scanpy as sc
+    import squidpy as sq
 
     counts = next((p for p in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5") if (path / p).exists()), None)
     if counts is None:
@@ -61,7 +61,7 @@ def read_visium_folder(path: Path) -> ad.AnnData:
     if not positions:
         raise InputError(f"{path}/spatial: no tissue_positions.csv or tissue_positions_list.csv")
     try:
-        adata = sc.read_visium(path, count_file=counts)
+        adata = sq.read.visium(path, counts_file=counts)
     except Exception as exc:
         raise InputError(f"{path}: cannot read the Visium folder ({exc})") from None
     adata.var_names_make_unique()

@@ -1,0 +1,91 @@
+"""Config schema: valid configs pass, each kind of mistake names the dataset and key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tissuelens.config import REPO_CONFIG_DIR, step_settings, validate_config
+from tissuelens.errors import InputError
+
+DEMO = yaml.safe_load((REPO_CONFIG_DIR / "config.yaml").read_text())
+
+
+def with_change(path: str, value):
+    config = copy.deepcopy(DEMO)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+def test_default_config_is_valid():
+    validate_config(DEMO)
+
+
+@pytest.mark.parametrize("example", sorted((REPO_CONFIG_DIR / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_are_valid(example: Path):
+    validate_config(yaml.safe_load(example.read_text()), source=str(example))
+
+
+def test_example_configs_cover_the_field():
+    names = {p.stem for p in (REPO_CONFIG_DIR / "examples").glob("*.yaml")}
+    expected = {"slideseqv2", "visium_hne", "merfish", "sdmbench_dlpfc", "liver_merfish", "colon_vizgen", "osmfish", "pbmc3k", "sciplex2"}
+    assert expected <= names
+    for name in expected:
+        config = yaml.safe_load((REPO_CONFIG_DIR / "examples" / f"{name}.yaml").read_text())
+        assert all("group_key" in entry for entry in config["datasets"].values()), name
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("datasets.demo.spatail", True, "datasets.demo: unknown key 'spatail'"),
+        ("datasets.demo.preprocess.min_counts", "ten", "datasets.demo.preprocess.min_counts: 'ten' is not of type 'integer'"),
+        ("datasets.demo.preprocess.min_countz", 3, "datasets.demo.preprocess: unknown key 'min_countz'"),
+        ("preprocess.min_group_fraction", 2, "preprocess.min_group_fraction: 2 is greater than the maximum of 1"),
+        ("datasets.demo.source", "ftp", "datasets.demo.source: 'ftp' is not one of"),
+        ("datasets.demo.spatial", "yes", "datasets.demo.spatial: 'yes' is not of type 'boolean'"),
+        ("datasets.demo.synthetic.n_groups", 20, "datasets.demo.synthetic.n_groups: 20 is greater than the maximum of 8"),
+        ("datasets.demo.sha256", "abc", "datasets.demo.sha256: 'abc' does not match"),
+        ("colour", "red", "(top level): unknown key 'colour'"),
+    ],
+)
+def test_schema_rejections_name_the_key(path, value, message):
+    with pytest.raises(InputError) as info:
+        validate_config(with_change(path, value), source="config.yaml")
+    assert str(info.value).startswith("config.yaml: invalid config: ")
+    assert message in str(info.value)
+
+
+def test_missing_required_option_per_source():
+    config = copy.deepcopy(DEMO)
+    config["datasets"]["mine"] = {"source": "local", "spatial": True}
+    config["datasets"]["sq"] = {"source": "squidpy", "spatial": True}
+    with pytest.raises(InputError) as info:
+        validate_config(config)
+    assert "datasets.mine: 'path' is required" in str(info.value)
+    assert "datasets.sq: 'name' is required" in str(info.value)
+
+
+def test_missing_spatial_flag():
+    config = copy.deepcopy(DEMO)
+    del config["datasets"]["demo"]["spatial"]
+    with pytest.raises(InputError, match="datasets.demo: 'spatial' is required"):
+        validate_config(config)
+
+
+def test_step_settings_merge_defaults_section_and_dataset_override():
+    config = copy.deepcopy(DEMO)
+    config["preprocess"] = {"min_counts": 50}
+    config["datasets"]["other"] = {"source": "synthetic", "spatial": True, "preprocess": {"min_counts": 7, "max_pct_mt": 20}}
+    demo, other = step_settings(config, "demo", "preprocess"), step_settings(config, "other", "preprocess")
+    assert demo["min_counts"] == 50 and demo["max_pct_mt"] is None and demo["min_cells"] == 3
+    assert other["min_counts"] == 7 and other["max_pct_mt"] == 20 and other["min_cells"] == 3
+    with pytest.raises(InputError, match="no dataset named 'nope'"):
+        step_settings(config, "nope", "preprocess")
