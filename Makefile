@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean install-profile
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,13 @@ test: setup
 
 lint: setup
 	snakemake --lint
+
+# `snakemake --profile slurm` from any directory: link profiles/slurm into Snakemake's user profile folder
+PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+install-profile:
+	mkdir -p $(PROFILE_HOME)
+	ln -sfn $(abspath profiles/slurm) $(PROFILE_HOME)/slurm
+	@echo "$(PROFILE_HOME)/slurm -> $(abspath profiles/slurm)"
 
 clean:
 	rm -rf results resources logs benchmarks .snakemake

@@ -8,6 +8,7 @@ overridden by the top-level `<step>:` section, overridden by `datasets.<name>.<s
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -81,11 +82,15 @@ def deep_merge(base: dict, override: dict | None) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _step_defaults(schema_file: Path) -> dict:
+    # cached: a dry run asks for settings thousands of times (callers get deep copies via deep_merge)
+    return schema_defaults(yaml.safe_load(schema_file.read_text())) if schema_file.exists() else {}
+
+
 def step_settings(config: dict, dataset: str, step: str, schema_dir: Path = SCHEMA_DIR) -> dict:
     """Effective settings of `step` for `dataset` (defaults < top-level section < dataset override)."""
     if dataset not in config.get("datasets", {}):
         raise InputError(f"config: no dataset named '{dataset}' under datasets:")
-    schema_file = schema_dir / f"{step}.schema.yaml"
-    defaults = schema_defaults(yaml.safe_load(schema_file.read_text())) if schema_file.exists() else {}
-    merged = deep_merge(defaults, config.get(step))
+    merged = deep_merge(_step_defaults(schema_dir / f"{step}.schema.yaml"), config.get(step))
     return deep_merge(merged, config["datasets"][dataset].get(step))

@@ -1,4 +1,5 @@
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ except InputError as exc:
 
 DATASETS = list(config["datasets"])
 SCRIPTS = Path(workflow.basedir).parent / "scripts"
+# Tahoe-x1's own image (llm-foundry, composer, flash-attn for CUDA 12); the Tahoe rule's `container:`.
+# envs/tahoe.yaml is the conda alternative.
+TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
 
 
 wildcard_constraints:
@@ -64,9 +68,295 @@ def download_inputs(wildcards):
     return files
 
 
+# --- factorize stage -------------------------------------------------------------------------------
+from tissuelens.report.stages import factorize_variants
+
+# keys that only select jobs (kept out of the params so editing them reruns nothing)
+FACTORIZE_SELECTION_KEYS = ("enabled", "variants")
+
+
+def factorize_settings(part):
+    """Input function: the factorize settings for training (without `analysis`) or for analysis."""
+
+    def settings(wildcards):
+        values = step_settings(config, wildcards.dataset, "factorize")
+        drop = set(FACTORIZE_SELECTION_KEYS) | ({"analysis"} if part == "train" else set())
+        return json.dumps({k: v for k, v in values.items() if k not in drop}, sort_keys=True)
+
+    return settings
+
+
+def factorize_gpu(wildcards):
+    """Training holds a GPU unless the dataset's factorize.device is cpu."""
+    return int(step_settings(config, wildcards.dataset, "factorize")["device"] != "cpu")
+
+
+def factorize_metrics(wildcards):
+    """metrics.json of every variant run for the dataset (non-spatial: pnmf; no group_key: no mggp_)."""
+    variants = factorize_variants(config, wildcards.dataset)
+    if not variants:
+        raise WorkflowError(f"datasets.{wildcards.dataset}: factorize runs no variant for this dataset")
+    return [f"results/{wildcards.dataset}/factorize/{v}/metrics.json" for v in variants]
+
+
+# --- sae stage -------------------------------------------------------------------------------------
+# keys that only select jobs or inputs (kept out of the settings params so editing them reruns nothing)
+SAE_SELECTION_KEYS = ("enabled", "models", "link_factors")
+# keys read only by analyze_sae (kept out of train_sae's params)
+SAE_ANALYSIS_KEYS = ("analysis_batch_size", "top_genes", "min_gene_tokens", "top_cells", "moran_neighbors",
+                     "dashboard_features")
+
+
+def sae_settings(part):
+    """Input function: the sae settings one rule reads (part = train or analyze), as a JSON string param."""
+
+    def settings(wildcards):
+        values = step_settings(config, wildcards.dataset, "sae")
+        drop = set(SAE_SELECTION_KEYS) | (set(SAE_ANALYSIS_KEYS) if part == "train" else set())
+        return json.dumps({k: v for k, v in values.items() if k not in drop}, sort_keys=True)
+
+    return settings
+
+
+def sae_factor_variant(dataset):
+    """PNMF-GP variant whose factors the SAE features are correlated with (None: no linking)."""
+    link = step_settings(config, dataset, "sae").get("link_factors")
+    if link is False or not config["datasets"][dataset].get("spatial", False):
+        return None
+    variants = factorize_variants(config, dataset)  # [] when factorize is off for the dataset
+    if link is None or link is True:
+        return variants[0] if variants else None
+    if link not in variants:
+        raise WorkflowError(f"datasets.{dataset}: sae.link_factors '{link}' is not a factorize variant run for it")
+    return link
+
+
+def sae_factors_path(dataset):
+    variant = sae_factor_variant(dataset)
+    return None if variant is None else f"results/{dataset}/factorize/{variant}/factors.npy"
+
+
+def sae_analysis_inputs(wildcards):
+    """Inputs of analyze_sae: the SAE, its activations, the preprocessed data, factors when linked."""
+    base = f"results/{wildcards.dataset}/sae/{wildcards.model}"
+    inputs = {
+        "sae": f"{base}/sae",
+        "metrics": f"{base}/metrics.json",
+        "curve": f"{base}/loss_curve.png",
+        "activations": f"results/{wildcards.dataset}/embed/{wildcards.model}/activations",
+        "preprocessed": f"results/{wildcards.dataset}/preprocessed.h5ad",
+    }
+    factors = sae_factors_path(wildcards.dataset)
+    if factors is not None:
+        inputs["factors"] = factors
+    return inputs
+
+
+def sae_factors_flag(wildcards):
+    """The --factors argument of analyze_sae ('' when the dataset links no factors)."""
+    factors = sae_factors_path(wildcards.dataset)
+    return "" if factors is None else f"--factors {shlex.quote(factors)}"
+
+
+# --- report stage ----------------------------------------------------------------------------------
+from tissuelens.report.stages import plan_files, stage_plan
+
+
+def producible(path):
+    """True when some rule of this workflow writes `path` (a stage whose rules are not included is absent)."""
+    return any(rule.is_producer(path) for rule in workflow.rules)
+
+
+def report_plan(dataset):
+    """Per stage: status (built, disabled, absent) and the files the report reads (tissuelens.report.stages)."""
+    return stage_plan(config, dataset, producible)
+
+
+def report_plan_json(wildcards):
+    return json.dumps(report_plan(wildcards.dataset), sort_keys=True)
+
+
+def narrative_config(dataset):
+    return step_settings(config, dataset, "report")["narrative"]
+
+
+def narrative_settings(wildcards):
+    return json.dumps(narrative_config(wildcards.dataset), sort_keys=True)
+
+
+def narrative_gpu(wildcards):
+    """The narrative holds a GPU only when it runs a model on one."""
+    settings = narrative_config(wildcards.dataset)
+    return int(bool(settings.get("checkpoint")) and settings.get("device", "auto") != "cpu")
+
+
+def report_settings(wildcards):
+    values = step_settings(config, wildcards.dataset, "report")
+    return json.dumps({k: v for k, v in values.items() if k != "narrative"}, sort_keys=True)
+
+
+def report_run_config(wildcards):
+    """The dataset's effective config (entry, seed, every step's settings) for the provenance section."""
+    dataset = wildcards.dataset
+    entry = config["datasets"][dataset]
+    return json.dumps({
+        "dataset": dataset,
+        "seed": dataset_seed(wildcards),
+        "entry": {k: v for k, v in entry.items() if k not in STEP_KEYS},
+        "steps": {step: step_settings(config, dataset, step) for step in STEP_KEYS},
+    }, sort_keys=True)
+
+
+def narrative_inputs(wildcards):
+    """The narrative reads QC, the preprocessed data (tissue image) and every built stage's files."""
+    dataset = wildcards.dataset
+    return {
+        "qc": f"results/{dataset}/qc.json",
+        "preprocessed": f"results/{dataset}/preprocessed.h5ad",
+        "stages": plan_files(report_plan(dataset)),
+    }
+
+
+def report_inputs(wildcards):
+    inputs = narrative_inputs(wildcards)
+    if narrative_config(wildcards.dataset).get("enabled", True):
+        inputs["narrative"] = f"results/{wildcards.dataset}/report/narrative.json"
+    return inputs
+
+
+def report_narrative_arg(wildcards):
+    """The --narrative argument of the report ('' when the narrative is turned off)."""
+    if not narrative_config(wildcards.dataset).get("enabled", True):
+        return ""
+    return f"--narrative {shlex.quote(f'results/{wildcards.dataset}/report/narrative.json')}"
+
+
 def dataset_targets(dataset):
-    """The end target(s) of one dataset: its final outputs."""
-    return [f"results/{dataset}/preprocessed.h5ad"]
+    """The end target of one dataset: its report, whose inputs pull in every stage enabled for it."""
+    return [f"results/{dataset}/report/index.html"] + embed_kind_targets(dataset, "loki") + embed_kind_targets(dataset, "tahoe") + geneformer_targets(dataset)
+
+
+# --- embed stage: Loki / Tahoe-x1 rules (workflow/rules/embed_loki.smk) ----------------------------
+
+
+def kind_models(kind):
+    """Names of the models in `models:` of one kind (loki, tahoe, ...)."""
+    return [name for name, entry in (config.get("models") or {}).items() if entry.get("kind") == kind]
+
+
+def kind_model_pattern(kind):
+    """Wildcard constraint matching exactly the models of one kind (so each embed rule owns its models)."""
+    names = kind_models(kind)
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def embed_kind_targets(dataset, kind):
+    """embeddings.h5ad of every model of `kind` listed in the dataset's embed.models."""
+    models = step_settings(config, dataset, "embed").get("models") or []
+    names = [m if isinstance(m, str) else m["name"] for m in models]
+    return [f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in names if m in kind_models(kind)]
+
+
+def embed_kind_settings(kind):
+    """Input function: the dataset's embed.<kind> settings as a JSON string param."""
+
+    def settings(wildcards):
+        return json.dumps(step_settings(config, wildcards.dataset, "embed").get(kind) or {}, sort_keys=True)
+
+    return settings
+
+
+
+# --- models and the Geneformer embed stage (workflow/rules/embed.smk) -----------------------------
+MODELS = list(config.get("models") or {})
+ENVS = Path(workflow.basedir).parent / "envs"
+# keys of embed settings that only select jobs or belong to other kinds' rules (kept out of params)
+EMBED_SELECTION_KEYS = ("models", "loki", "tahoe")
+
+
+def model_config(wildcards):
+    """The model's entry under models:, or an error naming the defined models."""
+    models = config.get("models") or {}
+    if wildcards.model not in models:
+        raise WorkflowError(f"config: model '{wildcards.model}' is not defined under models: "
+                            f"(defined: {', '.join(sorted(models)) or 'none'})")
+    return models[wildcards.model]
+
+
+def model_entry(wildcards):
+    return json.dumps(model_config(wildcards), sort_keys=True)
+
+
+def model_vocab_dataset(wildcards):
+    """random source: the dataset whose preprocessed.h5ad gives the vocabulary (None otherwise)."""
+    entry = model_config(wildcards)
+    if entry["source"] != "random":
+        return None
+    dataset = (entry.get("random") or {}).get("genes_from_dataset")
+    if dataset is not None and dataset not in DATASETS:
+        raise WorkflowError(f"models.{wildcards.model}.random.genes_from_dataset: no dataset named '{dataset}'")
+    return dataset
+
+
+def model_inputs(wildcards):
+    """Files a model build reads: a random model's gene source; a local checkpoint's config.json."""
+    entry = model_config(wildcards)
+    files = []
+    dataset = model_vocab_dataset(wildcards)
+    if dataset is not None:
+        files.append(f"results/{dataset}/preprocessed.h5ad")
+    genes_file = (entry.get("random") or {}).get("genes_file") if entry["source"] == "random" else None
+    if genes_file and dataset is None:
+        files.append(genes_file)
+    return files
+
+
+def model_genes_arg(wildcards):
+    dataset = model_vocab_dataset(wildcards)
+    return "" if dataset is None else f"--genes-h5ad {shlex.quote(f'results/{dataset}/preprocessed.h5ad')}"
+
+
+def model_env(wildcards):
+    """The conda env of the model's kind (envs/<kind>.yaml), absolute so it resolves from any rule file."""
+    env = ENVS / f"{model_config(wildcards)['kind']}.yaml"
+    return str(env if env.exists() else ENVS / "geneformer.yaml")
+
+
+def embed_settings(part):
+    """Input function: the embed settings one Geneformer step reads (embed, perturb or metrics)."""
+
+    def settings(wildcards):
+        values = step_settings(config, wildcards.dataset, "embed")
+        if part == "metrics":
+            return json.dumps({"metrics": values["metrics"]}, sort_keys=True)
+        drop = set(EMBED_SELECTION_KEYS) | {"metrics"} | ({"perturb"} if part == "embed" else set())
+        return json.dumps({k: v for k, v in values.items() if k not in drop}, sort_keys=True)
+
+    return settings
+
+
+def embed_models_of(dataset):
+    """Models listed in the dataset's embed.models (names, or entries with a name)."""
+    models = step_settings(config, dataset, "embed").get("models") or []
+    names = [m if isinstance(m, str) else m["name"] for m in models]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise WorkflowError(f"datasets.{dataset}: embed.models names {', '.join(unknown)}, not defined under models: "
+                            f"(defined: {', '.join(MODELS) or 'none'})")
+    return names
+
+
+def geneformer_targets(dataset):
+    """Embeddings, activations and metrics of the dataset's Geneformer models, and perturbation tables."""
+    models = [m for m in embed_models_of(dataset) if m in kind_models("geneformer")]
+    perturb = step_settings(config, dataset, "embed")["perturb"]
+    targets = []
+    for m in models:
+        base = f"results/{dataset}/embed/{m}"
+        targets += [f"{base}/embeddings.h5ad", f"{base}/embedding_metrics.json", f"{base}/activations"]
+        if perturb["genes"] or perturb["auto_genes"]:
+            targets.append(f"{base}/perturbation.tsv")
+    return targets
 
 
 def all_targets():

@@ -1,0 +1,33 @@
+"""Rule `analyze_factors`: a trained variant -> factors, loadings, metrics, enrichment and figures."""
+
+import argparse
+import json
+from pathlib import Path
+
+from tissuelens import cli
+from tissuelens.factorize.run import analyse_variant, complete_settings, read_h5ad
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--h5ad", required=True, type=Path)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--settings", required=True, type=cli.settings_arg)
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--model", required=True, type=Path, help="trained model directory")
+    parser.add_argument("--elbo", required=True, type=Path)
+    parser.add_argument("--outdir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = complete_settings(args.settings, args.seed)
+    metrics = analyse_variant(read_h5ad(args.h5ad), args.variant, settings, args.model, args.elbo, args.outdir,
+                              str(args.h5ad))
+    print(json.dumps({k: metrics[k] for k in ("variant", "train_deviance", "val_deviance", "moran_i")}, indent=2))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,32 @@
+"""perturb (Geneformer): in-silico deletion / overexpression, per-cell effects and per-gene tests."""
+
+from __future__ import annotations
+
+import argparse
+
+from tissuelens import cli
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--h5ad", required=True, help="preprocessed.h5ad")
+    ap.add_argument("--checkpoint", required=True, help="resources/models/<model>/")
+    ap.add_argument("--embeddings", required=True, help="embeddings.h5ad (goal-group state embedding)")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--settings", required=True, type=cli.settings_arg, help="embed settings (JSON)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", required=True, help="perturbation.tsv (per gene and type)")
+    ap.add_argument("--cells", required=True, help="perturbation_cells.parquet (per cell)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from tissuelens.embed.geneformer import run_perturb
+
+    run_perturb(args.h5ad, args.checkpoint, args.embeddings, args.model, args.settings, args.out, args.cells, seed=args.seed)
+
+
+if __name__ == "__main__":
+    cli.run(main)

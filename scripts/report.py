@@ -1,0 +1,50 @@
+"""Rule `report`: every built stage of one dataset -> results/{dataset}/report/index.html (self-contained).
+
+Also writes the same figures as PNGs under --figures for `snakemake --report`. A stage the plan marks as
+disabled or not built becomes a section that says so; a corrupt stage file stops the job with one
+`error:` line naming it, and no output is left behind.
+
+By hand (the plan lists each stage's files; see tissuelens.report.stages):
+    python scripts/report.py --dataset demo --qc results/demo/qc.json \
+        --preprocessed results/demo/preprocessed.h5ad --plan '{}' --out /tmp/index.html
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # by hand, without an install
+
+from tissuelens import cli  # noqa: E402
+
+
+def json_object(text: str) -> dict:
+    return cli.settings_arg(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--qc", required=True, type=Path)
+    parser.add_argument("--preprocessed", required=True, type=Path)
+    parser.add_argument("--plan", required=True, type=json_object, help="stage plan (JSON), see report.stages")
+    parser.add_argument("--settings", type=json_object, default={}, help="report settings (JSON)")
+    parser.add_argument("--run-config", type=json_object, default={}, help="the dataset's effective config (JSON)")
+    parser.add_argument("--narrative", type=Path, default=None, help="narrative.json (omit when turned off)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--figures", type=Path, default=None, help="directory for the figures as PNG files")
+    args = parser.parse_args(argv)
+
+    from tissuelens.report.build import build_report
+    from tissuelens.report.stages import STAGES
+
+    plan = {s: args.plan.get(s, {"status": "absent", "reason": "not in the plan", "units": {}, "files": {}})
+            for s in STAGES}
+    out = build_report(args.dataset, args.qc, args.preprocessed, plan, args.settings, args.run_config, args.out,
+                       figures_dir=args.figures, narrative_path=args.narrative)
+    print(json.dumps({"report": str(out), "bytes": out.stat().st_size}))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,125 @@
+"""Analysis of one trained variant: factors and scales at every cell, Moran order, deviance,
+reconstruction, per-group loadings and enrichment, recovery of known factors, comparison table."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tissuelens.factorize import metrics
+from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
+from tissuelens.factorize.model import FactorModel
+from tissuelens.factorize.store import inducing_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    factors: np.ndarray  # (N, L) exp(μ), Moran order
+    scales: np.ndarray  # (N, L) σ
+    loadings: np.ndarray  # (D, L)
+    order: np.ndarray  # original factor index of each column
+    moran: np.ndarray | None
+    metrics: dict
+    enrichment: dict
+    lfc: np.ndarray | None  # (G, D, L)
+    group_loadings: np.ndarray | None  # (G, D, L)
+    groupwise: dict = field(default_factory=dict)  # group name -> (N, L) exp-space (MGGP only)
+    inducing: np.ndarray | None = None  # (M, 2) raw coordinate units
+    inducing_groups: np.ndarray | None = None
+
+
+def to_raw_units(z: np.ndarray, data: FactorData) -> np.ndarray:
+    """Map model-unit coordinates back to obsm['spatial'] units (the rescale is affine per axis)."""
+    raw, model = data.raw_coords, data.coords
+    span_raw, span_model = np.ptp(raw, axis=0), np.ptp(model, axis=0)
+    return (z - model.min(0)) * (span_raw / span_model) + raw.min(0)
+
+
+def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, training: dict,
+            true_factors: np.ndarray | None = None, true_spatial=None) -> Analysis:
+    a = settings["analysis"]
+    chunk = settings["chunk_size"]
+    mu, var = metrics.posterior(model, data, variant, chunk)
+    w = model.w.detach().cpu().numpy().astype(np.float64)
+    moran = None
+    order = np.arange(w.shape[1])
+    if data.raw_coords is not None:
+        moran = metrics.morans_i(np.exp(mu), data.raw_coords, a["moran_neighbors"])
+        order = np.argsort(-moran, kind="stable")
+        moran = moran[order]
+    mu, var, w = mu[:, order], var[:, order], w[:, order]
+    factors, scales = np.exp(mu), np.sqrt(var)
+    rate_f = factors if a["rate"] == "median" else np.exp(mu + var / 2)
+
+    nu = data.size_factors
+    tr, va = data.train_idx, data.val_idx
+    dev_tr = metrics.deviance(data.counts[tr], rate_f[tr], w, nu[tr], chunk)
+    dev_va = metrics.deviance(data.counts[va], rate_f[va], w, nu[va], chunk) if len(va) else None
+    m = {
+        "variant": variant,
+        "n_cells": data.n_cells, "n_train": len(tr), "n_val": len(va), "n_genes": data.n_genes,
+        "n_factors": int(w.shape[1]), "n_inducing": int(len(inducing_of(model))),
+        "iterations": training.get("iterations"), "converged": training.get("converged"),
+        "training_seconds": training.get("seconds"), "final_elbo": training.get("final_elbo"),
+        "factor_order": order.tolist(),
+        "moran_i": None if moran is None else moran.tolist(),
+        "moran_i_mean": None if moran is None else float(moran.mean()),
+        "train_deviance": dev_tr["mean"],
+        "val_deviance": None if dev_va is None else dev_va["mean"],
+        "deviance": {"train": dev_tr, "val": dev_va, "rate": a["rate"],
+                     "convention": "mean = 2*sum(dev)/(cells*genes); gene_* = per-gene mean over cells, no factor 2"},
+        "reconstruction_error": metrics.reconstruction_error(data.counts, factors, w, chunk),
+        "loadings_sparsity": float((w < 1e-6).mean()),
+    }
+
+    lfc = group_w = None
+    enrichment = {}
+    if data.groups is not None:
+        g = len(data.group_names)
+        m["reconstruction_error_by_group"] = {
+            name: metrics.reconstruction_error(data.counts[data.groups == i], factors[data.groups == i], w, chunk)
+            for i, name in enumerate(data.group_names)}
+        group_w = metrics.group_loadings(data.counts, factors, w, data.groups, g, a["group_loadings_max_iter"],
+                                         settings["seed"])
+        lfc = metrics.enrichment_lfc(w, group_w)
+        enrichment = metrics.enrichment_summary(lfc, data.gene_names, data.group_names, a["top_genes"])
+
+    if true_factors is not None:
+        spatial = np.ones(true_factors.shape[1], bool) if true_spatial is None else np.asarray(true_spatial, bool)
+        r_all = metrics.best_matched_pearson(true_factors, factors)
+        r_sp = metrics.best_matched_pearson(true_factors[:, spatial], factors)
+        m["recovery"] = {"spatial_mean": float(np.nanmean(r_sp)), "spatial_min": float(np.nanmin(r_sp)),
+                         "pearson_spatial": r_sp.tolist(), "pearson_all": r_all.tolist()}
+
+    groupwise = {}
+    if variant in GROUP_VARIANTS:
+        for i, name in enumerate(data.group_names):
+            gmu, _ = metrics.posterior(model, data, variant, chunk, groups=np.full(data.n_cells, i))
+            groupwise[name] = np.exp(gmu[:, order])
+
+    z = inducing_of(model).numpy().astype(np.float64)
+    inducing = inducing_groups = None
+    if len(z) and data.raw_coords is not None:
+        inducing = to_raw_units(z[:, :2], data)
+        inducing_groups = z[:, 2].round().astype(int) if z.shape[1] > 2 else None
+    return Analysis(factors, scales, w, order, moran, m, enrichment, lfc, group_w, groupwise, inducing, inducing_groups)
+
+
+COMPARISON_COLUMNS = ["variant", "val_deviance", "train_deviance", "reconstruction_error", "moran_i_mean",
+                      "recovery_spatial_mean", "recovery_spatial_min", "iterations", "converged", "training_seconds",
+                      "n_factors", "n_inducing"]
+
+
+def comparison_table(all_metrics: list[dict]):
+    import pandas as pd
+
+    rows = []
+    for m in all_metrics:
+        rec = m.get("recovery") or {}
+        rows.append({**{k: m.get(k) for k in COMPARISON_COLUMNS},
+                     "recovery_spatial_mean": rec.get("spatial_mean"), "recovery_spatial_min": rec.get("spatial_min")})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)

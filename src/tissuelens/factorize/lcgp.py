@@ -1,0 +1,113 @@
+"""`lcgp` / `mggp_lcgp`: locally conditioned GP, every training cell an inducing point (torch).
+
+q(u_l) = N(m_l, Lu_l Lu_lᵀ) with a dense rank-R factor Lu_l (N, R). The prior enters through a sum of
+K-nearest-neighbour conditional KL terms; prediction conditions each query on its K nearest cells.
+Neighbours are spatial only; for MGGP the group column enters through the kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tissuelens.factorize.kernels import dense, diagonal
+
+
+def knn_excluding_self(xy: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) indices of each point's K nearest other points (robust to duplicate coordinates)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy, return_distance=False)
+    own = idx == np.arange(len(xy))[:, None]
+    own[~own.any(axis=1), -1] = True  # self not returned (duplicates): drop the farthest instead
+    return idx[~own].reshape(len(xy), k)
+
+
+def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float) -> torch.Tensor:
+    """KL_j = E_{q(u_n)} KL(q(u_j | u_n) || p(u_j | u_n)) for a batch of cells j with neighbours n.
+
+    Shapes: m_j (L,B), m_n (L,B,K), lu_j (L,B,R), lu_n (L,B,K,R), k_jj (B,), k_nj (B,K), k_nn (B,K,K).
+    Returns (L, B).
+    """
+    eye = torch.eye(k_nn.shape[-1], device=k_nn.device, dtype=k_nn.dtype)
+    chol_k = torch.linalg.cholesky(k_nn + jitter * eye)
+    beta = torch.cholesky_solve(k_nj.unsqueeze(-1), chol_k).squeeze(-1)  # (B,K)
+    tau2 = (k_jj - (k_nj * beta).sum(-1)).clamp_min(1e-6)  # prior conditional variance (B,)
+    s_nn = lu_n @ lu_n.transpose(-1, -2) + jitter * eye  # (L,B,K,K)
+    s_nj = (lu_n @ lu_j.unsqueeze(-1)).squeeze(-1)  # (L,B,K)
+    s_jj = lu_j.pow(2).sum(-1)  # (L,B)
+    chol_s = torch.linalg.cholesky(s_nn)
+    alpha = torch.cholesky_solve(s_nj.unsqueeze(-1), chol_s).squeeze(-1)
+    tau2_q = (s_jj - (s_nj * alpha).sum(-1)).clamp_min(1e-6)  # variational conditional variance
+    delta = m_j - (beta * m_n).sum(-1)
+    b_s_b = (beta.unsqueeze(-2) @ s_nn @ beta.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    s_b = (s_nj * beta).sum(-1)
+    return 0.5 * (torch.log(tau2) - torch.log(tau2_q) - 1.0 + (delta**2 + s_jj + b_s_b - 2.0 * s_b) / tau2)
+
+
+class LCGPPrior(nn.Module):
+    kind = "lcgp"
+
+    def __init__(self, inputs: torch.Tensor, n_factors: int, n_neighbors: int, rank: int, kernel, jitter: float,
+                 mean: torch.Tensor, lu: torch.Tensor):
+        super().__init__()
+        self.kernel = kernel
+        self.jitter = jitter
+        self.register_buffer("inputs", inputs)  # (N, 2) or (N, 3) with the group column
+        self.register_buffer("neighbors", torch.as_tensor(knn_excluding_self(self.spatial.cpu().numpy(), n_neighbors)))
+        self.mean = nn.Parameter(mean.clone())  # (L, N)
+        self.lu = nn.Parameter(lu.clone())  # (L, N, R)
+        self._index = None
+
+    @property
+    def spatial(self) -> torch.Tensor:
+        return self.inputs[:, :2]
+
+    @property
+    def inducing(self) -> torch.Tensor:
+        return self.inputs
+
+    def marginals(self, idx: torch.Tensor):
+        return self.mean[:, idx].T, self.lu[:, idx].pow(2).sum(-1).clamp(1e-3, 100.0).T
+
+    def kl(self, idx: torch.Tensor, n_total: int, kl_scaling: str) -> torch.Tensor:
+        nbr = self.neighbors[idx]  # (B,K)
+        x_j, x_n = self.inputs[idx], self.inputs[nbr]
+        kl = conditional_kl(
+            self.mean[:, idx], self.mean[:, nbr], self.lu[:, idx], self.lu[:, nbr],
+            diagonal(self.kernel, x_j), dense(self.kernel, x_n, x_j.unsqueeze(-2)).squeeze(-1),
+            dense(self.kernel, x_n, x_n), self.jitter,
+        )
+        return kl.sum() * (n_total / len(idx))
+
+    def _knn(self, xy: np.ndarray, k: int) -> np.ndarray:
+        if self._index is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._index = NearestNeighbors().fit(self.spatial.cpu().numpy())
+        return self._index.kneighbors(xy, n_neighbors=k, return_distance=False)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, g, train_pos, chunk_size: int):
+        """Condition each query on its K nearest training cells (a training cell's nearest is itself).
+
+        Memory per chunk (L, chunk, K, R); μ* = k_*nᵀK_nn⁻¹m_n, σ*² = k_** − k_*nᵀK_nn⁻¹k_n* + αᵀS_nnα.
+        """
+        k = self.neighbors.shape[1]
+        mus, vs = [], []
+        eye = torch.eye(k, device=x.device)
+        for start in range(0, x.shape[0], chunk_size):
+            xq = x[start : start + chunk_size]
+            nbr = torch.as_tensor(self._knn(xq[:, :2].cpu().numpy(), k), device=x.device)
+            x_n = self.inputs[nbr]
+            k_nn = dense(self.kernel, x_n, x_n) + self.jitter * eye
+            k_nq = dense(self.kernel, x_n, xq.unsqueeze(-2)).squeeze(-1)  # (C,K)
+            chol = torch.linalg.cholesky(k_nn)
+            alpha = torch.cholesky_solve(k_nq.unsqueeze(-1), chol).squeeze(-1)  # (C,K)
+            mu = (alpha * self.mean[:, nbr]).sum(-1)  # (L,C)
+            reduced = diagonal(self.kernel, xq) - (alpha * k_nq).sum(-1)
+            spread = torch.einsum("lckr,ck->lcr", self.lu[:, nbr], alpha).pow(2).sum(-1)
+            mus.append(mu.T)
+            vs.append((reduced.clamp_min(0) + spread).clamp(1e-10, 100.0).T)
+        return torch.cat(mus), torch.cat(vs)

@@ -1,0 +1,144 @@
+"""The factor model: a prior over log-factors (one of the five variants) plus non-negative loadings W."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
+from tissuelens.factorize.inducing import kmeans_centres, mggp_inducing
+from tissuelens.factorize.kernels import make_kernel
+from tissuelens.factorize.lcgp import LCGPPrior
+from tissuelens.factorize.pnmf import PNMFPrior
+from tissuelens.factorize.svgp import SVGPPrior
+
+log = logging.getLogger(__name__)
+
+
+class FactorModel(nn.Module):
+    def __init__(self, prior: nn.Module, w: torch.Tensor, trainable_w: bool):
+        super().__init__()
+        self.prior = prior
+        if trainable_w:
+            self.w = nn.Parameter(w.clone())
+        else:
+            self.register_buffer("w", w.clone())
+
+    @property
+    def n_factors(self) -> int:
+        return self.w.shape[1]
+
+
+def kernel_inputs(data: FactorData, variant: str, cells=None) -> torch.Tensor | None:
+    """Coordinates (plus the group code as a float column for MGGP) of `cells` (default all)."""
+    if data.coords is None:
+        return None
+    cells = np.arange(data.n_cells) if cells is None else cells
+    x = data.coords[cells]
+    if variant in GROUP_VARIANTS:
+        x = np.column_stack([x, data.groups[cells]])
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def initial_values(data: FactorData, settings: dict, gen: torch.Generator):
+    """(W (D, L), log-factors (N_train, L)). `random` follows the reference (scaled |N(0,1)|, log-factors
+    standardised); `nmf` starts from sklearn's KL-NMF of the training counts, as NSF does."""
+    y = data.counts[data.train_idx]
+    L = settings["n_factors"]
+    if settings["init"] == "nmf":
+        from sklearn.decomposition import NMF
+
+        nmf = NMF(L, beta_loss="kullback-leibler", solver="mu", init="nndsvda", max_iter=300,
+                  random_state=settings["seed"] % (2**32))
+        scaled = y.multiply(1.0 / data.size_factors[data.train_idx][:, None]).tocsr()
+        h = nmf.fit_transform(scaled)
+        w = nmf.components_.T
+        logf = np.log(h + 1e-2 * h.mean(0, keepdims=True) + 1e-8)
+    else:
+        a = np.sqrt(y.mean() / L)
+        w = a * torch.randn(data.n_genes, L, generator=gen, dtype=torch.float64).abs().numpy()
+        h = a * torch.randn(y.shape[0], L, generator=gen, dtype=torch.float64).abs().numpy()
+        logf = np.log(h)
+        logf = (logf - logf.mean(0)) / logf.std(0)
+        w = w * h.mean(0) / np.exp(logf).mean(0)
+        return torch.as_tensor(w, dtype=torch.float32), torch.as_tensor(logf, dtype=torch.float32)
+    shift = logf.mean(0)  # centre log-factors on the prior mean 0; the scale moves into W
+    return torch.as_tensor(w * np.exp(shift), dtype=torch.float32), torch.as_tensor(logf - shift, dtype=torch.float32)
+
+
+def _svgp_init(prior: SVGPPrior, logf, x_train, settings, gen):
+    """Whitened q(ũ): mean L_K⁻¹u with u the 10-NN average of the initial log-factors at Z (nmf), or
+    N(0, 1) (random); Cholesky lower-triangular, diagonal U(0, 1), off-diagonal 0.01·N(0, 1)."""
+    z = prior.inducing
+    L, m = logf.shape[1], len(z)
+    if settings["init"] == "nmf":
+        from sklearn.neighbors import KNeighborsRegressor
+
+        u = KNeighborsRegressor(n_neighbors=min(10, len(x_train))).fit(x_train[:, :2].numpy(), logf.numpy())
+        u = torch.as_tensor(u.predict(z[:, :2].numpy()), dtype=torch.float32).T  # (L, M)
+        kzz = prior.covar_module(z).to_dense() + settings["jitter"] * torch.eye(m)
+        mean = torch.linalg.solve_triangular(torch.linalg.cholesky(kzz), u.unsqueeze(-1), upper=False).squeeze(-1)
+        diag = torch.full((L, m), 0.5)
+    else:
+        mean = torch.randn(L, m, generator=gen)
+        diag = torch.rand(L, m, generator=gen)
+    chol = 0.01 * torch.randn(L, m, m, generator=gen)
+    chol = chol.tril(-1) + torch.diag_embed(diag)
+    prior.init_variational(mean.detach(), chol)
+
+
+def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -> FactorModel:
+    """A model for the training cells of `data`, initialised per settings. Given `inducing` (M, d) (the
+    saved inducing points) it is only a skeleton to load a state_dict into: no k-means, no init."""
+    gen = torch.Generator().manual_seed(settings["seed"])
+    L, n = settings["n_factors"], len(data.train_idx)
+    restoring = inducing is not None
+    if restoring:
+        w, logf = torch.zeros(data.n_genes, L), torch.zeros(n, L)
+    else:
+        w, logf = initial_values(data, settings, gen)
+    groups = len(data.group_names) if variant in GROUP_VARIANTS else None
+    trainable_w = settings["loadings_update"] == "projected"
+    if variant == "pnmf":
+        return FactorModel(PNMFPrior(L, n, logf), w, trainable_w)
+
+    kernel = make_kernel(settings["lengthscale"], groups, settings["group_diff"], settings["train_lengthscale"])
+    x_train = kernel_inputs(data, variant, data.train_idx)
+    if variant.endswith("svgp"):
+        if not restoring:
+            inducing = _select_inducing(variant, data, settings, groups)
+        prior = SVGPPrior(torch.as_tensor(inducing, dtype=torch.float32), L, kernel, settings["jitter"])
+        prior.set_inputs(x_train)
+        if not restoring:
+            _svgp_init(prior, logf, x_train, settings, gen)
+        return FactorModel(prior, w, trainable_w)
+
+    k = min(settings["n_neighbors"], n - 1)
+    if k < settings["n_neighbors"]:
+        log.info("n_neighbors=%d clamped to %d (training cells - 1)", settings["n_neighbors"], k)
+    rank = settings["lcgp_rank"] or k
+    if restoring:
+        mean, lu = torch.zeros(L, n), torch.zeros(L, n, rank)
+    elif settings["init"] == "nmf":
+        mean, lu = logf.T.contiguous(), torch.full((L, n, rank), 0.3 / np.sqrt(rank))
+        lu = lu + 0.01 * torch.randn(L, n, rank, generator=gen)
+    else:
+        mean, lu = torch.randn(L, n, generator=gen), 0.1 * torch.randn(L, n, rank, generator=gen)
+    prior = LCGPPrior(x_train, L, k, rank, kernel, settings["jitter"], mean, lu)
+    return FactorModel(prior, w, trainable_w)
+
+
+def _select_inducing(variant, data, settings, groups):
+    xy = data.coords[data.train_idx]
+    m = settings["n_inducing"]
+    if m > len(xy):
+        log.info("n_inducing=%d clamped to the %d training cells", m, len(xy))
+        m = len(xy)
+    if groups is None:
+        return kmeans_centres(xy, m, settings["seed"], settings["kmeans_n_init"])
+    z, gz = mggp_inducing(xy, data.groups[data.train_idx], groups, m, settings["inducing_allocation"],
+                          settings["seed"], settings["kmeans_n_init"])
+    return np.column_stack([z, gz])

@@ -1,0 +1,185 @@
+"""Training loop: minibatches of cells and genes, Adam (+ one-cycle), tolerance stop, checkpoints.
+
+All randomness (minibatches, Monte Carlo noise) comes from one CPU torch.Generator whose state is
+checkpointed with the model, optimiser and scheduler, so a resumed run continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tissuelens.errors import InputError
+from tissuelens.factorize.data import CountBatches, FactorData
+from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
+from tissuelens.factorize.model import FactorModel
+from tissuelens.io import atomic_path
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+# settings that do not change the numbers a run produces
+NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every"}
+
+
+@dataclass
+class TrainResult:
+    history: list[float]
+    iterations: int
+    converged: bool
+    seconds: float
+    clamps: dict = field(default_factory=dict)
+
+
+def fingerprint(variant: str, settings: dict, data: FactorData) -> str:
+    core = {k: v for k, v in settings.items() if k not in NOT_FINGERPRINTED}
+    core.update(variant=variant, n_train=len(data.train_idx), n_genes=data.n_genes,
+                train_head=data.train_idx[:50].tolist(), genes=data.gene_names[:50].tolist())
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _converged(history: list[float], window: int, tol: float) -> bool:
+    if tol <= 0 or len(history) < 2 * window:
+        return False
+    cur = sum(history[-window:]) / window
+    prev = sum(history[-2 * window : -window]) / window
+    return abs(cur - prev) <= tol * abs(prev)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, expected: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise InputError(f"{path}: corrupt checkpoint ({type(exc).__name__}); delete it or set resume: false") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise InputError(f"{path}: not a tissuelens factorize checkpoint (version mismatch); delete it or set resume: false")
+    if state.get("fingerprint") != expected:
+        raise InputError(
+            f"{path}: checkpoint was written with other settings or data (fingerprint {state.get('fingerprint')} "
+            f"!= {expected}); delete it or set resume: false"
+        )
+    return state
+
+
+class Trainer:
+    def __init__(self, model: FactorModel, data: FactorData, settings: dict, variant: str, device: torch.device):
+        self.model, self.data, self.settings, self.device = model.to(device), data, settings, device
+        self.fingerprint = fingerprint(variant, settings, data)
+        n, d = len(data.train_idx), data.n_genes
+        self.clamps = {}
+        self.batch = self._clamp("batch_size", n)
+        self.gene_batch = self._clamp("gene_batch_size", d)
+        self.counts = CountBatches(data.counts[data.train_idx], device)
+        self.nu = torch.as_tensor(data.size_factors[data.train_idx], dtype=torch.float32, device=device)
+        self.gen = torch.Generator().manual_seed(settings["seed"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=settings["learning_rate"])
+        self.sched = None
+        if settings["lr_schedule"] == "one_cycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings["learning_rate"],
+                                                             total_steps=max(settings["max_iter"], 2))
+        self.history: list[float] = []
+        self.iteration = 0
+
+    def _clamp(self, key: str, size: int) -> int:
+        want = self.settings[key]
+        if want is None or want >= size:
+            if want is not None and want > size:
+                log.info("%s=%d clamped to %d", key, want, size)
+                self.clamps[key] = size
+            return size
+        return want
+
+    def _sample(self, size: int, total: int) -> torch.Tensor:
+        return torch.arange(total) if size >= total else torch.randperm(total, generator=self.gen)[:size]
+
+    def step(self) -> float:
+        s, data = self.settings, self.data
+        n, d, L = len(data.train_idx), data.n_genes, self.model.n_factors
+        cells, genes = self._sample(self.batch, n), self._sample(self.gene_batch, d)
+        eps = None
+        if s["ell"] == "expanded":
+            eps = torch.randn(s["mc_samples"], len(cells), L, generator=self.gen).to(self.device)
+        cells_d, genes_d = cells.to(self.device), genes.to(self.device)
+        y = self.counts.batch(cells, genes)
+        nu = self.nu[cells_d]
+        prior = self.model.prior
+        mu, var = prior.marginals(cells_d)
+        multiplicative = s["loadings_update"] == "multiplicative"
+        w = self.model.w[genes_d]
+        out = expected_loglik(y, w, mu, var, nu, eps, want_update=multiplicative)
+        ell, num = out if multiplicative else (out, None)
+        kl = prior.kl(cells_d, n, s["kl_scaling"])
+        loss = kl - ell * (n / len(cells)) * (d / len(genes))
+        value = loss.item()
+        if not math.isfinite(value):
+            raise InputError(
+                f"factorize: ELBO became {value} at iteration {self.iteration + 1}; lower learning_rate or check the counts"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.sched is not None and self.sched.last_epoch < self.sched.total_steps - 1:
+            self.sched.step()
+        if multiplicative:
+            v = var.detach() if s["ell"] == "expanded" else torch.zeros_like(var)
+            multiplicative_update(self.model.w, genes_d, num, mu.detach(), v, nu)
+        else:
+            with torch.no_grad():
+                self.model.w.clamp_(min=1e-8)
+        self.iteration += 1
+        self.history.append(-value)
+        return -value
+
+    def state(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.fingerprint,
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched else {},
+            "generator": self.gen.get_state(),
+            "history": torch.tensor(self.history, dtype=torch.float64),
+        }
+
+    def restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(state["scheduler"])
+            self.gen.set_state(state["generator"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise InputError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
+        self.iteration = int(state["iteration"])
+        self.history = state["history"].tolist()
+
+    def fit(self, checkpoint: Path | None = None) -> TrainResult:
+        s = self.settings
+        if checkpoint is not None and s["resume"] and Path(checkpoint).exists():
+            self.restore(load_checkpoint(Path(checkpoint), self.fingerprint))
+            log.info("resumed from %s at iteration %d", checkpoint, self.iteration)
+        start, converged = time.perf_counter(), False
+        while self.iteration < s["max_iter"]:
+            elbo = self.step()
+            if s["log_every"] and self.iteration % s["log_every"] == 0:
+                log.info("iteration %d: ELBO %.6g", self.iteration, elbo)
+            if _converged(self.history, s["tol_window"], s["tol"]):
+                converged = True
+                log.info("converged at iteration %d (relative ELBO change < %g)", self.iteration, s["tol"])
+                break
+            if checkpoint is not None and s["checkpoint_every"] and self.iteration % s["checkpoint_every"] == 0:
+                save_checkpoint(Path(checkpoint), self.state())
+        return TrainResult(self.history, self.iteration, converged, time.perf_counter() - start, self.clamps)

@@ -1,0 +1,82 @@
+"""Small matplotlib helpers shared by the sections (headless backend, consistent group colours)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def group_palette(categories) -> dict:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(categories) <= 10 else "tab20"]
+    return {c: cmap(i % cmap.N) for i, c in enumerate(categories)}
+
+
+def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Row indices to plot: all of them, or `max_points` chosen by seed (sorted)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def point_size(n: int) -> float:
+    return float(np.clip(4000.0 / max(n, 1), 0.3, 30.0))
+
+
+def tissue_image(adata):
+    """(image as float RGB in [0, 1], scale factor from coordinates to image pixels, library id) or None."""
+    spatial = adata.uns.get("spatial") if hasattr(adata, "uns") else None
+    if not isinstance(spatial, dict):
+        return None
+    for library, entry in spatial.items():
+        images = entry.get("images", {}) if isinstance(entry, dict) else {}
+        scalefactors = entry.get("scalefactors", {}) if isinstance(entry, dict) else {}
+        for res in ("hires", "lowres"):
+            if res in images:
+                img = np.asarray(images[res])
+                if img.ndim == 2:
+                    img = np.stack([img] * 3, axis=-1)
+                img = img[..., :3].astype(float)
+                if img.max() > 1.0:
+                    img = img / 255.0
+                scale = float(scalefactors.get(f"tissue_{res}_scalef", 1.0))
+                return np.clip(img, 0, 1), scale, str(library)
+    return None
+
+
+def spatial_panel(ax, coords, values, *, categorical: bool, palette=None, image=None, scale=1.0, title="",
+                  cmap="viridis", size=None, legend=True):
+    """Spots on tissue coordinates (over the tissue image when given), y pointing down like the image."""
+    xy = np.asarray(coords, dtype=float) * scale
+    size = size or point_size(len(xy)) * (3.0 if image is not None else 1.0)
+    if image is not None:
+        ax.imshow(image, origin="upper")
+    if categorical:
+        cats = list(values.cat.categories) if hasattr(values, "cat") else sorted(set(values))
+        palette = palette or group_palette(cats)
+        vals = np.asarray(values.astype(str) if hasattr(values, "astype") else values)
+        for c in cats:
+            m = vals == str(c)
+            ax.scatter(xy[m, 0], xy[m, 1], s=size, color=palette[c], label=str(c), linewidths=0,
+                       alpha=0.85 if image is not None else 1.0)
+        if legend and len(cats) <= 20:
+            ax.legend(frameon=False, fontsize=7, markerscale=max(1.0, 6 / np.sqrt(size)), loc="upper left",
+                      bbox_to_anchor=(1.0, 1.0))
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(values, dtype=float), s=size, cmap=cmap, linewidths=0)
+        ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    if image is None:
+        ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)

@@ -1,0 +1,94 @@
+"""Read stage outputs for the report: a corrupt file is one InputError line naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tissuelens.errors import InputError
+
+
+def _why(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def read_json(path, expect=dict):
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: corrupt JSON ({_why(exc)})") from None
+    if expect is not None and not isinstance(value, expect):
+        raise InputError(f"{path}: expected a JSON {expect.__name__}, found {type(value).__name__}")
+    return value
+
+
+def read_csv(path):
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt CSV ({_why(exc)})") from None
+    return frame
+
+
+def read_parquet(path):
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError) for damaged files
+        raise InputError(f"{path}: corrupt parquet ({_why(exc)})") from None
+
+
+def read_npy(path, ndim: int | None = None):
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: corrupt .npy ({_why(exc)})") from None
+    if ndim is not None and array.ndim != ndim:
+        raise InputError(f"{path}: expected a {ndim}-d array, found shape {array.shape}")
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: contains NaN or infinite values")
+    return array
+
+
+def read_h5ad(path, backed: bool = False):
+    import anndata as ad
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError, TypeError on damage
+        raise InputError(f"{path}: corrupt .h5ad ({_why(exc)})") from None
+
+
+def scalars(mapping: dict, prefix: str = "") -> dict:
+    """Flatten nested dicts to {dotted.key: scalar}; lists of numbers become their mean (key + ' (mean)')."""
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+        elif isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            out[f"{name} (mean)"] = float(np.mean(value))
+    return out

@@ -1,0 +1,124 @@
+"""Report test inputs: a small preprocessed dataset and stage outputs in each stage's on-disk format.
+
+The stage files follow the formats of the factorize, embed and sae stages (metrics JSON, .npy arrays,
+parquet tables, embeddings.h5ad); their values are made up but shaped like the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tissuelens.config import SCHEMA_DIR, schema_defaults
+from tissuelens.report.stages import stage_plan
+
+N_FACTORS = 3
+
+
+def report_defaults() -> dict:
+    return schema_defaults(yaml.safe_load((SCHEMA_DIR / "report.schema.yaml").read_text()))
+
+
+def write_preprocessed(root: Path, n_spots: int = 160, n_genes: int = 50, seed: int = 1) -> tuple[Path, Path]:
+    """results/demo/preprocessed.h5ad and qc.json under `root`, through the real preprocess step."""
+    from tissuelens.datasets.synthetic import make_synthetic
+    from tissuelens.preprocess import preprocess
+
+    defaults = schema_defaults(yaml.safe_load((SCHEMA_DIR / "preprocess.schema.yaml").read_text()))
+    raw = make_synthetic(n_spots=n_spots, n_genes=n_genes, n_spatial_factors=N_FACTORS, n_groups=3, seed=seed,
+                         image_size=96)
+    adata, qc = preprocess(raw, {"source": "synthetic", "spatial": True, "group_key": "group"}, defaults, "demo")
+    qc["settings"] = defaults
+    out = root / "results" / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out / "preprocessed.h5ad")
+    (out / "qc.json").write_text(json.dumps(qc))
+    return out / "qc.json", out / "preprocessed.h5ad"
+
+
+def stage_config(**report) -> dict:
+    return {
+        "datasets": {"demo": {"source": "synthetic", "spatial": True, "group_key": "group"}},
+        "factorize": {"variants": ["pnmf", "svgp"]},
+        "embed": {"models": ["geneformer", "loki"]},
+        "sae": {"models": ["geneformer"]},
+        "report": report,
+    }
+
+
+def write_stage_files(root: Path, adata) -> dict:
+    """Every stage's files for dataset `demo` under root/results; returns the plan (paths relative to root)."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    n, g = adata.n_obs, adata.n_vars
+    base = root / "results" / "demo"
+    truth = np.asarray(adata.obsm.get("true_factors", rng.gamma(2.0, 1.0, (n, N_FACTORS))))[:, :N_FACTORS]
+    for i, variant in enumerate(("pnmf", "svgp")):
+        d = base / "factorize" / variant
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps({
+            "val_deviance": {"mean": 0.9 - 0.1 * i, "total": 1234.5}, "train_deviance": {"mean": 0.8 - 0.1 * i},
+            "reconstruction_error": 0.5 - 0.05 * i, "moran_i": [0.8, 0.6, 0.3], "fit_seconds": 3.0 + i, "iterations": 200}))
+        np.save(d / "factors.npy", truth + rng.gamma(1.0, 0.1, truth.shape))
+        np.save(d / "loadings.npy", rng.gamma(1.0, 1.0, (g, N_FACTORS)))
+        pd.DataFrame({"iteration": np.arange(50), "elbo": -1000 + 10 * np.log1p(np.arange(50)) * (1 + i)}).to_csv(
+            d / "elbo.csv", index=False)
+        (d / "gene_enrichment.json").write_text(json.dumps({
+            f"factor_{k}": {c: {"mean_lfc": 0.1 * k, "std_lfc": 0.2, "top_enriched": list(adata.var_names[:3]),
+                                "top_depleted": list(adata.var_names[-3:])}
+                            for c in adata.obs["group"].cat.categories} for k in range(N_FACTORS)}))
+    for model, keys in (("geneformer", ["X_geneformer"]), ("loki", ["X_loki_text", "X_loki_image"])):
+        d = base / "embed" / model
+        (d / "activations").mkdir(parents=True, exist_ok=True)
+        emb = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()))
+        for key in keys:
+            emb.obsm[key] = (truth @ rng.normal(size=(N_FACTORS, 8)) + rng.normal(scale=0.1, size=(n, 8))).astype(np.float32)
+        emb.write_h5ad(d / "embeddings.h5ad")
+        metrics = {"silhouette_group": 0.21, "knn_group_accuracy": 0.74, "n_cells": n}
+        if model == "loki":
+            metrics["text_image_agreement"] = {"top1_accuracy": 0.31, "mean_cosine": 0.52}
+        (d / "embedding_metrics.json").write_text(json.dumps(metrics))
+        (d / "activations" / "meta.json").write_text(json.dumps({
+            "model": model, "kind": model, "layers": [1], "d_model": 8, "n_tokens": 10 * n, "n_cells": n,
+            "untrained": True, "checkpoint": f"resources/models/{model}"}))
+    d = base / "sae" / "geneformer"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "n_eval_tokens": 2000, "l0": 16.0, "fraction_variance_explained": 0.81, "mse": 0.01, "cosine": 0.93,
+        "dead_features": 4, "dead_fraction": 0.0625, "dense_features": 1, "untrained_model": True, "architecture": "topk"}))
+    n_feat = 64
+    groups = list(adata.obs["group"].cat.categories)
+    pd.DataFrame({
+        "feature": np.arange(n_feat), "frequency": rng.uniform(0, 0.6, n_feat), "dead": np.arange(n_feat) < 4,
+        "dense": np.arange(n_feat) == 63, "top_genes": [",".join(adata.var_names[k % g: k % g + 3]) for k in range(n_feat)],
+        "top_group": [groups[k % len(groups)] for k in range(n_feat)], "top_group_auroc": rng.uniform(0.5, 1, n_feat),
+        "moran_i": rng.uniform(-0.1, 0.9, n_feat), "best_factor": np.arange(n_feat) % N_FACTORS,
+        "best_factor_r": rng.uniform(-0.9, 0.9, n_feat),
+    }).to_parquet(d / "features.parquet")
+    pd.DataFrame({"feature": np.repeat(np.arange(n_feat), 3), "gene": np.tile(adata.var_names[:3], n_feat),
+                  "symbol": np.tile(adata.var_names[:3], n_feat), "mean_activation": rng.uniform(0, 1, 3 * n_feat),
+                  "rank_mean": np.tile([1.0, 2.0, 3.0], n_feat)}).to_parquet(d / "feature_genes.parquet")
+    pd.DataFrame({"feature": np.repeat(np.arange(n_feat), len(groups)), "group": np.tile(groups, n_feat),
+                  "log2fc": rng.normal(size=n_feat * len(groups)), "auroc": rng.uniform(0.3, 1, n_feat * len(groups))}
+                 ).to_parquet(d / "feature_groups.parquet")
+    pd.DataFrame({"feature": np.repeat(np.arange(n_feat), N_FACTORS), "factor": np.tile(np.arange(N_FACTORS), n_feat),
+                  "pearson_r": rng.uniform(-0.8, 0.8, n_feat * N_FACTORS)}).to_parquet(d / "feature_factors.parquet")
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([1, 2, 3], [3, 2, 1])
+    fig.savefig(d / "loss_curve.png")
+    plt.close(fig)
+    (d / "dashboard.html").write_text("<html><body>dashboard</body></html>")
+    plan = stage_plan(stage_config(), "demo", lambda p: (root / p).exists())
+    for entry in plan.values():  # absolute paths: the tests run from anywhere
+        entry["files"] = {k: str(root / v) for k, v in entry["files"].items()}
+        entry["units"] = {u: {k: str(root / v) for k, v in f.items()} for u, f in entry["units"].items()}
+    return plan

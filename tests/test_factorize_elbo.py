@@ -1,0 +1,149 @@
+"""KL terms against closed forms, and the expected log-likelihood estimator's expectation."""
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
+from tissuelens.factorize.kernels import dense, make_kernel
+from tissuelens.factorize.lcgp import conditional_kl, knn_excluding_self
+from tissuelens.factorize.pnmf import kl_normal_std
+from tissuelens.factorize.svgp import SVGPPrior
+
+
+@pytest.fixture(autouse=True)
+def _double_precision():
+    # closed-form comparisons need float64; restore the default for other test modules
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def test_pnmf_kl_is_the_normal_closed_form():
+    mu, sd = torch.tensor([0.0, 1.5, -2.0]), torch.tensor([1.0, 0.3, 2.0])
+    expected = kl_divergence(Normal(mu, sd), Normal(0.0, 1.0))
+    torch.testing.assert_close(kl_normal_std(mu, sd**2), expected)
+    assert kl_normal_std(torch.tensor(0.0), torch.tensor(1.0)).item() == 0.0
+
+
+def test_svgp_kl_equals_kl_of_u_against_the_gp_prior():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.rand(7, 2, generator=gen) * 20
+    kernel = make_kernel(8.0).double()
+    prior = SVGPPrior(z, 3, kernel, jitter=1e-6).double()
+    mean = torch.randn(3, 7, generator=gen)
+    chol = torch.randn(3, 7, 7, generator=gen).tril(-1) * 0.1 + torch.diag_embed(torch.rand(3, 7, generator=gen) + 0.2)
+    prior.init_variational(mean, chol)
+    kzz = dense(kernel, z, z) + 1e-6 * torch.eye(7)
+    lk = torch.linalg.cholesky(kzz)
+    lu = lk @ chol  # u = L_K ũ
+    expected = sum(
+        kl_divergence(MultivariateNormal(lk @ mean[l], scale_tril=lu[l]), MultivariateNormal(torch.zeros(7), kzz))
+        for l in range(3))
+    got = prior.kl(torch.arange(4), n_total=100, kl_scaling="elbo")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+    # the reference's weighting multiplies by N/M
+    assert prior.kl(torch.arange(4), 100, "reference").item() == pytest.approx(expected.item() * 100 / 7, rel=1e-4)
+    torch.testing.assert_close(prior.u_space_cholesky(), lu, atol=1e-5, rtol=1e-4)
+
+
+def test_lcgp_conditional_kl_is_the_chain_rule_difference():
+    """E_{q(u_n)} KL(q(u_j|u_n) || p(u_j|u_n)) = KL(q(u_n,u_j) || p(u_n,u_j)) − KL(q(u_n) || p(u_n))."""
+    gen = torch.Generator().manual_seed(3)
+    K, R, L, jitter = 4, 6, 2, 1e-6
+    x = torch.rand(K + 1, 2, generator=gen) * 10
+    kernel = make_kernel(5.0).double()
+    kfull = dense(kernel, x, x)
+    m = torch.randn(L, K + 1, generator=gen)
+    lu = torch.randn(L, K + 1, R, generator=gen) * 0.5
+    got = conditional_kl(m[:, :1], m[:, None, 1:], lu[:, :1], lu[:, None, 1:], kfull[:1, 0], kfull[None, 1:, 0],
+                         kfull[None, 1:, 1:], jitter)
+    for l in range(L):
+        s = lu[l] @ lu[l].T
+        s[1:, 1:] += jitter * torch.eye(K)
+        p = kfull.clone()
+        p[1:, 1:] += jitter * torch.eye(K)
+        joint = kl_divergence(MultivariateNormal(m[l], s), MultivariateNormal(torch.zeros(K + 1), p))
+        marg = kl_divergence(MultivariateNormal(m[l, 1:], s[1:, 1:]), MultivariateNormal(torch.zeros(K), p[1:, 1:]))
+        assert got[l, 0].item() == pytest.approx((joint - marg).item(), rel=1e-6, abs=1e-8)
+
+
+def test_knn_excludes_self_even_with_duplicate_points():
+    xy = np.array([[0, 0], [0, 0], [1, 0], [5, 5], [6, 5]], dtype=float)
+    nbr = knn_excluding_self(xy, 2)
+    assert nbr.shape == (5, 2)
+    assert not (nbr == np.arange(5)[:, None]).any()
+    assert set(nbr[0]) == {1, 2}
+
+
+def _exact_single_factor(y, w, mu, var, nu):
+    # L = 1: log(W e^F) = log W + F, so E[log] = log W + μ exactly
+    rate_mean = nu[:, None] * torch.exp(mu + var / 2) @ w.T
+    return (y * (torch.log(w.T) + mu + torch.log(nu[:, None])) - rate_mean - torch.lgamma(y + 1)).sum()
+
+
+def test_expected_loglik_is_exact_in_expectation_for_one_factor():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.poisson(torch.full((6, 5), 3.0), generator=gen)
+    w = torch.rand(5, 1, generator=gen) + 0.5
+    mu, var = torch.randn(6, 1, generator=gen) * 0.3, torch.rand(6, 1, generator=gen) * 0.5
+    nu = torch.rand(6, generator=gen) + 0.5
+    eps = torch.randn(20000, 6, 1, generator=gen)
+    exact = _exact_single_factor(y, w, mu, var, nu)
+    assert expected_loglik(y, w, mu, var, nu, eps).item() == pytest.approx(exact.item(), rel=2e-3)
+    # Jensen's bound is exact here too (log-sum of one term is linear in F)
+    assert expected_loglik(y, w, mu, var, nu, None).item() == pytest.approx(exact.item(), rel=1e-9)
+
+
+def test_expected_loglik_matches_quadrature_for_two_factors():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.tensor([[4.0, 0.0, 7.0]])
+    w = torch.tensor([[1.0, 0.2], [0.3, 0.9], [0.5, 0.5]])
+    mu, var = torch.tensor([[0.2, -0.4]]), torch.tensor([[0.5, 0.8]])
+    nu = torch.ones(1)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    f1 = mu[0, 0].item() + np.sqrt(var[0, 0].item()) * nodes
+    f2 = mu[0, 1].item() + np.sqrt(var[0, 1].item()) * nodes
+    ww = np.outer(weights, weights) / (2 * np.pi)
+    rate = np.exp(f1)[:, None, None] * w[:, 0].numpy() + np.exp(f2)[None, :, None] * w[:, 1].numpy()
+    term1 = (ww[..., None] * np.log(rate)).sum((0, 1)) @ y[0].numpy()
+    term2 = (torch.exp(mu + var / 2) @ w.T).sum().item()
+    exact = term1 - term2 - torch.lgamma(y + 1).sum().item()
+    eps = torch.randn(40000, 1, 2, generator=gen)
+    assert expected_loglik(y, w, mu, var, nu, eps).item() == pytest.approx(exact, rel=2e-3)
+    assert expected_loglik(y, w, mu, var, nu, None).item() < exact  # Jensen: a lower bound
+
+
+def test_minibatch_scaling_is_unbiased():
+    """(N/|B|)(D/|G|) × block sums average to the full sum over random cell and gene batches."""
+    gen = torch.Generator().manual_seed(2)
+    y = torch.poisson(torch.full((12, 8), 2.0), generator=gen)
+    w = torch.rand(8, 3, generator=gen)
+    mu, var, nu = torch.randn(12, 3, generator=gen) * 0.2, torch.full((12, 3), 0.1), torch.ones(12)
+    full = expected_loglik(y, w, mu, var, nu, None).item()
+    draws = []
+    for _ in range(4000):
+        b, g = torch.randperm(12, generator=gen)[:4], torch.randperm(8, generator=gen)[:3]
+        part = expected_loglik(y[b][:, g], w[g], mu[b], var[b], nu[b], None).item()
+        draws.append(part * (12 / 4) * (8 / 3))
+    assert np.mean(draws) == pytest.approx(full, rel=0.01)
+
+
+def test_multiplicative_update_is_a_fixed_point_at_the_poisson_optimum():
+    """With exact counts y = W F (σ = 0), the Lee–Seung update leaves W unchanged."""
+    gen = torch.Generator().manual_seed(4)
+    f = torch.rand(30, 2, generator=gen) + 0.1
+    w = torch.rand(5, 2, generator=gen) + 0.1
+    y = f @ w.T
+    mu, var, nu = torch.log(f), torch.zeros(30, 2), torch.ones(30)
+    _, num = expected_loglik(y, w, mu, var, nu, None, want_update=True)
+    w2 = w.clone()
+    multiplicative_update(w2, torch.arange(5), num, mu, var, nu)
+    torch.testing.assert_close(w2, w, rtol=1e-6, atol=1e-7)
+    # from a perturbed W it moves towards the truth
+    w3 = w * 1.5
+    _, num = expected_loglik(y, w3, mu, var, nu, None, want_update=True)
+    before = (w3 - w).norm()
+    multiplicative_update(w3, torch.arange(5), num, mu, var, nu)
+    assert (w3 - w).norm() < before

@@ -1,0 +1,159 @@
+"""The report from every stage's files: sections, figures, stage plan, and corrupt-input errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import error_line, run_script
+from report_fixtures import report_defaults, stage_config, write_preprocessed, write_stage_files
+
+from tissuelens.errors import InputError
+from tissuelens.report.build import build_report
+from tissuelens.report.stages import plan_files, stage_plan
+
+SECTION_IDS = ["dataset", "factorize", "embed", "sae", "narrative", "provenance"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A report over every stage (fake stage files in the stages' formats) and a narrative."""
+    import anndata as ad
+
+    from tissuelens.io import write_json
+    from tissuelens.report.prompt import make_narrative
+
+    root = tmp_path_factory.mktemp("report")
+    qc, h5ad = write_preprocessed(root)
+    adata = ad.read_h5ad(h5ad)
+    plan = write_stage_files(root, adata)
+    narrative = root / "results/demo/report/narrative.json"
+    settings = report_defaults()
+    write_json(make_narrative("demo", {"source": "synthetic"}, json.loads(qc.read_text()), adata, plan,
+                              {**settings["narrative"], "image_size": 64}), narrative)
+    out = root / "results/demo/report/index.html"
+    run_config = {"dataset": "demo", "seed": 0, "entry": {"source": "synthetic"}, "steps": {"report": settings}}
+    build_report("demo", qc, h5ad, plan, settings, run_config, out, root / "results/demo/report/figures", narrative)
+    return {"root": root, "qc": qc, "h5ad": h5ad, "plan": plan, "narrative": narrative, "html": out.read_text(),
+            "out": out, "settings": settings}
+
+
+def sections(html: str) -> dict:
+    found = re.findall(r'<section id="([a-z]+)" class="report-section" data-status="([a-z]+)">(.*?)</section>', html, re.S)
+    return {sid: (status, body) for sid, status, body in found}
+
+
+def test_every_section_present_with_content(built):
+    secs = sections(built["html"])
+    assert list(secs) == SECTION_IDS
+    assert all(status == "ok" for status, _ in secs.values())
+    for sid, (_, body) in secs.items():
+        assert len(re.sub(r"<[^>]+>", "", body).strip()) > 50, sid
+
+
+def test_figures_are_embedded_and_saved_for_snakemake_report(built):
+    html = built["html"]
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) >= 12
+    import base64
+
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+    saved = sorted(p.relative_to(built["root"] / "results/demo/report/figures").as_posix()
+                   for p in (built["root"] / "results/demo/report/figures").rglob("*.png"))
+    assert len(saved) == len(imgs)
+    assert {"dataset/tissue.png", "factorize/elbo.png", "factorize/factors-svgp.png", "embed/umap-loki-x-loki-text.png",
+            "sae/loss-curve-geneformer.png", "narrative/model-input.png"} <= set(saved)
+    assert "http://" not in html and "https://" not in html  # nothing fetched: opens offline
+
+
+def test_section_contents(built):
+    secs = sections(built["html"])
+    fact = secs["factorize"][1]
+    assert '<tr class="best"><td>svgp</td>' in fact and "Best model: <b>svgp</b>" in fact
+    assert "held-out deviance" in fact and "Moran&#x27;s I (mean)" in fact
+    emb = secs["embed"][1]
+    assert "Text-image agreement (Loki)" in emb and "text_image_agreement.top1_accuracy" in emb
+    assert "untrained (random test) weights" in emb
+    sae = secs["sae"][1]
+    assert "Most interpretable features" in sae and 'href="../sae/geneformer/dashboard.html"' in sae
+    assert "60 of 64 live" in sae
+    narr = secs["narrative"][1]
+    assert "ready to paste" in narr and "Sample sample-" in narr
+    prov = secs["provenance"][1]
+    assert "untrained (random test) weights" in prov and "resources/models/geneformer" in prov
+    assert "scanpy" in prov and "max_points: 50000" in prov
+
+
+def test_stage_plan_statuses():
+    config = stage_config()
+    config["datasets"]["flat"] = {"source": "synthetic", "spatial": False}
+    config["datasets"]["flat"]["embed"] = {"models": []}
+    plan = stage_plan(config, "demo", lambda p: "/factorize/" in p)
+    assert plan["factorize"]["status"] == "built" and list(plan["factorize"]["units"]) == ["pnmf", "svgp"]
+    assert plan["embed"]["status"] == "absent" and "no rule" in plan["embed"]["reason"]
+    flat = stage_plan(config, "flat", lambda p: True)
+    assert list(flat["factorize"]["units"]) == ["pnmf"]  # not spatial: pnmf only
+    assert flat["embed"]["status"] == "disabled" and flat["sae"]["status"] == "disabled"
+    assert "results/flat/factorize/pnmf/factors.npy" in plan_files(flat)
+
+
+def test_missing_stages_are_sections_that_say_so(built, tmp_path):
+    plan = stage_plan(stage_config(), "demo", lambda p: False)
+    out = tmp_path / "index.html"
+    build_report("demo", built["qc"], built["h5ad"], plan, built["settings"], {}, out)
+    secs = sections(out.read_text())
+    assert list(secs) == SECTION_IDS
+    for sid in ("factorize", "embed", "sae"):
+        assert secs[sid][0] == "skipped" and "has not been built" in secs[sid][1]
+    assert secs["narrative"][0] == "skipped" and "turned off" in secs["narrative"][1]
+
+
+def corrupt(path):
+    with open(path, "wb") as fh:
+        fh.write(b"\x00garbage{")
+
+
+@pytest.mark.parametrize("stage, unit, name, problem", [
+    ("factorize", "svgp", "metrics.json", "corrupt JSON"),
+    ("factorize", "svgp", "factors.npy", "corrupt .npy"),
+    ("factorize", "pnmf", "elbo.csv", "corrupt CSV"),
+    ("embed", "loki", "embeddings.h5ad", "corrupt .h5ad"),
+    ("sae", "geneformer", "features.parquet", "corrupt parquet"),
+])
+def test_corrupt_stage_file_is_one_clear_error(built, tmp_path, stage, unit, name, problem):
+    import shutil
+
+    plan = json.loads(json.dumps(built["plan"]))
+    original = built["plan"][stage]["units"][unit][name]
+    bad = tmp_path / name
+    shutil.copy(original, bad)
+    corrupt(bad)
+    plan[stage]["units"][unit][name] = str(bad)
+    for other in set(plan) - {stage}:  # only the stage under test (keeps the test short)
+        plan[other] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}
+    with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}: {problem}"):
+        build_report("demo", built["qc"], built["h5ad"], plan, built["settings"], {}, tmp_path / "index.html")
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_script_error_line_and_no_output(built, tmp_path):
+    bad = tmp_path / "narrative.json"
+    bad.write_text(json.dumps({"mode": "prompt"}))
+    out, figs = tmp_path / "report/index.html", tmp_path / "report/figures"
+    proc = run_script("report", "--dataset", "demo", "--qc", built["qc"], "--preprocessed", built["h5ad"],
+                      "--plan", "{}", "--narrative", bad, "--out", out, "--figures", figs)
+    assert proc.returncode == 2
+    assert error_line(proc) == f"error: {bad}: not a narrative file (missing system, prompt)"
+    assert not out.exists() and not figs.exists()
+
+
+def test_factors_not_matching_cells_are_a_note(built, tmp_path):
+    plan = json.loads(json.dumps(built["plan"]))
+    short = tmp_path / "factors.npy"
+    np.save(short, np.ones((7, 3)))
+    plan["factorize"]["units"]["svgp"]["factors.npy"] = str(short)
+    out = tmp_path / "index.html"
+    build_report("demo", built["qc"], built["h5ad"], plan, built["settings"], {}, out)
+    assert "cover 7 cells but the dataset has 160" in out.read_text()

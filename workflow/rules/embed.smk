@@ -1,0 +1,97 @@
+rule download_model:
+    """Fetch (huggingface_hub / local) or build (random, untrained) a checkpoint in the model's own layout."""
+    input:
+        model_inputs,
+    output:
+        directory("resources/models/{model}"),
+    params:
+        script=script("download_model"),
+        entry=model_entry,
+        genes=model_genes_arg,
+    wildcard_constraints:
+        model="|".join(re.escape(m) for m in MODELS) or "(?!x)x",
+    log:
+        "logs/models/{model}.log",
+    benchmark:
+        "benchmarks/models/{model}.tsv"
+    conda:
+        model_env
+    shell:
+        "python {params.script:q} --model {wildcards.model} --entry {params.entry:q} {params.genes} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
+rule embed_geneformer:
+    """Geneformer cell embeddings (input order), token activations for the SAE stage, run consistency."""
+    input:
+        h5ad="results/{dataset}/preprocessed.h5ad",
+        model="resources/models/{model}",
+    output:
+        h5ad="results/{dataset}/embed/{model}/embeddings.h5ad",
+        activations=directory("results/{dataset}/embed/{model}/activations"),
+    params:
+        script=script("embed_geneformer"),
+        settings=embed_settings("embed"),
+        seed=dataset_seed,
+    wildcard_constraints:
+        model=kind_model_pattern("geneformer"),
+    threads: 4
+    log:
+        "logs/{dataset}/embed/{model}.log",
+    benchmark:
+        "benchmarks/{dataset}/embed/{model}.tsv"
+    conda:
+        "../../envs/geneformer.yaml"
+    shell:
+        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} --model {wildcards.model} "
+        "--settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output.h5ad:q} "
+        "--activations {output.activations:q} > {log:q} 2>&1"
+
+
+rule embedding_metrics:
+    """Embedding quality (kNN accuracy, silhouette, Leiden ARI/NMI, spatial coherence) for any model kind."""
+    input:
+        "results/{dataset}/embed/{model}/embeddings.h5ad",
+    output:
+        "results/{dataset}/embed/{model}/embedding_metrics.json",
+    params:
+        script=script("embedding_metrics"),
+        settings=embed_settings("metrics"),
+        seed=dataset_seed,
+    log:
+        "logs/{dataset}/embed/{model}_metrics.log",
+    benchmark:
+        "benchmarks/{dataset}/embed/{model}_metrics.tsv"
+    conda:
+        "../../envs/geneformer.yaml"
+    shell:
+        "python {params.script:q} --embeddings {input:q} --model {wildcards.model} --settings {params.settings:q} "
+        "--seed {params.seed} --out {output:q} > {log:q} 2>&1"
+
+
+rule perturb_geneformer:
+    """In-silico deletion / overexpression of configured genes; per-cell effects and per-gene tests."""
+    input:
+        h5ad="results/{dataset}/preprocessed.h5ad",
+        model="resources/models/{model}",
+        embeddings="results/{dataset}/embed/{model}/embeddings.h5ad",
+    output:
+        tsv="results/{dataset}/embed/{model}/perturbation.tsv",
+        cells="results/{dataset}/embed/{model}/perturbation_cells.parquet",
+    params:
+        script=script("perturb_geneformer"),
+        settings=embed_settings("perturb"),
+        seed=dataset_seed,
+    wildcard_constraints:
+        model=kind_model_pattern("geneformer"),
+    threads: 4
+    log:
+        "logs/{dataset}/embed/{model}_perturb.log",
+    benchmark:
+        "benchmarks/{dataset}/embed/{model}_perturb.tsv"
+    conda:
+        "../../envs/geneformer.yaml"
+    shell:
+        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} --embeddings {input.embeddings:q} "
+        "--model {wildcards.model} --settings {params.settings:q} --seed {params.seed} --threads {threads} "
+        "--out {output.tsv:q} --cells {output.cells:q} > {log:q} 2>&1"
