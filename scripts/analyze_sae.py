@@ -44,17 +44,11 @@ def parse_args(argv):
 
 def read_preprocessed(path: str):
     """obs names, groups (or None), coordinates (or None) and an Ensembl id -> symbol map, without loading X."""
-    import anndata as ad
     import pandas as pd
 
-    from tissuelens.errors import InputError
+    from tissuelens.io import read_h5ad
 
-    if not Path(path).is_file():
-        raise InputError(f"{path}: missing")
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .h5ad file ({exc})") from None
+    adata = read_h5ad(path, backed=True)
     try:
         obs_names = adata.obs_names.astype(str).to_numpy()
         groups = None

@@ -12,21 +12,9 @@ import logging
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.errors import InputError
-from tissuelens.io import atomic_path, write_json
+from tissuelens.io import atomic_path, read_h5ad, write_json
 
 log = logging.getLogger("embed_loki")
-
-
-def read_h5ad(path: Path):
-    import anndata as ad
-
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as .h5ad ({exc})") from None
 
 
 def main(argv=None):

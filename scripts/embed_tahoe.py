@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.errors import InputError
+from tissuelens.io import read_h5ad
 from tissuelens.io import atomic_path, write_json
 
 
@@ -27,17 +27,11 @@ def main(argv=None):
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    import anndata as ad
 
     from tissuelens.embed.tahoe import embed_dataset
     from tissuelens.models.tahoe import load_checkpoint
 
-    if not args.h5ad.is_file():
-        raise InputError(f"{args.h5ad}: file not found")
-    try:
-        adata = ad.read_h5ad(args.h5ad)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{args.h5ad}: cannot read as .h5ad ({exc})") from None
+    adata = read_h5ad(args.h5ad)
     ckpt = load_checkpoint(args.model_dir)
     with atomic_path(args.activations) as act_tmp:
         out, metrics = embed_dataset(adata, ckpt, args.settings, model_name=args.model, seed=args.seed,

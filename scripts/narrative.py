@@ -12,7 +12,6 @@ By hand:
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

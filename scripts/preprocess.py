@@ -6,18 +6,12 @@ from pathlib import Path
 
 from tissuelens import cli
 from tissuelens.datasets.contract import integer_counts
-from tissuelens.errors import InputError
-from tissuelens.io import atomic_path, write_json
+from tissuelens.io import atomic_path, read_h5ad, write_json
 from tissuelens.preprocess import preprocess
 
 
 def read_raw(path: Path):
-    import anndata as ad
-
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as .h5ad ({exc})") from None
+    adata = read_h5ad(path)
     adata.X = integer_counts(adata.X, str(path), "X")
     return adata
 

@@ -76,7 +76,7 @@ def test_run_perturb_table(tmp_path):
     s = embed_defaults(batch_size=8, consistency={"enabled": False}, activations={"max_cells": 2, "max_tokens_per_cell": 2},
                        perturb={"genes": ["SYM3", gene_ids(30)[4]], "goal_group": "g1", "start_group": "g0", "max_cells": 6, "batch_size": 4})
     run_embed(str(h5), str(tmp_path / "gf"), "gf", s, str(tmp_path / "e.h5ad"), str(tmp_path / "acts"))
-    summary = run_perturb(str(h5), str(tmp_path / "gf"), str(tmp_path / "e.h5ad"), "gf", s, str(tmp_path / "p.tsv"), str(tmp_path / "c.parquet"))
+    run_perturb(str(h5), str(tmp_path / "gf"), str(tmp_path / "e.h5ad"), "gf", s, str(tmp_path / "p.tsv"), str(tmp_path / "c.parquet"))
     table = pd.read_csv(tmp_path / "p.tsv", sep="\t")
     assert set(table["symbol"]) == {"SYM3", "SYM4"} and set(table["perturbation"]) == {"delete", "overexpress"}
     assert table["untrained"].all() and (table["tested"] == "shift_to_goal").all()

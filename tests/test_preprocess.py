@@ -144,5 +144,5 @@ def test_script_rejects_a_corrupt_raw_file(tmp_path):
     raw.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     proc, out, qc = _run(tmp_path, raw, ENTRY, SETTINGS)
     assert proc.returncode == 2
-    assert f"{raw}: cannot read as .h5ad" in error_line(proc)
+    assert f"{raw}: not a readable .h5ad file" in error_line(proc)
     assert not out.exists() and not qc.exists()

@@ -119,7 +119,7 @@ def corrupt(path):
     ("factorize", "svgp", "metrics.json", "corrupt JSON"),
     ("factorize", "svgp", "factors.npy", "corrupt .npy"),
     ("factorize", "pnmf", "elbo.csv", "corrupt CSV"),
-    ("embed", "loki", "embeddings.h5ad", "corrupt .h5ad"),
+    ("embed", "loki", "embeddings.h5ad", "not a readable .h5ad"),
     ("sae", "geneformer", "features.parquet", "corrupt parquet"),
 ])
 def test_corrupt_stage_file_is_one_clear_error(built, tmp_path, stage, unit, name, problem):

@@ -180,7 +180,7 @@ def test_analyze_bad_input(data, built, tmp_path, capsys):
     argv = _analyze_argv(base / "activations", tmp_path / "nope.h5ad", out)
     argv[argv.index("--sae") + 1] = str(sae_out / "sae")
     code, errors, _ = _run(_script("analyze_sae").main, argv, capsys)
-    assert code == 2 and len(errors) == 1 and "nope.h5ad: missing" in errors[0]
+    assert code == 2 and len(errors) == 1 and "nope.h5ad: file not found" in errors[0]
     bad = tmp_path / "factors.npy"
     np.save(bad, np.zeros((5, 2)))
     argv = _analyze_argv(base / "activations", base / "preprocessed.h5ad", out, factors=bad)

@@ -45,3 +45,18 @@ def _json_default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_h5ad(path: str | os.PathLike, backed: bool = False):
+    """Read an AnnData file; a missing or damaged file is one InputError naming it."""
+    import anndata as ad
+
+    from tissuelens.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError, TypeError on damage
+        raise InputError(f"{path}: not a readable .h5ad file ({type(exc).__name__}: {exc})") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,19 +11,9 @@ from tissuelens.embed.activations import ActivationWriter
 from tissuelens.embed.geneformer_extract import ActivationPlan, Encoder, embed_cells, hidden_index, pooling_mode
 from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
 from tissuelens.errors import InputError
+from tissuelens.io import read_h5ad
 
 log = logging.getLogger(__name__)
-
-
-def read_h5ad(path: str):
-    import anndata as ad
-
-    if not Path(path).is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read AnnData ({exc})") from None
 
 
 def load_geneformer(checkpoint: str):

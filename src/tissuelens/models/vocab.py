@@ -39,12 +39,9 @@ def nonzero_cp10k_medians(counts, ids: list[str]) -> dict[str, float]:
 
 def genes_from_h5ad(path: str, gene_id_key: str = "gene_ids", counts_layer: str = "counts") -> tuple[list[str], dict, dict]:
     """(Ensembl ids, medians, id -> symbol) from a preprocessed AnnData."""
-    import anndata as ad
+    from tissuelens.io import read_h5ad
 
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError) as exc:
-        raise InputError(f"{path}: cannot read AnnData ({exc})") from None
+    adata = read_h5ad(path)
     if gene_id_key not in adata.var:
         raise InputError(f"{path}: var has no column '{gene_id_key}' with Ensembl ids (has: {', '.join(adata.var.columns) or 'none'})")
     counts = adata.layers[counts_layer] if counts_layer in adata.layers else adata.X

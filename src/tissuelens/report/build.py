@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from tissuelens.io import atomic_path
+from tissuelens.io import atomic_path, read_h5ad
 from tissuelens.report import dataset, embed, factorize, narrative, provenance, readers, sae
 from tissuelens.report.context import Context
 from tissuelens.report.html import Figures, page
@@ -18,7 +18,7 @@ def build_report(dataset_name: str, qc_path, preprocessed_path, plan: dict, sett
                  out_html, figures_dir=None, narrative_path=None) -> Path:
     """Write `out_html` (and the figures as PNGs under `figures_dir`, for `snakemake --report`)."""
     qc = readers.read_json(qc_path)
-    adata = readers.read_h5ad(preprocessed_path)
+    adata = read_h5ad(preprocessed_path)
     out_html = Path(out_html)
     with ExitStack() as stack:
         fig_tmp = stack.enter_context(atomic_path(figures_dir)) if figures_dir else None

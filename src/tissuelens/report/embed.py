@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_h5ad
 from tissuelens.report import readers
 from tissuelens.report.context import Context, stage_unavailable
 from tissuelens.report.html import Section, esc, h3, note, table
@@ -94,7 +95,7 @@ def section(ctx: Context) -> Section:
         flat = readers.scalars(metrics) if metrics else {}
         row = {"model": model}
         if "embeddings.h5ad" in files:
-            adata = readers.read_h5ad(files["embeddings.h5ad"])
+            adata = read_h5ad(files["embeddings.h5ad"])
             keys = representations(adata, model)
             if not keys:
                 raise InputError(f"{files['embeddings.h5ad']}: no obsm['X_{model}'] embedding")

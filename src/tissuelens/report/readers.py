@@ -68,18 +68,6 @@ def read_npy(path, ndim: int | None = None):
     return array
 
 
-def read_h5ad(path, backed: bool = False):
-    import anndata as ad
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
-    except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError, TypeError on damage
-        raise InputError(f"{path}: corrupt .h5ad ({_why(exc)})") from None
-
-
 def scalars(mapping: dict, prefix: str = "") -> dict:
     """Flatten nested dicts to {dotted.key: scalar}; lists of numbers become their mean (key + ' (mean)')."""
     out = {}
