@@ -14,7 +14,15 @@ from tissuelens.config import step_settings
 from tissuelens.factorize.run import ANALYSIS_FILES, analyse_variant, checkpoint_path, compare, train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
-torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    """Two torch threads while this module trains (CI runners have 2 cores); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def demo_settings(**overrides) -> dict:
@@ -27,7 +35,7 @@ def demo_settings(**overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """pnmf and svgp trained and analysed on the demo with the committed config."""
+    """pnmf and svgp trained and analysed once on the demo with the committed config, shared by the module."""
     adata = demo_adata()
     root = tmp_path_factory.mktemp("demo") / "factorize"
     out = {}
@@ -42,7 +50,10 @@ def test_svgp_recovers_the_true_spatial_factors(fitted):
     _, m = fitted
     rec = m["svgp"]["recovery"]
     assert len(rec["pearson_spatial"]) == 3
+    # exp-space (factors.npy against obsm["true_factors"]) is the faithful comparison: the rate is linear in
+    # e^F and the per-factor scale is not identified, which Pearson ignores; log-space is reported too
     assert rec["spatial_min"] >= 0.9, rec
+    assert m["svgp"]["converged"] and m["svgp"]["iterations"] < 1000  # the tolerance stop, not max_iter
 
 
 def test_svgp_beats_pnmf_on_held_out_deviance(fitted):

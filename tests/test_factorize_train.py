@@ -18,7 +18,15 @@ from tissuelens.factorize.model import build_model
 from tissuelens.factorize.train import Trainer, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny problems: one torch thread is as fast and bit-for-bit comparisons stay simple; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
