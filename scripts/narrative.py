@@ -31,12 +31,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    from tissuelens.io import write_json
+    from tissuelens.io import read_h5ad, write_json
     from tissuelens.report import readers
     from tissuelens.report.prompt import make_narrative
 
     qc = readers.read_json(args.qc)
-    adata = readers.read_h5ad(args.preprocessed)
+    adata = read_h5ad(args.preprocessed)
     record = make_narrative(args.dataset, args.entry, qc, adata, args.plan, args.settings)
     write_json(record, args.out)
     print(record["prompt"])
