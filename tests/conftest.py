@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from scaleout import scaleout_config, snakemake, write_config  # noqa: F401 (re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,13 +41,6 @@ def run_snakemake(workdir: Path, *args, profile: str = "profiles/local", check=T
     return proc
 
 
-def write_config(workdir: Path, config: dict) -> Path:
-    path = workdir / "config" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The single `error:` line a script prints for bad input."""
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -60,3 +53,25 @@ def small_synthetic():
     from tissuelens.datasets.synthetic import make_synthetic
 
     return make_synthetic(n_spots=200, n_genes=60, n_spatial_factors=2, n_groups=3, seed=1, image_size=128)
+
+
+# Copied once: runs refer to scripts by absolute path (a params value), so every copy of the finished
+# run must use the same workflow tree, and touching a script must not touch the repository.
+TREE = ("workflow", "scripts", "src", "envs")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """(workflow tree, directory of a completed run): dataset `a` with every stage, `b` minimal.
+
+    One full workflow run shared by the rerun and report tests (they copy it before changing it).
+    """
+    import shutil
+
+    tree = tmp_path_factory.mktemp("tree")
+    for part in TREE:
+        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    run = tmp_path_factory.mktemp("finished")
+    write_config(run, scaleout_config(("a", "b"), minimal=("b",)))
+    snakemake(run, "--cores", "2", snakefile=tree / "workflow" / "Snakefile", timeout=1500)
+    return tree, run

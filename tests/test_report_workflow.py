@@ -127,6 +127,20 @@ def test_demo_report_renders_in_chromium(demo, tmp_path):
     assert result["empty"] == []
 
 
+def test_every_stage_built_by_the_workflow_shows_in_the_report(finished_run, tmp_path):
+    """Dataset `a` of the shared full run: every stage ran, so no section says it was skipped."""
+    _, run = finished_run
+    html_path = run / "results/a/report/index.html"
+    html = html_path.read_text()
+    assert 'data-status="skipped"' not in html and "was not run for this dataset" not in html
+    for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained"):
+        assert text in html, text
+    result = browser_check(html_path, tmp_path, ARTIFACTS / "report_full_run.png")
+    assert result["sections"] == SECTION_IDS
+    assert result["broken"] == [] and result["empty"] == []
+    assert result["images"] >= 10
+
+
 def test_report_over_every_stage_renders_in_chromium(tmp_path):
     import anndata as ad
     from report_fixtures import report_defaults, write_preprocessed, write_stage_files

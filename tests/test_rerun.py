@@ -5,32 +5,14 @@ input, params)."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
-from scaleout import REPO, copy_run, plan, scaleout_config, snakemake, write_config
+from scaleout import copy_run, plan, scaleout_config, write_config
 
 pytestmark = pytest.mark.workflow
 
-# Copied once: runs refer to scripts by absolute path (a params value), so every copy of the finished
-# run must use the same workflow tree, and touching a script must not touch the repository.
-TREE = ("workflow", "scripts", "src", "envs")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """(workflow tree, directory of a completed run of datasets a (every stage) and b (minimal))."""
-    tree = tmp_path_factory.mktemp("tree")
-    for part in TREE:
-        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
-    run = tmp_path_factory.mktemp("finished")
-    write_config(run, scaleout_config(("a", "b"), minimal=("b",)))
-    snakemake(run, "--cores", "2", snakefile=tree / "workflow" / "Snakefile", timeout=1500)
-    return tree, run
-
-
-def workflow_copy(finished, tmp_path):
-    tree, run = finished
+def workflow_copy(finished_run, tmp_path):
+    tree, run = finished_run
     return tree, copy_run(run, tmp_path / "run")
 
 
@@ -42,15 +24,15 @@ def datasets_of(jobs):
     return {wc.get("dataset") for _, wc in jobs}
 
 
-def test_a_dry_run_after_a_full_run_plans_nothing(finished, tmp_path):
-    tree, run = workflow_copy(finished, tmp_path)
+def test_a_dry_run_after_a_full_run_plans_nothing(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
     assert dry(tree, run) == []
     # a dataset's own target too
     assert dry(tree, run, "results/a/report/index.html") == []
 
 
-def test_changing_one_datasets_factorize_setting_reruns_only_its_factorize_descendants(finished, tmp_path):
-    tree, run = workflow_copy(finished, tmp_path)
+def test_changing_one_datasets_factorize_setting_reruns_only_its_factorize_descendants(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
     expected = [job for job in dry(tree, run, "--forcerun", "factorize") if job[1].get("dataset") == "a"]
     assert expected, "no factorize job planned by --forcerun factorize"
 
@@ -67,8 +49,8 @@ def test_changing_one_datasets_factorize_setting_reruns_only_its_factorize_desce
     assert sorted(jobs, key=repr) == sorted(expected, key=repr)
 
 
-def test_adding_a_second_dataset_builds_only_it(finished, tmp_path):
-    tree, run = workflow_copy(finished, tmp_path)
+def test_adding_a_second_dataset_builds_only_it(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
     write_config(run, scaleout_config(("a", "b", "c"), minimal=("b", "c")))
     jobs = dry(tree, run)
     assert datasets_of(jobs) == {"c"}, jobs
@@ -76,8 +58,8 @@ def test_adding_a_second_dataset_builds_only_it(finished, tmp_path):
     assert {"download", "preprocess", "report"} <= rules, rules
 
 
-def test_touching_scripts_and_library_reruns_nothing(finished, tmp_path):
-    tree, run = workflow_copy(finished, tmp_path)
+def test_touching_scripts_and_library_reruns_nothing(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
     touched = [tree / "scripts" / "download.py", tree / "scripts" / "preprocess.py"]
     touched += sorted((tree / "src" / "tissuelens").rglob("*.py"))
     saved = {path: path.stat() for path in touched}
@@ -90,8 +72,8 @@ def test_touching_scripts_and_library_reruns_nothing(finished, tmp_path):
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_deleting_an_intermediate_rebuilds_only_its_descendants(finished, tmp_path):
-    tree, run = workflow_copy(finished, tmp_path)
+def test_deleting_an_intermediate_rebuilds_only_its_descendants(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
     intermediate = "results/a/preprocessed.h5ad"
     expected = dry(tree, run, "--forcerun", intermediate)
     (run / intermediate).unlink()

@@ -29,7 +29,8 @@ def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
 
 
 def point_size(n: int) -> float:
-    return float(np.clip(4000.0 / max(n, 1), 0.3, 30.0))
+    # marker area (pt^2) so that n spots roughly tile a ~2-inch panel, as on a Visium slide
+    return float(np.clip(20000.0 / max(n, 1), 0.3, 40.0))
 
 
 def tissue_image(adata):
@@ -57,7 +58,7 @@ def spatial_panel(ax, coords, values, *, categorical: bool, palette=None, image=
                   cmap="viridis", size=None, legend=True):
     """Spots on tissue coordinates (over the tissue image when given), y pointing down like the image."""
     xy = np.asarray(coords, dtype=float) * scale
-    size = size or point_size(len(xy)) * (3.0 if image is not None else 1.0)
+    size = size or point_size(len(xy))
     if image is not None:
         ax.imshow(image, origin="upper")
     if categorical:
@@ -72,7 +73,11 @@ def spatial_panel(ax, coords, values, *, categorical: bool, palette=None, image=
             ax.legend(frameon=False, fontsize=7, markerscale=max(1.0, 6 / np.sqrt(size)), loc="upper left",
                       bbox_to_anchor=(1.0, 1.0))
     else:
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(values, dtype=float), s=size, cmap=cmap, linewidths=0)
+        vals = np.asarray(values, dtype=float)
+        # robust colour limits: exp-space factors and activations are heavy-tailed, a few spots
+        # would otherwise take the whole colour range
+        lo, hi = np.nanpercentile(vals, [1, 99]) if np.isfinite(vals).any() else (0.0, 1.0)
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=size, cmap=cmap, linewidths=0, vmin=lo, vmax=max(hi, lo + 1e-12))
         ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
     if image is None:
         ax.invert_yaxis()
