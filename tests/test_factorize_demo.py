@@ -6,12 +6,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
+from conftest import torch_threads
 from factorize_fixtures import demo_adata
 
 from tissuelens.config import step_settings
-from tissuelens.factorize.run import ANALYSIS_FILES, analyse_variant, checkpoint_path, compare, train_variant
+from tissuelens.factorize.run import (
+    ANALYSIS_FILES,
+    analyse_variant,
+    checkpoint_path,
+    compare,
+    train_variant,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module", autouse=True)
 def two_threads():
     """Two torch threads while this module trains (CI runners have 2 cores); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def demo_settings(**overrides) -> dict:

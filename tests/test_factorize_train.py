@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 from factorize_fixtures import demo_adata, settings
 
 from tissuelens.errors import InputError
@@ -22,10 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny problems: one torch thread is as fast and bit-for-bit comparisons stay simple; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

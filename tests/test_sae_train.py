@@ -6,20 +6,26 @@ import pytest
 torch = pytest.importorskip("torch")
 sae_lens = pytest.importorskip("sae_lens")
 
+from conftest import torch_threads
+
 from tissuelens.errors import InputError  # noqa: E402
 from tissuelens.sae.activations import ShuffledBatches  # noqa: E402
 from tissuelens.sae.metrics import ReconstructionStats, evaluate  # noqa: E402
 from tissuelens.sae.settings import check_sizes, resolve_settings  # noqa: E402
 from tissuelens.sae.synthetic import sparse_codes, unit_directions  # noqa: E402
-from tissuelens.sae.train import build_training_sae, fit, load_sae, save_sae, seed_everything  # noqa: E402
+from tissuelens.sae.train import (  # noqa: E402
+    build_training_sae,
+    fit,
+    load_sae,
+    save_sae,
+    seed_everything,
+)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
