@@ -11,7 +11,7 @@ if SRC not in sys.path:
 # jobs (local, conda, cluster) see the same library through PYTHONPATH
 shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-from tissuelens.config import step_settings, validate_config
+from tissuelens.config import STEPS, step_settings, validate_config
 from tissuelens.errors import InputError
 
 try:
@@ -27,7 +27,7 @@ TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(re.escape(d) for d in DATASETS),
 
 
 def script(name):
@@ -35,13 +35,10 @@ def script(name):
     return str(SCRIPTS / f"{name}.py")
 
 
-STEP_KEYS = ("preprocess", "factorize", "embed", "sae", "analyze", "report")
-
-
 def dataset_entry(wildcards):
     """The dataset's source options as JSON, without its step overrides (those rerun only their step)."""
     entry = config["datasets"][wildcards.dataset]
-    return json.dumps({k: v for k, v in entry.items() if k not in STEP_KEYS}, sort_keys=True)
+    return json.dumps({k: v for k, v in entry.items() if k not in STEPS}, sort_keys=True)
 
 
 def dataset_seed(wildcards):
@@ -202,8 +199,8 @@ def report_run_config(wildcards):
     return json.dumps({
         "dataset": dataset,
         "seed": dataset_seed(wildcards),
-        "entry": {k: v for k, v in entry.items() if k not in STEP_KEYS},
-        "steps": {step: step_settings(config, dataset, step) for step in STEP_KEYS},
+        "entry": {k: v for k, v in entry.items() if k not in STEPS},
+        "steps": {step: step_settings(config, dataset, step) for step in STEPS},
     }, sort_keys=True)
 
 
