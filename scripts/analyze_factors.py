@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.factorize.run import analyse_variant, complete_settings, read_h5ad
+from tissuelens.factorize.run import analyse_variant, complete_settings
+from tissuelens.io import read_h5ad
 
 
 def main(argv=None):

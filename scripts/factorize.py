@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.factorize.run import complete_settings, read_h5ad, train_variant
+from tissuelens.factorize.run import complete_settings, train_variant
+from tissuelens.io import read_h5ad
 
 
 def main(argv=None):

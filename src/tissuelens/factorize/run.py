@@ -14,17 +14,6 @@ from tissuelens.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 
-def read_h5ad(path: Path):
-    import anndata as ad
-
-    if not Path(path).exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as .h5ad ({exc})") from None
-
-
 def complete_settings(partial: dict, seed: int) -> dict:
     """Schema defaults < the given settings (rules pass complete ones; by hand a few keys suffice)."""
     import yaml
