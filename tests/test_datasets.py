@@ -13,9 +13,9 @@ from conftest import error_line, run_script
 from tenx import write_10x_h5, write_visium_folder
 
 from tissuelens.datasets.load import load_dataset
-from tissuelens.datasets.remote import sha256_of
 from tissuelens.datasets.synthetic import make_synthetic
 from tissuelens.errors import InputError
+from tissuelens.io import sha256_of
 
 SPATIAL = {"source": "local", "spatial": True}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,14 @@ def write_json(obj, path: str | os.PathLike) -> None:
 def write_h5ad(adata, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_default(obj):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tarfile
 import urllib.error
@@ -13,7 +12,7 @@ import anndata as ad
 
 from tissuelens.datasets.readers import read_local
 from tissuelens.errors import InputError
-from tissuelens.io import atomic_path
+from tissuelens.io import atomic_path, sha256_of
 
 SQUIDPY_DATASETS = (
     "four_i", "imc", "seqfish", "visium_hne_adata", "visium_hne_adata_crop", "visium_fluo_adata",
@@ -41,14 +40,6 @@ def load_scanpy(name: str, cache_dir: Path) -> ad.AnnData:
     cache_dir.mkdir(parents=True, exist_ok=True)
     sc.settings.datasetdir = cache_dir
     return getattr(sc.datasets, name)()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:

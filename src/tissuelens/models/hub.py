@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from tissuelens.errors import InputError
+from tissuelens.io import sha256_of
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -94,14 +94,6 @@ def copy_local(path: str, out: Path, *, subfolder: str | None = None, dictionari
     if dictionaries and _sub(root, dictionaries) != _sub(root, subfolder):
         files += _copy_flat(_sub(root, dictionaries), out, "dictionaries")
     return {"files": files}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(folder: Path, expected: dict[str, str]) -> None:
