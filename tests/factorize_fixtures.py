@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import functools
 
-import yaml
-
-from tissuelens.config import SCHEMA_DIR, schema_defaults
+from tissuelens.config import step_defaults
 
 
 def defaults(step: str) -> dict:
-    return schema_defaults(yaml.safe_load((SCHEMA_DIR / f"{step}.schema.yaml").read_text()))
+    return step_defaults(step)
 
 
 @functools.lru_cache(maxsize=4)

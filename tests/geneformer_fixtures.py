@@ -8,13 +8,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import yaml
 
-from tissuelens.config import SCHEMA_DIR, schema_defaults
+from tissuelens.config import step_defaults
 
 
 def embed_defaults(**over) -> dict:
-    s = schema_defaults(yaml.safe_load((SCHEMA_DIR / "embed.schema.yaml").read_text()))
+    s = step_defaults("embed")
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(s.get(k), dict):
             s[k] = {**s[k], **v}

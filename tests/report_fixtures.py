@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from tissuelens.config import SCHEMA_DIR, schema_defaults
+from tissuelens.config import step_defaults
 from tissuelens.report.stages import stage_plan
 
 N_FACTORS = 3
 
 
 def report_defaults() -> dict:
-    return schema_defaults(yaml.safe_load((SCHEMA_DIR / "report.schema.yaml").read_text()))
+    return step_defaults("report")
 
 
 def write_preprocessed(root: Path, n_spots: int = 160, n_genes: int = 50, seed: int = 1) -> tuple[Path, Path]:
@@ -28,7 +27,7 @@ def write_preprocessed(root: Path, n_spots: int = 160, n_genes: int = 50, seed: 
     from tissuelens.datasets.synthetic import make_synthetic
     from tissuelens.preprocess import preprocess
 
-    defaults = schema_defaults(yaml.safe_load((SCHEMA_DIR / "preprocess.schema.yaml").read_text()))
+    defaults = step_defaults("preprocess")
     raw = make_synthetic(n_spots=n_spots, n_genes=n_genes, n_spatial_factors=N_FACTORS, n_groups=3, seed=seed,
                          image_size=96)
     adata, qc = preprocess(raw, {"source": "synthetic", "spatial": True, "group_key": "group"}, defaults, "demo")

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import error_line, run_script
 
-from tissuelens.config import schema_defaults
+from tissuelens.config import step_defaults
 from tissuelens.errors import InputError
 from tissuelens.preprocess import preprocess
 
@@ -108,10 +108,7 @@ def test_filters_removing_every_cell():
 
 
 def test_defaults_come_from_the_schema():
-    from tissuelens.config import SCHEMA_DIR
-    import yaml
-
-    defaults = schema_defaults(yaml.safe_load((SCHEMA_DIR / "preprocess.schema.yaml").read_text()))
+    defaults = step_defaults("preprocess")
     assert set(defaults) == set(SETTINGS)
 
 

@@ -88,6 +88,21 @@ def _step_defaults(schema_file: Path) -> dict:
     return schema_defaults(yaml.safe_load(schema_file.read_text())) if schema_file.exists() else {}
 
 
+def step_defaults(step: str, schema_dir: Path = SCHEMA_DIR) -> dict:
+    """The defaults declared in `<step>.schema.yaml` (a fresh copy the caller may change)."""
+    return copy.deepcopy(_step_defaults(schema_dir / f"{step}.schema.yaml"))
+
+
+def validate_step_settings(settings: dict, step: str, source: str, schema_dir: Path = SCHEMA_DIR) -> None:
+    """Check one stage's settings (as a script run by hand gets them) against `<step>.schema.yaml`."""
+    from jsonschema import Draft202012Validator
+
+    schema = yaml.safe_load((schema_dir / f"{step}.schema.yaml").read_text())
+    errors = sorted(Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(map(str, e.path)))
+    if errors:
+        raise InputError(f"{source}: invalid {step} settings: " + "; ".join(_describe(e) for e in errors))
+
+
 def step_settings(config: dict, dataset: str, step: str, schema_dir: Path = SCHEMA_DIR) -> dict:
     """Effective settings of `step` for `dataset` (defaults < top-level section < dataset override)."""
     if dataset not in config.get("datasets", {}):

@@ -16,12 +16,9 @@ log = logging.getLogger(__name__)
 
 def complete_settings(partial: dict, seed: int) -> dict:
     """Schema defaults < the given settings (rules pass complete ones; by hand a few keys suffice)."""
-    import yaml
+    from tissuelens.config import deep_merge, step_defaults
 
-    from tissuelens.config import SCHEMA_DIR, deep_merge, schema_defaults
-
-    defaults = schema_defaults(yaml.safe_load((SCHEMA_DIR / "factorize.schema.yaml").read_text()))
-    return {**deep_merge(defaults, partial), "seed": seed}
+    return {**deep_merge(step_defaults("factorize"), partial), "seed": seed}
 
 
 def checkpoint_path(model_dir: Path) -> Path:

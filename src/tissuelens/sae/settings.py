@@ -5,34 +5,13 @@ Scripts run by hand get the same checks as the workflow's config validation.
 
 from __future__ import annotations
 
-import yaml
-
-from tissuelens.config import SCHEMA_DIR, deep_merge, schema_defaults
+from tissuelens.config import deep_merge, step_defaults, validate_step_settings
 from tissuelens.errors import InputError
-
-SCHEMA_PATH = SCHEMA_DIR / "sae.schema.yaml"
-
-
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def resolve_settings(given: dict | None, source: str = "--settings") -> dict:
-    from jsonschema import Draft202012Validator
-
-    schema = load_schema()
-    settings = deep_merge(schema_defaults(schema), given or {})
-    errors = sorted(Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(map(str, e.path)))
-    if errors:
-        lines = []
-        for err in errors:
-            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            if err.validator == "additionalProperties":
-                extra = sorted(set(err.instance) - set(schema["properties"]))
-                lines.append(f"unknown key {', '.join(repr(k) for k in extra)}")
-            else:
-                lines.append(f"{where}: {err.message}")
-        raise InputError(f"{source}: invalid sae settings: " + "; ".join(lines))
+    settings = deep_merge(step_defaults("sae"), given or {})
+    validate_step_settings(settings, "sae", source)
     return settings
 
 
