@@ -123,3 +123,67 @@ def test_bad_inputs_name_the_problem():
         tokenize(c, v)
     with pytest.raises(InputError, match=r"no layers\['raw'\]"):
         tokenize(a, v, counts_layer="raw")
+
+
+def one_cell_case(counts: np.ndarray, medians: np.ndarray):
+    ids = [f"ENSG{i:011d}" for i in range(counts.size)]
+    a = ad.AnnData(X=np.zeros((1, counts.size), np.float32), var=pd.DataFrame({"gene_ids": ids}, index=ids))
+    a.layers["counts"] = sp.csr_matrix(counts.reshape(1, -1))
+    tok = {"<pad>": 0, "<mask>": 1} | {g: 2 + i for i, g in enumerate(ids)}
+    return a, GeneVocab(tok, dict(zip(ids, medians.tolist())), None, None, None, 2048)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["ulp_pairs_collide", "outlier_merges_100_keys", "forty_equal_values", "wide_spread"],
+)
+def test_radix_ranking_is_exact(case):
+    # each case drives one branch of the radix ranking: keys that collide after the shift, runs of
+    # equal keys long enough for the merge sort, a single key value, and keys spread over many binades
+    rng = np.random.default_rng(7)
+    if case == "ulp_pairs_collide":
+        # medians over many binades, each followed by one a few ulps smaller: the pair's values share a
+        # shifted key and the second, larger one must move ahead in the exact fix-up
+        base = np.exp(rng.normal(0, 6, 50))
+        med = np.column_stack([base, np.nextafter(np.nextafter(base, 0), 0)]).ravel()
+        counts = np.ones(100, np.int64)
+    elif case == "outlier_merges_100_keys":
+        med = np.concatenate([[1e-200], 1.0 + 1e-9 * rng.permutation(100)])
+        counts = np.ones(101, np.int64)
+    elif case == "forty_equal_values":
+        med, counts = np.full(40, 2.0), np.full(40, 3, np.int64)
+    else:
+        med = np.exp(rng.normal(0, 8, 500))
+        counts = rng.integers(1, 50, 500)
+    a, v = one_cell_case(counts, med)
+    fast = tokenize(a, v).cell(0)
+    assert np.array_equal(fast, tokenize_per_cell(a, v).cell(0))
+    values = (counts / counts.sum() * 10_000 / med)[fast - 2]
+    assert np.all(np.diff(values) <= 0)
+    ties = np.diff(values) == 0
+    assert np.all(np.diff(fast)[ties] > 0)  # equal values keep column order
+    if case == "forty_equal_values":
+        assert fast.tolist() == list(range(2, 42))
+
+
+def test_unsorted_and_duplicate_entries_equal_canonical():
+    canonical = sp.csr_matrix(np.array([[3, 0, 1, 2], [0, 5, 5, 0]]))
+    # same counts: row 0 with columns out of order and a count split over two entries
+    messy = sp.csr_matrix((np.array([2, 1, 2, 1, 5, 5]), np.array([3, 2, 0, 0, 2, 1]), np.array([0, 4, 6])), shape=(2, 4))
+    assert not messy.has_canonical_format
+    ids = [f"ENSG{i}" for i in range(4)]
+    tok = {"<pad>": 0, "<mask>": 1} | {g: 2 + i for i, g in enumerate(ids)}
+    v = GeneVocab(tok, {g: 1.0 for g in ids}, None, None, None, 2048)
+    out = []
+    for x in (canonical, messy):
+        a = ad.AnnData(X=np.zeros((2, 4), np.float32), var=pd.DataFrame({"gene_ids": ids}, index=ids))
+        a.layers["counts"] = x
+        out.append(tokenize(a, v).as_lists())
+    assert out[0] == out[1] == [[2, 5, 4], [3, 4]]
+
+
+def test_non_positive_median_is_named():
+    v = vocab("V2", 4096)
+    v.median_dict = MEDIANS | {IDS["D"]: 0.0}
+    with pytest.raises(InputError, match=r"gene median of ENSG00000000004 is 0.0"):
+        tokenize(hand_adata(), v)

@@ -14,11 +14,11 @@ Same algorithm as Geneformer's TranscriptomeTokenizer (target_sum 10,000):
 5. truncated to the model input size; V2 checkpoints get `<cls>` first and `<eos>` last (the genes are
    truncated to input size - 2).
 
-The per-cell ranking runs in one numba kernel over the CSR arrays (parallel over cells, no copy of
-the matrix): a two-pass LSD radix sort on a 22-bit key (the top bits of each value's float32 image;
-rounding and truncation are monotone, so the key never contradicts the value order), then an exact
-float64 stable insertion sort inside each run of equal keys. `tokenize_per_cell` is the straightforward per-cell
-implementation, kept as the reference for tests and the benchmark; both give identical tokens.
+One parallel numba pass over the CSR arrays validates the counts and sizes every cell's output; a
+second ranks each cell (parallel over cells, no copy of the matrix): a two-pass LSD radix sort on a
+22-bit key taken from the float64 values' bit images, then an exact stable sort inside each run of
+equal keys. `tokenize_per_cell` is the straightforward per-cell implementation, kept as the reference
+for tests and the benchmark; both give identical tokens.
 """
 
 from __future__ import annotations
@@ -102,11 +102,51 @@ class _Columns:
     tokens: np.ndarray  # token id per known gene, in column order
     medians: np.ndarray  # median per known gene
     n_counts: np.ndarray  # float64 per cell, from all genes
+    n_known: np.ndarray  # non-zero known genes per cell
     n_var: int
-    n_known: int
+    n_known_genes: int
 
 
-def _counts(adata, counts_layer: str | None, where: str) -> sp.csr_matrix:
+NEGATIVE, FRACTIONAL, UNSORTED = 1, 2, 4  # _scan_rows flags
+
+
+@numba.njit(parallel=True, cache=True)
+def _scan_rows(indptr, indices, data, col_of, n_counts, n_known, flags):
+    """One pass over a CSR matrix: per row the total count, the number of non-zero known genes
+    (`col_of` >= 0), and flags for negative/non-finite or fractional values and for column indices that
+    are not strictly increasing (unsorted or duplicated entries)."""
+    for i in numba.prange(indptr.size - 1):
+        total = 0.0
+        known = 0
+        f = 0
+        prev = -1
+        for p in range(indptr[i], indptr[i + 1]):
+            x = data[p]
+            j = indices[p]
+            if not (x >= 0 and x < np.inf):
+                f |= NEGATIVE
+            elif x != np.floor(x):
+                f |= FRACTIONAL
+            if j <= prev:
+                f |= UNSORTED
+            prev = j
+            total += x  # integer counts: the float64 sum is exact in any order
+            if x != 0 and col_of[j] >= 0:
+                known += 1
+        n_counts[i] = total
+        n_known[i] = known
+        flags[i] = f
+
+
+def _scan(x: sp.csr_matrix, col_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    n_counts = np.empty(x.shape[0], np.float64)
+    n_known = np.empty(x.shape[0], np.int64)
+    flags = np.zeros(x.shape[0], np.uint8)
+    _scan_rows(x.indptr, x.indices, x.data, col_of, n_counts, n_known, flags)
+    return n_counts, n_known, int(np.bitwise_or.reduce(flags)) if flags.size else 0
+
+
+def _count_matrix(adata, counts_layer: str | None, where: str) -> tuple[sp.csr_matrix, str]:
     if counts_layer:
         if counts_layer not in adata.layers:
             raise InputError(f"{where}: no layers['{counts_layer}'] with raw counts (has: {', '.join(adata.layers) or 'none'})")
@@ -115,15 +155,7 @@ def _counts(adata, counts_layer: str | None, where: str) -> sp.csr_matrix:
         x, label = adata.X, "X"
     if not sp.issparse(x) or x.format != "csr":
         x = sp.csr_matrix(x)
-    if x.data.size:
-        if not np.all(np.isfinite(x.data)) or x.data.min() < 0:
-            raise InputError(f"{where}: {label} holds negative or non-finite values; the tokenizer needs raw counts")
-        if not np.issubdtype(x.data.dtype, np.integer) and np.any(x.data != np.floor(x.data)):
-            raise InputError(f"{where}: {label} holds non-integer values; the tokenizer needs raw integer counts")
-    if not x.has_canonical_format:
-        x = x.copy()
-        x.sum_duplicates()
-    return x
+    return x, label
 
 
 def _gene_columns(adata, vocab: GeneVocab, gene_id_key: str, counts_layer: str | None, n_counts_key: str | None, where: str) -> _Columns:
@@ -131,15 +163,7 @@ def _gene_columns(adata, vocab: GeneVocab, gene_id_key: str, counts_layer: str |
         raise InputError(
             f"{where}: var has no column '{gene_id_key}' with Ensembl gene ids (has: {', '.join(map(str, adata.var.columns)) or 'none'}); set embed.gene_id_key"
         )
-    counts = _counts(adata, counts_layer, where)
-    if n_counts_key:
-        if n_counts_key not in adata.obs:
-            raise InputError(f"{where}: obs has no column '{n_counts_key}' (n_counts_key)")
-        n_counts = adata.obs[n_counts_key].to_numpy(dtype=np.float64)
-    else:  # integer counts: the float64 sum is exact in any order
-        n_counts = np.empty(counts.shape[0], dtype=np.float64)
-        _row_sums(counts.indptr, counts.data, n_counts)
-
+    counts, label = _count_matrix(adata, counts_layer, where)
     ids = pd.Series(adata.var[gene_id_key].astype(str).str.upper().to_numpy())
     known = {g for g in vocab.median_dict if g in vocab.token_dict}
     if vocab.mapping_dict is not None:
@@ -155,146 +179,163 @@ def _gene_columns(adata, vocab: GeneVocab, gene_id_key: str, counts_layer: str |
         )
     kept_ids = collapsed.iloc[keep].to_numpy()
     unique, first = np.unique(kept_ids, return_index=True)
-    order = np.argsort(first, kind="stable")  # unique ids in order of first appearance
-    unique = unique[order]
-    if unique.size == keep.size:  # no duplicates: use the matrix as it is, unknown genes skipped
-        matrix = counts
-        col_of = np.full(counts.shape[1], -1, dtype=np.int64)
-        col_of[keep] = np.arange(keep.size)
-    else:  # sum the counts of genes that collapse to the same id
+    unique = unique[np.argsort(first, kind="stable")]  # unique ids in order of first appearance
+    col_of = np.full(counts.shape[1], -1, dtype=np.int64)
+    col_of[keep] = np.arange(keep.size)
+
+    n_counts, n_known, flags = _scan(counts, col_of)
+    if flags & NEGATIVE:
+        raise InputError(f"{where}: {label} holds negative or non-finite values; the tokenizer needs raw counts")
+    if flags & FRACTIONAL:
+        raise InputError(f"{where}: {label} holds non-integer values; the tokenizer needs raw integer counts")
+    if flags & UNSORTED:  # rare: rescan the canonical copy (duplicate entries summed, columns sorted)
+        counts = counts.copy()
+        counts.sum_duplicates()
+        n_counts, n_known, _ = _scan(counts, col_of)
+    if n_counts_key:
+        if n_counts_key not in adata.obs:
+            raise InputError(f"{where}: obs has no column '{n_counts_key}' (n_counts_key)")
+        n_counts = adata.obs[n_counts_key].to_numpy(dtype=np.float64)
+
+    matrix = counts
+    if unique.size < keep.size:  # sum the counts of genes that collapse to the same id
         pos = pd.Index(unique).get_indexer(kept_ids)
         agg = sp.csr_matrix((np.ones(keep.size, dtype=counts.dtype), (np.arange(keep.size), pos)), shape=(keep.size, unique.size))
         matrix = sp.csr_matrix(counts[:, keep] @ agg)
         matrix.sum_duplicates()
         matrix.sort_indices()
         col_of = np.arange(unique.size, dtype=np.int64)
+        _, n_known, _ = _scan(matrix, col_of)
     tokens = np.array([vocab.token_dict[g] for g in unique], dtype=np.int32)
     medians = np.array([vocab.median_dict[g] for g in unique], dtype=np.float64)
-    return _Columns(matrix, col_of, tokens, medians, n_counts, len(ids), int(keep.size))
+    bad = ~(np.isfinite(medians) & (medians > 0))
+    if bad.any():
+        raise InputError(f"{where}: gene median of {unique[bad][0]} is {float(medians[bad][0])!r}, not a positive finite number")
+    return _Columns(matrix, col_of, tokens, medians, n_counts, n_known, len(ids), int(keep.size))
 
 
 # -- fast path -----------------------------------------------------------------------------------
 
 
-KEY_BITS = 22  # radix key: the top 22 bits of the float32 image, two passes of 11 bits
-DIGIT = 11
+KEY_BITS = 22  # radix key width: two counting-sort passes of 11 bits
+INSERTION_MAX = 32  # longer runs of equal keys are ordered by a merge sort
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _rank_one(counts, cols, n_count, medians, order, vals, f32, keys, tmp_order, tmp_keys, hist):
-    """Fill `order[:m]` with 0..m-1 ranked by descending value (ties keep their input order)."""
-    m = counts.size
+def _rank_descending(m, vals, vmin, vmax, words, spare, hist, pair):
+    """Sort the first m values descending, ties in input order; returns packed words whose low 32 bits
+    are the input positions, best first.
+
+    Positive float64 values order like their bit images, so the key is the image's distance below
+    the row's maximum, shifted right until it fits KEY_BITS. The shift only merges neighbours, never
+    swaps them: an LSD radix sort on the key (stable) is exact except inside runs of equal keys, which
+    are then sorted by the exact value."""
+    pair[0] = vmin
+    pair[1] = vmax
+    bits = pair.view(np.uint64)
+    lo, hi = bits[0], bits[1]
+    u = vals[:m].view(np.uint64)
+    width = 0
+    while width < 64 and ((hi - lo) >> np.uint64(width)) > 0:
+        width += 1
+    shift = np.uint64(max(0, width - KEY_BITS))
+    width = min(width, KEY_BITS)
+    d0 = (width + 1) // 2
+    h0 = hist[0, : (1 << d0) + 1]
+    h1 = hist[1, : (1 << (width - d0)) + 1]
+    h0[:] = 0
+    h1[:] = 0
+    low = np.uint64((1 << d0) - 1)
     for j in range(m):
-        v = counts[j] / n_count
-        v = v * 10000.0
-        v = v / medians[cols[j]]
-        vals[j] = v
-        f32[j] = v
-    # Descending key: the top KEY_BITS bits of the float32 image, complemented. Rounding to float32 and
-    # dropping low bits are monotone, so the key order never contradicts the value order.
-    bits = f32[:m].view(np.uint32)
-    full = np.uint32((1 << KEY_BITS) - 1)
-    mask = np.uint32((1 << DIGIT) - 1)
-    hist[:, :] = 0
-    for j in range(m):
-        key = full - (bits[j] >> (32 - KEY_BITS))
-        keys[j] = key
-        order[j] = j
-        hist[0, (key & mask) + 1] += 1
-        hist[1, (key >> DIGIT) + 1] += 1
-    # LSD radix sort of (key, position) pairs; stable, so equal keys keep their input order
-    k_src, k_dst, i_src, i_dst = keys, tmp_keys, order, tmp_order
-    swapped = False
+        key = (hi - u[j]) >> shift
+        words[j] = (key << np.uint64(32)) | np.uint64(j)
+        h0[(key & low) + 1] += 1
+        h1[(key >> np.uint64(d0)) + 1] += 1
+    src, dst = words, spare
     for p in range(2):
-        h = hist[p]
-        if h.max() == m:
-            continue  # every key has the same digit here
-        for b in range(1 << DIGIT):
+        h = h0 if p == 0 else h1
+        n_buckets = h.size - 1
+        if n_buckets <= 1 or h.max() == m:
+            continue  # one digit value only: this pass would not move anything
+        for b in range(n_buckets):
             h[b + 1] += h[b]
-        shift = DIGIT * p
+        at = np.uint64(32 + (0 if p == 0 else d0))
+        digit = np.uint64(n_buckets - 1)
         for j in range(m):
-            key = k_src[j]
-            d = (key >> shift) & mask
+            w = src[j]
+            d = (w >> at) & digit
             pos = h[d]
             h[d] = pos + 1
-            k_dst[pos] = key
-            i_dst[pos] = i_src[j]
-        k_src, k_dst = k_dst, k_src
-        i_src, i_dst = i_dst, i_src
-        swapped = not swapped
-    if swapped:
-        order[:m] = i_src[:m]
-        keys[:m] = k_src[:m]
-    # exact fix-up: inside each run of equal keys, stable insertion sort by the float64 value
+            dst[pos] = w
+        src, dst = dst, src
+    position = np.uint64(0xFFFFFFFF)
     a = 0
     while a < m:
+        key = src[a] >> np.uint64(32)
         b = a + 1
-        while b < m and keys[b] == keys[a]:
+        while b < m and (src[b] >> np.uint64(32)) == key:
             b += 1
-        for i in range(a + 1, b):
-            cur = order[i]
-            k = i - 1
-            while k >= a and vals[order[k]] < vals[cur]:
-                order[k + 1] = order[k]
-                k -= 1
-            order[k + 1] = cur
+        if b - a > INSERTION_MAX:
+            run = src[a:b].copy()
+            neg = np.empty(b - a, np.float64)
+            for q in range(b - a):
+                neg[q] = -vals[np.int64(run[q] & position)]
+            ranked = np.argsort(neg, kind="mergesort")  # stable
+            for q in range(b - a):
+                src[a + q] = run[ranked[q]]
+        else:
+            for q in range(a + 1, b):
+                cur = src[q]
+                v = vals[np.int64(cur & position)]
+                r = q - 1
+                while r >= a and vals[np.int64(src[r] & position)] < v:
+                    src[r + 1] = src[r]
+                    r -= 1
+                src[r + 1] = cur
         a = b
-
-
-@numba.njit(parallel=True, cache=True)
-def _row_sums(indptr, data, out):
-    for i in numba.prange(indptr.size - 1):
-        t = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            t += data[p]
-        out[i] = t
-
-
-@numba.njit(parallel=True, cache=True)
-def _count_known(indptr, indices, data, col_of, max_genes, out):
-    for i in numba.prange(indptr.size - 1):
-        k = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            if data[p] != 0 and col_of[indices[p]] >= 0:
-                k += 1
-        out[i] = min(k, max_genes)
+    return src
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _tokenize_kernel(indptr, indices, data, col_of, n_counts, medians, tokens, out_offsets, out, max_genes, cls_id, eos_id, n_blocks):
     n = indptr.size - 1
     step = (n + n_blocks - 1) // n_blocks
+    position = np.uint64(0xFFFFFFFF)
     for blk in numba.prange(n_blocks):
         start, stop = blk * step, min(n, (blk + 1) * step)
         size = 1
         for i in range(start, stop):
             size = max(size, indptr[i + 1] - indptr[i])
-        counts = np.empty(size, np.float64)
         cols = np.empty(size, np.int64)
-        order = np.empty(size, np.int64)
-        tmp_order = np.empty(size, np.int64)
         vals = np.empty(size, np.float64)
-        f32 = np.empty(size, np.float32)
-        keys = np.empty(size, np.uint32)
-        tmp_keys = np.empty(size, np.uint32)
-        hist = np.empty((2, (1 << DIGIT) + 1), np.int64)
+        words = np.empty(size, np.uint64)
+        spare = np.empty(size, np.uint64)
+        hist = np.empty((2, (1 << ((KEY_BITS + 1) // 2)) + 1), np.int64)
+        pair = np.empty(2, np.float64)
         for i in range(start, stop):
             base = out_offsets[i]
             if cls_id >= 0:
                 out[base] = cls_id
                 base += 1
+            n_count = n_counts[i]
+            vmin, vmax = np.inf, 0.0
             m = 0
             for p in range(indptr[i], indptr[i + 1]):
                 c = col_of[indices[p]]
                 if data[p] != 0 and c >= 0:
-                    counts[m] = data[p]
+                    v = data[p] / n_count  # the reference's order of operations, for identical rounding
+                    v = v * 10000.0
+                    v = v / medians[c]
+                    vals[m] = v
                     cols[m] = c
+                    vmin = min(vmin, v)
+                    vmax = max(vmax, v)
                     m += 1
             if m > 0:
-                _rank_one(counts[:m], cols[:m], n_counts[i], medians, order, vals, f32, keys, tmp_order, tmp_keys, hist)
+                ranked = _rank_descending(m, vals, vmin, vmax, words, spare, hist, pair)
                 k = min(m, max_genes)
                 for j in range(k):
-                    out[base + j] = tokens[cols[order[j]]]
+                    out[base + j] = tokens[cols[np.int64(ranked[j] & position)]]
                 base += k
             if eos_id >= 0:
                 out[base] = eos_id
@@ -304,7 +345,7 @@ def _finish(cols: _Columns, vocab: GeneVocab, n_genes: np.ndarray, where: str) -
     empty = int((n_genes == 0).sum())
     log.info(
         "%s: %d of %d genes are in the dictionary; %d cells tokenised, %d with no known gene",
-        where, cols.n_known, cols.n_var, n_genes.size - empty, empty,
+        where, cols.n_known_genes, cols.n_var, n_genes.size - empty, empty,
     )
 
 
@@ -320,15 +361,14 @@ def tokenize(
     """Tokenise every cell of `adata` (input order kept; cells without known genes get no gene token)."""
     cols = _gene_columns(adata, vocab, gene_id_key, counts_layer, n_counts_key, where)
     x = cols.matrix
-    n_genes = np.empty(x.shape[0], dtype=np.int64)
-    _count_known(x.indptr, x.indices, x.data, cols.col_of, vocab.max_genes, n_genes)
+    n_genes = np.minimum(cols.n_known, vocab.max_genes)
     extra = 2 if vocab.special_tokens else 0
     offsets = np.zeros(x.shape[0] + 1, dtype=np.int64)
     np.cumsum(n_genes + extra, out=offsets[1:])
     out = np.empty(offsets[-1], dtype=np.int32)
-    bad = (cols.n_counts <= 0) & (n_genes > 0)
+    bad = ~(cols.n_counts > 0) & (n_genes > 0)
     if bad.any():
-        raise InputError(f"{where}: n_counts is zero or negative for {int(bad.sum())} cells with counts")
+        raise InputError(f"{where}: n_counts is zero, negative or missing for {int(bad.sum())} cells with counts")
     _tokenize_kernel(
         x.indptr,
         x.indices,
@@ -345,7 +385,7 @@ def tokenize(
         max(1, min(x.shape[0], 4 * numba.get_num_threads())),
     )
     _finish(cols, vocab, n_genes, where)
-    return TokenizedCells(out, offsets, n_genes, vocab.special_tokens, cols.n_var, cols.n_known)
+    return TokenizedCells(out, offsets, n_genes, vocab.special_tokens, cols.n_var, cols.n_known_genes)
 
 
 # -- reference ------------------------------------------------------------------------------------
@@ -378,4 +418,4 @@ def tokenize_per_cell(
     flat = np.concatenate(seqs) if seqs else np.empty(0, np.int32)
     n_genes = np.asarray(n_genes, dtype=np.int64)
     _finish(cols, vocab, n_genes, where)
-    return TokenizedCells(flat.astype(np.int32), offsets, n_genes, vocab.special_tokens, cols.n_var, cols.n_known)
+    return TokenizedCells(flat.astype(np.int32), offsets, n_genes, vocab.special_tokens, cols.n_var, cols.n_known_genes)
