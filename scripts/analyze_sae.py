@@ -9,7 +9,6 @@ self-contained dashboard.html. Bad input: one `error:` line, exit 2, no outputs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -75,6 +74,7 @@ def main(argv=None):
 
     from tissuelens.device import resolve_device
     from tissuelens.errors import InputError
+    from tissuelens.io import read_json
     from tissuelens.sae.activations import open_activations
     from tissuelens.sae.settings import resolve_settings
 
@@ -82,7 +82,7 @@ def main(argv=None):
     sae_cfg_path = Path(args.sae) / "cfg.json"
     if not sae_cfg_path.is_file():
         raise InputError(f"{args.sae}: not a SAELens SAE directory (cfg.json missing)")
-    sae_cfg = json.loads(sae_cfg_path.read_text())
+    sae_cfg = read_json(sae_cfg_path)
     layer = sae_cfg.get("metadata", {}).get("layer", settings["layer"])
     acts = open_activations(args.activations, layer, settings["include_special_tokens"])
     if int(sae_cfg["d_in"]) != acts.d_in:
@@ -101,7 +101,7 @@ def main(argv=None):
 
     import torch
 
-    from tissuelens.sae import dashboard, features
+    from tissuelens.sae import cell_activations, dashboard, features
     from tissuelens.sae.activations import sequential_batches
     from tissuelens.sae.metrics import encode_decode
     from tissuelens.sae.outputs import staged
@@ -173,17 +173,14 @@ def main(argv=None):
     if coords is not None and detail:
         dense = cell_matrix[:, detail].toarray()
         cell_values = {f: dense[:, j] for j, f in enumerate(detail)}
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics and Path(args.metrics).is_file() else {}
+    metrics = read_json(args.metrics) if args.metrics and Path(args.metrics).is_file() else {}
     meta = {"model": acts.model, "layer": acts.layer, "untrained": bool(acts.meta.get("untrained", False))}
     title = args.title or f"SAE features: {acts.model}, layer {acts.layer}"
 
     with staged(features=args.out_features, genes=args.out_genes, groups=args.out_groups,
                 factors=args.out_factors, dashboard=args.out_dashboard, cells=args.out_cell_activations) as out:
         if "cells" in out:
-            import scipy.sparse as sp
-
-            place = sp.csr_matrix((np.ones(pos.size), (pos, np.arange(pos.size))), shape=(obs_names.size, pos.size))
-            sp.save_npz(out["cells"], (place @ cell_matrix).astype(np.float32).tocsr())
+            cell_activations.save(out["cells"], cell_matrix, pos, obs_names.size)
         table.to_parquet(out["features"], index=False)
         genes.to_parquet(out["genes"], index=False)
         (group_df if group_df is not None else _empty_groups()).to_parquet(out["groups"], index=False)

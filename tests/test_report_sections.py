@@ -116,7 +116,7 @@ def corrupt(path):
 
 
 @pytest.mark.parametrize("stage, unit, name, problem", [
-    ("factorize", "svgp", "metrics.json", "corrupt JSON"),
+    ("factorize", "svgp", "metrics.json", "not valid JSON"),
     ("factorize", "svgp", "factors.npy", "corrupt .npy"),
     ("factorize", "pnmf", "elbo.csv", "corrupt CSV"),
     ("embed", "loki", "embeddings.h5ad", "not a readable .h5ad"),

@@ -135,6 +135,8 @@ def test_every_stage_built_by_the_workflow_shows_in_the_report(finished_run, tmp
     assert 'data-status="skipped"' not in html and "was not run for this dataset" not in html
     for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained"):
         assert text in html, text
+    # embed.activations.max_cells (80) leaves the other cells out of the SAE: named, and grey on its maps
+    assert re.search(r"grey: \d+ cells without exported activations", html)
     result = browser_check(html_path, tmp_path, ARTIFACTS / "report_full_run.png")
     assert result["sections"] == SECTION_IDS
     assert result["broken"] == [] and result["empty"] == []

@@ -108,6 +108,7 @@ def test_features_find_the_planted_group_and_spatial_signals(built):
 
     cells = sp.load_npz(out / "cell_activations.npz")
     assert cells.shape == (144, 96)  # preprocessed cells x features
+    assert np.load(out / "cell_activations.npz")["exported"].all()  # every cell's tokens were exported
     spatial_feature = int(spatial.feature.iloc[0])
     r = np.corrcoef(cells[:, spatial_feature].toarray().ravel(), planted.spatial_signal)[0, 1]
     assert r > 0.8

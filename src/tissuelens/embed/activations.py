@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tissuelens.io import read_json
+
 INDEX_COLUMNS = ("cell", "obs_name", "gene", "position")
 
 
@@ -82,6 +84,6 @@ class ActivationWriter:
 def read_activations(folder: str | Path, layer: int | None = None):
     """(memmap of one layer, index table, meta) — a reader for tests and downstream stages."""
     folder = Path(folder)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = read_json(folder / "meta.json")
     layer = meta["layers"][0] if layer is None else layer
     return np.load(layer_file(folder, layer), mmap_mode="r"), pd.read_parquet(folder / "index.parquet"), meta

@@ -19,7 +19,6 @@ no masking, no padding with unexpressed genes):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 
 log = logging.getLogger(__name__)
 CLS, PAD = "<cls>", "<pad>"
@@ -40,10 +40,7 @@ def read_vocab(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: vocab.json not found")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    obj = read_json(path, expect=None)
     if isinstance(obj, list):
         obj = {str(t): i for i, t in enumerate(obj)}
     if not isinstance(obj, dict) or not obj:

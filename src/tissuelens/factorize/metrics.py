@@ -70,7 +70,7 @@ def reconstruction_error(counts, factors: np.ndarray, loadings: np.ndarray, chun
 
 
 def morans_i(values: np.ndarray, xy: np.ndarray, n_neighs: int = 6) -> np.ndarray:
-    """Moran's I of each column of `values` on squidpy's generic k-NN graph (binary, row-normalised):
+    """Moran's I of each column of `values` on squidpy's k-NN graph (binary, row-normalised):
     I = Σ_i z_i (mean of z over i's neighbours) / Σ_i z_i², z = x − x̄."""
     import anndata as ad
     import pandas as pd
@@ -79,7 +79,7 @@ def morans_i(values: np.ndarray, xy: np.ndarray, n_neighs: int = 6) -> np.ndarra
     cols = [f"f{i}" for i in range(values.shape[1])]
     holder = ad.AnnData(obs=pd.DataFrame(values, columns=cols, index=[str(i) for i in range(len(values))]))
     holder.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
-    sq.gr.spatial_neighbors(holder, coord_type="generic", n_neighs=n_neighs)
+    sq.gr.spatial_neighbors_knn(holder, n_neighs=n_neighs)
     table = sq.gr.spatial_autocorr(holder, mode="moran", attr="obs", genes=cols, n_perms=None,
                                    transformation=True, copy=True)
     return table.loc[cols, "I"].to_numpy(dtype=np.float64)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tissuelens.errors import InputError
-from tissuelens.io import atomic_path, write_json
+from tissuelens.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +130,11 @@ ANALYSIS_FILES = ("factors.npy", "scales.npy", "loadings.npy", "metrics.json", "
 
 
 def compare(metrics_files: list[Path], out_csv: Path) -> None:
-    import json
 
     from tissuelens.factorize.analysis import comparison_table
 
     rows = []
     for path in metrics_files:
-        try:
-            rows.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: cannot read metrics ({exc})") from None
+        rows.append(read_json(path))
     with atomic_path(out_csv) as tmp:
         comparison_table(rows).to_csv(tmp, index=False)

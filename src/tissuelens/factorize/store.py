@@ -12,7 +12,7 @@ import torch
 from tissuelens.errors import InputError
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
 from tissuelens.factorize.model import FactorModel, build_model
-from tissuelens.io import atomic_path
+from tissuelens.io import atomic_path, read_json
 
 MODEL_VERSION = 1
 
@@ -61,5 +61,5 @@ def load_model(model_dir: Path, data: FactorData, settings: dict, variant: str) 
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise InputError(f"{path}: does not match the settings ({str(exc).splitlines()[0]})") from None
-    training = json.loads((Path(model_dir) / "training.json").read_text())
+    training = read_json(Path(model_dir) / "training.json")
     return model, training

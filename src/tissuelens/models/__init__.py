@@ -22,6 +22,7 @@ import yaml
 
 from tissuelens.config import SCHEMA_DIR, schema_defaults
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 from tissuelens.models import hub
 
 KINDS = {"geneformer": "tissuelens.models.geneformer", "loki": "tissuelens.models.loki", "tahoe": "tissuelens.models.tahoe"}
@@ -112,8 +113,7 @@ def load_model_dir(path: str | Path, dictionary_suffix: str | None = None, kind:
     if kind is None:
         if not manifest.is_file():
             raise InputError(f"{path}: no {MANIFEST}; not a model directory written by download_model")
-        try:
-            kind = json.loads(manifest.read_text())["kind"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{manifest}: unreadable manifest ({exc})") from None
+        kind = read_json(manifest).get("kind")
+        if not isinstance(kind, str):
+            raise InputError(f"{manifest}: no model 'kind' in the manifest")
     return kind_module(kind).load_checkpoint(path, dictionary_suffix)

@@ -12,7 +12,6 @@ The version is read from the files, never from a name: V2 dictionaries hold `<cl
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 from tissuelens.models.pickles import load_dict_pickle, save_dict_pickle
 
 KIND = "geneformer"
@@ -136,13 +136,7 @@ def _find_one(path: Path, stem: str, suffix: str | None, required: bool) -> Path
 
 def _read_dict(path: Path) -> dict:
     if path.suffix == ".json":
-        try:
-            obj = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}: expected a JSON object")
-        return obj
+        return read_json(path)
     return load_dict_pickle(path)
 
 
@@ -150,12 +144,9 @@ def read_config(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise InputError(f"{path}: checkpoint has no config.json")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{cfg_file}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict) or cfg.get("model_type") != "bert":
-        raise InputError(f"{cfg_file}: model_type is {cfg.get('model_type') if isinstance(cfg, dict) else None!r}, expected 'bert'")
+    cfg = read_json(cfg_file)
+    if cfg.get("model_type") != "bert":
+        raise InputError(f"{cfg_file}: model_type is {cfg.get('model_type')!r}, expected 'bert'")
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings"):
         if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
             raise InputError(f"{cfg_file}: '{key}' missing or not a positive integer")
@@ -191,7 +182,7 @@ def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None) -> G
     mapping = _read_dict(files["mapping"]) if files["mapping"] else None
     names = _read_dict(files["names"]) if files["names"] else None
     manifest_file = path / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
     ckpt = GeneformerCheckpoint(path, cfg, token, {k: float(v) for k, v in median.items()}, mapping, names, manifest)
     if not ckpt.gene_tokens:
         raise InputError(f"{files['token']}: no gene is in both the token and the median dictionary")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 
 KIND = "loki"
 ARCHITECTURE = "coca_ViT-L-14"  # OmiCLIP's architecture (open_clip built-in config)
@@ -284,10 +285,7 @@ def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None, vali
     config_file = path / CONFIG_FILE
     preprocess = {}
     if config_file.is_file():
-        try:
-            cfg_obj = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{config_file}: not valid JSON ({exc})") from None
+        cfg_obj = read_json(config_file, expect=None)
         model_cfg = cfg_obj.get("model_cfg", cfg_obj) if isinstance(cfg_obj, dict) else None
         _check_coca_cfg(model_cfg, str(config_file))
         preprocess = cfg_obj.get("preprocess_cfg", {}) if isinstance(cfg_obj, dict) else {}
@@ -300,7 +298,7 @@ def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None, vali
             raise InputError(f"open_clip has no built-in {ARCHITECTURE} config (open_clip_torch too old?)")
         architecture = ARCHITECTURE
     manifest_file = path / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
     ckpt = LokiCheckpoint(path, weights, model_cfg, architecture, preprocess, manifest, builtin=not config_file.is_file())
     if validate:
         ckpt.validate()

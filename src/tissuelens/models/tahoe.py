@@ -10,11 +10,11 @@ and says so when it is missing.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 
 KIND = "tahoe"
 WEIGHT_FILES = ("model.safetensors", "best-model.pt")
@@ -127,7 +127,7 @@ def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None) -> T
     if vocab.get("<pad>") != pad:
         raise InputError(f"{path / 'collator_config.yml'}: pad_token_id {pad} != vocab.json '<pad>' id {vocab.get('<pad>')}")
     manifest_file = path / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
     return TahoeCheckpoint(path, weights, vocab, model_cfg, coll_cfg, manifest)
 
 

@@ -7,12 +7,12 @@ slide background), so the aspect ratio is kept. `Narrator` loads a local checkpo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 
 DEFAULT_SIZE = 896  # MedGemma 1.5's preprocessor size
 
@@ -45,18 +45,8 @@ def checkpoint_info(checkpoint: str | Path) -> dict:
     if not path.is_dir():
         raise InputError(f"{path}: narrative checkpoint directory not found")
     config_path = path / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{config_path}: missing; not a transformers checkpoint") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{config_path}: corrupt JSON ({exc})") from None
-    manifest = {}
-    if (path / "tissuelens_model.json").is_file():
-        try:
-            manifest = json.loads((path / "tissuelens_model.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path / 'tissuelens_model.json'}: corrupt JSON ({exc})") from None
+    config = read_json(config_path, missing="missing; not a transformers checkpoint")
+    manifest = read_json(path / "tissuelens_model.json") if (path / "tissuelens_model.json").is_file() else {}
     return {
         "name": manifest.get("name", path.name),
         "checkpoint": str(path),

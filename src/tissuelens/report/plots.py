@@ -77,7 +77,11 @@ def spatial_panel(ax, coords, values, *, categorical: bool, palette=None, image=
         # robust colour limits: exp-space factors and activations are heavy-tailed, a few spots
         # would otherwise take the whole colour range
         lo, hi = np.nanpercentile(vals, [1, 99]) if np.isfinite(vals).any() else (0.0, 1.0)
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=size, cmap=cmap, linewidths=0, vmin=lo, vmax=max(hi, lo + 1e-12))
+        import matplotlib
+
+        cmap = matplotlib.colormaps.get_cmap(cmap).with_extremes(bad="lightgrey")  # NaN: no value for that spot
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, s=size, cmap=cmap, linewidths=0, vmin=lo, vmax=max(hi, lo + 1e-12),
+                        plotnonfinite=True)
         ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
     if image is None:
         ax.invert_yaxis()

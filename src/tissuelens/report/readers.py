@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json  # noqa: F401  (re-exported: the report reads every stage's JSON through it)
 
 
 def _why(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
-
-
-def read_json(path, expect=dict):
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: corrupt JSON ({_why(exc)})") from None
-    if expect is not None and not isinstance(value, expect):
-        raise InputError(f"{path}: expected a JSON {expect.__name__}, found {type(value).__name__}")
-    return value
 
 
 def read_csv(path):

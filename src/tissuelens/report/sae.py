@@ -90,13 +90,9 @@ def _spatial_maps(ctx: Context, model: str, files: dict, top) -> str:
     if "cell_activations.npz" not in files:
         return note("Spatial maps need per-cell feature activations (cell_activations.npz), which the SAE stage "
                     "does not export; see the dashboard for top cells per feature.", "missing")
-    import scipy.sparse as sp
+    from tissuelens.sae import cell_activations
 
-    path = files["cell_activations.npz"]
-    try:
-        acts = sp.load_npz(path).tocsc()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt sparse matrix ({' '.join(str(exc).split())[:160]})") from None
+    acts, exported = cell_activations.load(files["cell_activations.npz"])
     coords = ctx.coords
     if coords is None or acts.shape[0] != len(coords):
         return note("Feature activations do not line up with spot coordinates; spatial maps skipped.", "warn")
@@ -105,9 +101,14 @@ def _spatial_maps(ctx: Context, model: str, files: dict, top) -> str:
     idx = subsample(len(coords), int(ctx.settings.get("max_points", 50000)))
     fig, axes = pl.subplots(1, len(feats), figsize=(2.8 * len(feats), 2.6), squeeze=False)
     for ax, f in zip(axes[0], feats):
-        spatial_panel(ax, coords[idx], acts[:, f].toarray().ravel()[idx], categorical=False, title=f"feature {f}")
+        values = acts[:, f].toarray().ravel()
+        values[~exported] = np.nan  # not exported by the embed stage: unknown, not zero
+        spatial_panel(ax, coords[idx], values[idx], categorical=False, title=f"feature {f}")
     fig.tight_layout()
-    return ctx.figures.embed(fig, SID, f"feature_maps_{model}", f"Top SAE features on tissue coordinates ({model})")
+    caption = f"Top SAE features on tissue coordinates ({model})"
+    if not exported.all():
+        caption += f"; grey: {int((~exported).sum())} cells without exported activations (embed.activations.max_cells)"
+    return ctx.figures.embed(fig, SID, f"feature_maps_{model}", caption)
 
 
 def _factor_summary(ctx: Context, model: str, files: dict) -> str:

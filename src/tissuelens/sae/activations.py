@@ -10,7 +10,6 @@ Layout of `results/{dataset}/embed/{model}/activations/`:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tissuelens.errors import InputError
+from tissuelens.io import read_json
 
 META_KEYS = ("model", "layers", "d_model", "n_tokens")
 INDEX_COLUMNS = ("cell", "obs_name", "gene", "position")
@@ -72,10 +72,7 @@ def read_meta(directory: Path) -> dict:
         raise InputError(f"{directory}: activations directory does not exist")
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: missing (the embed stage writes it with the activations)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: not valid JSON ({exc})") from None
+    meta = read_json(meta_path)
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise InputError(f"{meta_path}: missing key(s) {', '.join(missing)}")

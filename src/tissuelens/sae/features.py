@@ -231,10 +231,7 @@ def morans_i(cell_matrix: sp.spmatrix, coords: np.ndarray, features: np.ndarray,
     adata.var_names = [str(f) for f in features]
     adata.obs_names = [str(i) for i in range(adata.n_obs)]
     n_neighs = int(min(n_neighs, adata.n_obs - 1))
-    if hasattr(sq.gr, "spatial_neighbors_knn"):  # squidpy >= 1.8
-        sq.gr.spatial_neighbors_knn(adata, n_neighs=n_neighs)
-    else:
-        sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=n_neighs)
+    sq.gr.spatial_neighbors_knn(adata, n_neighs=n_neighs)
     res = sq.gr.spatial_autocorr(adata, mode="moran", genes=list(adata.var_names), n_perms=None,
                                  copy=True, n_jobs=1, show_progress_bar=False)
     return pd.DataFrame({
