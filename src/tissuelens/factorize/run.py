@@ -130,7 +130,6 @@ ANALYSIS_FILES = ("factors.npy", "scales.npy", "loadings.npy", "metrics.json", "
 
 
 def compare(metrics_files: list[Path], out_csv: Path) -> None:
-
     from tissuelens.factorize.analysis import comparison_table
 
     rows = []
