@@ -52,7 +52,7 @@ def bench_tokenizer(args) -> list[dict]:
         tokenize(a[:64].copy(), v)  # compile the kernels outside the timing
         # best of --repeats, alternating the two: a process's first large allocations pay page faults
         # (about 0.1-0.2 s for the 160 MB output here) that whichever ran first would otherwise carry
-        t_fast, t_ref, first_fast = [], [], None
+        t_fast, t_ref = [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             fast = tokenize(a, v)

@@ -59,7 +59,7 @@ def _json_default(obj):
 def read_json(path: str | os.PathLike, expect: type | None = dict, missing: str = "file not found"):
     """Parse a JSON file; a missing or corrupt file, or a top-level value of another type than `expect`,
     is one InputError naming it (`missing` says what a missing file means)."""
-    from tissuelens.errors import InputError
+    from tissuelens.errors import InputError, why
 
     path = Path(path)
     try:
@@ -67,7 +67,7 @@ def read_json(path: str | os.PathLike, expect: type | None = dict, missing: str 
     except FileNotFoundError:
         raise InputError(f"{path}: {missing}") from None
     except (OSError, ValueError) as exc:  # ValueError covers JSONDecodeError and UnicodeDecodeError
-        raise InputError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
+        raise InputError(f"{path}: not valid JSON ({why(exc)})") from None
     if expect is not None and not isinstance(value, expect):
         want = "object" if expect is dict else "array" if expect is list else expect.__name__
         raise InputError(f"{path}: expected a JSON {want}, found {type(value).__name__}")

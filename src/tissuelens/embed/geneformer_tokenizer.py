@@ -362,13 +362,13 @@ def tokenize(
     cols = _gene_columns(adata, vocab, gene_id_key, counts_layer, n_counts_key, where)
     x = cols.matrix
     n_genes = np.minimum(cols.n_known, vocab.max_genes)
+    bad = ~(cols.n_counts > 0) & (n_genes > 0)
+    if bad.any():
+        raise InputError(f"{where}: n_counts is zero, negative or missing for {int(bad.sum())} cells with counts")
     extra = 2 if vocab.special_tokens else 0
     offsets = np.zeros(x.shape[0] + 1, dtype=np.int64)
     np.cumsum(n_genes + extra, out=offsets[1:])
     out = np.empty(offsets[-1], dtype=np.int32)
-    bad = ~(cols.n_counts > 0) & (n_genes > 0)
-    if bad.any():
-        raise InputError(f"{where}: n_counts is zero, negative or missing for {int(bad.sum())} cells with counts")
     _tokenize_kernel(
         x.indptr,
         x.indices,

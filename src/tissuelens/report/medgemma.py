@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tissuelens.errors import InputError
+from tissuelens.errors import InputError, why
 from tissuelens.io import read_json
 
 DEFAULT_SIZE = 896  # MedGemma 1.5's preprocessor size
@@ -80,7 +80,7 @@ class Narrator:
             self.pipe = pipeline("image-text-to-text", model=str(checkpoint), processor=self.processor,
                                  device=self.device, dtype=_dtype(dtype, self.device))
         except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{checkpoint}: cannot load as an image-text-to-text model ({' '.join(str(exc).split())[:200]})") from None
+            raise InputError(f"{checkpoint}: cannot load as an image-text-to-text model ({why(exc)})") from None
         size = getattr(getattr(self.processor, "image_processor", None), "size", None) or {}
         self.input_size = int(size.get("height") or size.get("shortest_edge") or DEFAULT_SIZE)
 

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tissuelens.errors import InputError
+from tissuelens.errors import InputError, why
 from tissuelens.io import read_json  # noqa: F401  (re-exported: the report reads every stage's JSON through it)
-
-
-def _why(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def read_csv(path):
@@ -24,7 +19,7 @@ def read_csv(path):
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt CSV ({_why(exc)})") from None
+        raise InputError(f"{path}: corrupt CSV ({why(exc)})") from None
     return frame
 
 
@@ -37,7 +32,7 @@ def read_parquet(path):
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError) for damaged files
-        raise InputError(f"{path}: corrupt parquet ({_why(exc)})") from None
+        raise InputError(f"{path}: corrupt parquet ({why(exc)})") from None
 
 
 def read_npy(path, ndim: int | None = None):
@@ -47,7 +42,7 @@ def read_npy(path, ndim: int | None = None):
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: corrupt .npy ({_why(exc)})") from None
+        raise InputError(f"{path}: corrupt .npy ({why(exc)})") from None
     if ndim is not None and array.ndim != ndim:
         raise InputError(f"{path}: expected a {ndim}-d array, found shape {array.shape}")
     if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):

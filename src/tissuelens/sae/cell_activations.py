@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from tissuelens.errors import InputError
+from tissuelens.errors import InputError, why
 
 
 def save(path: str | Path, matrix, rows: np.ndarray, n_cells: int) -> None:
@@ -33,7 +33,7 @@ def load(path: str | Path) -> tuple[sp.csc_matrix, np.ndarray]:
         with np.load(path) as npz:
             exported = npz["exported"].astype(bool) if "exported" in npz.files else np.ones(matrix.shape[0], bool)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: corrupt sparse matrix ({' '.join(str(exc).split())[:160]})") from None
+        raise InputError(f"{path}: corrupt sparse matrix ({why(exc, 160)})") from None
     if exported.shape != (matrix.shape[0],):
         raise InputError(f"{path}: 'exported' mask has {exported.size} entries for {matrix.shape[0]} cells")
     return matrix, exported
