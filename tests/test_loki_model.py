@@ -159,7 +159,6 @@ def test_embed_loki_embeddings_as_activations(tmp_path, preprocessed, model_dir,
 @pytest.mark.parametrize("case, pattern", [
     ("no_image", "no H&E image"),
     ("outside", "spots lie outside"),
-    ("small_patch", "below the model's minimum of 8 px"),
     ("ensembl", "not gene symbols"),
     ("corrupt", "cannot read checkpoint"),
 ])
@@ -172,8 +171,6 @@ def test_embed_loki_bad_input(tmp_path, preprocessed, model_dir, case, pattern, 
         del adata.uns["spatial"]
     elif case == "outside":
         adata.obsm["spatial"][3] = [1e6, 1e6]
-    elif case == "small_patch":
-        settings["patch_scale"] = 0.3
     elif case == "ensembl":
         adata.var_names = adata.var["gene_ids"].astype(str).to_numpy()
     elif case == "corrupt":
@@ -187,6 +184,15 @@ def test_embed_loki_bad_input(tmp_path, preprocessed, model_dir, case, pattern, 
     assert proc.returncode == 2
     assert pattern in error_line(proc)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_embed_loki_small_patches_widened(tmp_path, preprocessed, model_dir, capsys, caplog):
+    """Spots a few pixels wide on the image (a dense grid) still embed: patches take the ViT patch size."""
+    proc, out = _run(tmp_path, preprocessed, model_dir, {"image": True, "patch_scale": 0.3}, capsys)
+    assert proc.returncode == 0, proc.stderr
+    image = json.loads((out / "metrics.json").read_text())["image"]
+    assert image["spot_px"] < image["min_patch_px"] == image["patch_px"] == 8
+    assert "patches widened to the model's ViT patch of 8 px" in caplog.text
 
 
 LOKI_ENV_MODULES = {"numpy", "scipy", "pandas", "anndata", "h5py", "torch", "torchvision", "open_clip", "PIL", "tqdm",

@@ -90,12 +90,20 @@ def test_crop_content_and_white_padding():
     assert (crops[1, :, :2] == 255).all() and crops[1, 0, 2, 0] == 0  # left of the image is white
 
 
-def test_spots_outside_image_and_small_patches_fail():
+def test_spots_outside_image_fail():
     centre = np.array([[5.0, 5.0], [50.0, 5.0]])
     with pytest.raises(InputError, match="1 spots lie outside the 20x10 H&E image .*'b'"):
-        loki.check_patches(centre, 8, (10, 20, 3), ["a", "b"], 8, "d.h5ad")
-    with pytest.raises(InputError, match="below the model's minimum of 14 px"):
-        loki.check_patches(centre[:1], 10, (10, 20, 3), ["a"], 14, "d.h5ad")
+        loki.check_patches(centre, (10, 20, 3), ["a", "b"], "d.h5ad")
+    loki.check_patches(centre[:1], (10, 20, 3), ["a"], "d.h5ad")
+
+
+def test_small_patches_widen_to_the_vit_patch():
+    """A dense grid on a small image (spots 3 px apart) crops the model's ViT patch around each spot."""
+    xy = np.array([[100.0, 200.0]])
+    x0, y0, side, centre = loki.patch_boxes(xy, scale=0.05, spot_diameter_fullres=60.0, min_side=14)
+    assert side == 14  # 60 * 0.05 = 3 px, widened
+    assert (x0.tolist(), y0.tolist()) == ([5 - 7], [10 - 7])
+    assert loki.patch_boxes(xy, scale=0.5, spot_diameter_fullres=60.0, min_side=14)[2] == 30  # wide enough: kept
 
 
 def test_missing_image_fails(small_synthetic):

@@ -14,6 +14,9 @@ import scipy.sparse as sp
 
 SPOT_SPACING_PX = 100.0  # full-resolution pixels between neighbouring spots (Visium-like)
 N_FOURIER = 256
+MAX_IMAGE_SIZE = 4096
+IMAGE_BAND_ROWS = 256
+COUNT_BLOCK_ROWS = 4096
 
 
 def hex_grid(n_spots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,25 +52,49 @@ def gene_names(n_genes: int) -> tuple[list[str], list[str]]:
     return symbols[:n_genes], ids
 
 
+def auto_image_size(n_spots: int) -> int:
+    """Hires side that keeps about 20 px between spots (a Visium hires image's density), within
+    [600, MAX_IMAGE_SIZE]: a fixed 600 px image leaves a 100,000-spot grid 2 px per spot."""
+    return int(np.clip(20 * np.ceil(np.sqrt(n_spots)), 600, MAX_IMAGE_SIZE))
+
+
 def he_image(xy_px: np.ndarray, field: np.ndarray, size: int, rng) -> tuple[np.ndarray, float]:
-    """An RGB uint8 H&E-like image: pink stroma, purple nuclei density following `field`."""
-    extent = xy_px.max() + 2 * SPOT_SPACING_PX
-    scale = size / extent
-    img = np.empty((size, size, 3), dtype=np.float32)
-    img[:] = (0.95, 0.85, 0.9)  # glass/background
-    # paint each spot's neighbourhood with a hematoxylin tint proportional to the field
-    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="xy"), axis=-1) / scale
+    """An RGB uint8 H&E-like image: pink stroma, purple nuclei density following `field`.
+
+    Painted in bands of rows so memory stays O(band x size) at any image size."""
     from scipy.spatial import cKDTree
 
-    dist, nearest = cKDTree(xy_px).query(grid.reshape(-1, 2))
-    inside = (dist < SPOT_SPACING_PX).reshape(size, size)
-    level = ((field - field.min()) / (np.ptp(field) + 1e-9))[nearest].reshape(size, size)
+    extent = xy_px.max() + 2 * SPOT_SPACING_PX
+    scale = size / extent
+    tree = cKDTree(xy_px)
+    level_of_spot = (field - field.min()) / (np.ptp(field) + 1e-9)
     stroma = np.array([0.9, 0.55, 0.7])
     nuclei = np.array([0.35, 0.2, 0.55])
-    tissue = stroma * (1 - level[..., None]) + nuclei * level[..., None]
-    img[inside] = tissue[inside]
-    img += rng.normal(scale=0.03, size=img.shape)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8), scale
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    cols = np.arange(size)
+    for top in range(0, size, IMAGE_BAND_ROWS):
+        rows = np.arange(top, min(top + IMAGE_BAND_ROWS, size))
+        grid = np.stack(np.meshgrid(cols, rows, indexing="xy"), axis=-1) / scale
+        dist, nearest = tree.query(grid.reshape(-1, 2))
+        inside = (dist < SPOT_SPACING_PX).reshape(rows.size, size)
+        level = level_of_spot[nearest].reshape(rows.size, size)
+        band = np.empty((rows.size, size, 3), dtype=np.float32)
+        band[:] = (0.95, 0.85, 0.9)  # glass/background
+        # paint each spot's neighbourhood with a hematoxylin tint proportional to the field
+        tissue = stroma * (1 - level[..., None]) + nuclei * level[..., None]
+        band[inside] = tissue[inside]
+        band += rng.normal(scale=0.03, size=band.shape)  # row-major: the same draws as one whole-image call
+        out[top : top + rows.size] = (np.clip(band, 0, 1) * 255).astype(np.uint8)
+    return out, scale
+
+
+def poisson_counts(factors: np.ndarray, loadings: np.ndarray, rng) -> sp.csr_matrix:
+    """Poisson(factors @ loadings.T) as CSR, drawn in blocks of rows (never a dense spots x genes matrix);
+    the draws are the same as one call on the whole rate matrix."""
+    blocks = []
+    for lo in range(0, factors.shape[0], COUNT_BLOCK_ROWS):
+        blocks.append(sp.csr_matrix(rng.poisson(factors[lo : lo + COUNT_BLOCK_ROWS] @ loadings.T).astype(np.int32)))
+    return sp.vstack(blocks, format="csr")
 
 
 def make_synthetic(
@@ -78,7 +105,7 @@ def make_synthetic(
     seed: int = 0,
     lengthscale: float = 0.25,
     depth: float = 3.0,
-    image_size: int = 600,
+    image_size: int | None = None,
     library_id: str = "demo",
 ) -> ad.AnnData:
     rng = np.random.default_rng(seed)
@@ -94,9 +121,8 @@ def make_synthetic(
     loadings = rng.gamma(0.3, 0.2, size=(n_genes, n_factors))
     owner = rng.integers(n_factors, size=n_genes)
     loadings[np.arange(n_genes), owner] += rng.gamma(2.0, 1.0, size=n_genes)
-    rate = factors @ loadings.T
-    loadings *= depth / rate.mean()
-    counts = rng.poisson(factors @ loadings.T).astype(np.int32)
+    loadings *= depth / (factors.mean(0) @ loadings.mean(0))  # mean of factors @ loadings.T, without forming it
+    counts = poisson_counts(factors, loadings, rng)
 
     # spatially coherent groups: Voronoi cells of random domain centres
     centres = unit[rng.choice(n_spots, size=n_groups, replace=False)]
@@ -109,13 +135,13 @@ def make_synthetic(
         index=pd.Index([f"spot_{i:05d}" for i in range(n_spots)], name="barcode"),
     )
     var = pd.DataFrame({"gene_ids": ids, "feature_types": "Gene Expression"}, index=pd.Index(symbols, name="symbol"))
-    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    adata = ad.AnnData(X=counts, obs=obs, var=var)
     adata.obsm["spatial"] = xy.astype(np.float64)
     adata.obsm["true_factors"] = factors.astype(np.float32)
     adata.varm["true_loadings"] = loadings.astype(np.float32)
     adata.uns["true_factors_spatial"] = np.array([True] * n_spatial_factors + [False])
 
-    hires, hires_scale = he_image(xy, log_spatial[:, 0], image_size, rng)
+    hires, hires_scale = he_image(xy, log_spatial[:, 0], image_size or auto_image_size(n_spots), rng)
     lowres = hires[::2, ::2].copy()
     adata.uns["spatial"] = {
         library_id: {

@@ -93,24 +93,24 @@ def as_rgb_uint8(img: np.ndarray, where: str) -> np.ndarray:
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def patch_boxes(xy_fullres: np.ndarray, scale: float, spot_diameter_fullres: float, patch_scale: float = 1.0):
+def patch_boxes(xy_fullres: np.ndarray, scale: float, spot_diameter_fullres: float, patch_scale: float = 1.0,
+                min_side: int = 1):
     """Top-left corners (x0, y0) in image pixels and the side of each spot's square patch.
 
-    The patch [x0, x0 + side) x [y0, y0 + side) is centred on the spot: x0 = round(x * scale - side / 2).
+    The side is the spot's diameter in image pixels x `patch_scale`, widened to `min_side` (the model's
+    ViT patch) where that is smaller: dense grids on a low-resolution image (thousands of spots) give
+    patches of a few pixels, and a wider crop of the spot's surroundings is what Loki's fixed-size
+    crop does anyway. The patch [x0, x0 + side) x [y0, y0 + side) is centred on the spot:
+    x0 = round(x * scale - side / 2).
     """
-    side = int(round(spot_diameter_fullres * scale * patch_scale))
+    side = max(int(round(spot_diameter_fullres * scale * patch_scale)), int(min_side))
     centre = np.asarray(xy_fullres, dtype=np.float64) * scale
     corner = np.floor(centre - side / 2.0 + 0.5).astype(np.int64)
     return corner[:, 0], corner[:, 1], side, centre
 
 
-def check_patches(centre: np.ndarray, side: int, shape: tuple, obs_names, min_side: int, where: str) -> None:
-    """Spots must lie on the image and patches must be at least `min_side` pixels (the ViT patch)."""
-    if side < min_side:
-        raise InputError(
-            f"{where}: H&E patch of {side} px is below the model's minimum of {min_side} px (its ViT patch size); "
-            "raise embed.loki.patch_scale or use a higher-resolution image"
-        )
+def check_patches(centre: np.ndarray, shape: tuple, obs_names, where: str) -> None:
+    """Spots must lie on the image."""
     h, w = shape[:2]
     bad = ~np.all(np.isfinite(centre), axis=1) | (centre[:, 0] < 0) | (centre[:, 0] >= w) | (centre[:, 1] < 0) | (centre[:, 1] >= h)
     if bad.any():
@@ -371,8 +371,13 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
     if image is not None:
         if "spatial" not in adata.obsm:
             raise InputError(f"{where}: obsm['spatial'] is missing; image patches need spot coordinates")
-        x0, y0, side, centre = patch_boxes(np.asarray(adata.obsm["spatial"])[:, :2], image.scale, image.spot_diameter_fullres, float(s["patch_scale"]))
-        check_patches(centre, side, image.image.shape, adata.obs_names, ckpt.patch_size, where)
+        spot_px = image.spot_diameter_fullres * image.scale * float(s["patch_scale"])
+        x0, y0, side, centre = patch_boxes(np.asarray(adata.obsm["spatial"])[:, :2], image.scale, image.spot_diameter_fullres,
+                                           float(s["patch_scale"]), min_side=ckpt.patch_size)
+        if side > round(spot_px):
+            log.warning("%s: spots are %.1f px wide on the H&E image; patches widened to the model's ViT patch of %d px",
+                        where, spot_px, side)
+        check_patches(centre, image.image.shape, adata.obs_names, where)
     layers = resolve_layers(s["layers"], ckpt.n_layers, f"{where}: embed.loki.layers") if s["activations"] == "tokens" else []
 
     import torch
@@ -439,7 +444,7 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
         hits = retrieval_hits(text, img, neighbours)
         out.obs["loki_text_image_cosine"] = cos.astype(np.float32)
         out.obs["loki_retrieval_hit"] = hits
-        metrics["image"] = {"library": image.library, "image_key": image.key, "patch_px": int(side), "patch_scale": float(s["patch_scale"]),
+        metrics["image"] = {"library": image.library, "image_key": image.key, "patch_px": int(side), "spot_px": round(float(spot_px), 2), "patch_scale": float(s["patch_scale"]),
                             "min_patch_px": ckpt.patch_size}
         metrics["text_image_cosine"] = summary(cos)
         metrics["retrieval"] = {"accuracy": float(hits.mean()), "neighbours": int(neighbours.shape[1]),

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tissuelens.neighbors import knn
+
+SILHOUETTE_MAX_CELLS = 20000  # silhouette is O(n²): a seeded subsample above this many cells
+
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
     return np.isfinite(x).all(axis=1)
@@ -29,24 +33,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1)
 
 
-def knn_indices(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
-    """Indices (n, k) of each row's k nearest other rows."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(k, x.shape[0] - 1)
-    nn = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(x)
-    idx = nn.kneighbors(x, return_distance=False)
-    out = np.empty((x.shape[0], k), dtype=np.int64)
-    for i, row in enumerate(idx):  # drop self (not always first when duplicates exist)
-        row = row[row != i][:k]
-        out[i] = row if row.size == k else idx[i, 1:]
-    return out
-
-
 def knn_accuracy(x: np.ndarray, labels, k: int = 15) -> float:
     labels = np.asarray(labels)
     codes, uniq = _codes(labels)
-    nbr = knn_indices(x, k)
+    nbr = knn(x, k, "cosine")
     votes = np.zeros((x.shape[0], uniq.size))
     np.add.at(votes, (np.repeat(np.arange(x.shape[0]), nbr.shape[1]), codes[nbr].ravel()), 1)
     return float((votes.argmax(1) == codes).mean())
@@ -57,10 +47,11 @@ def _codes(labels):
     return codes, uniq
 
 
-def silhouette(x: np.ndarray, labels) -> float:
+def silhouette(x: np.ndarray, labels, seed: int = 0) -> float:
     from sklearn.metrics import silhouette_score
 
-    return float(silhouette_score(x, np.asarray(labels).astype(str), metric="cosine"))
+    sample = SILHOUETTE_MAX_CELLS if x.shape[0] > SILHOUETTE_MAX_CELLS else None
+    return float(silhouette_score(x, np.asarray(labels).astype(str), metric="cosine", sample_size=sample, random_state=seed))
 
 
 def distance_ratio(x: np.ndarray, labels, max_cells: int = 2000, seed: int = 0) -> float:
@@ -84,9 +75,11 @@ def leiden_scores(x: np.ndarray, labels, n_neighbors: int = 15, resolutions=(0.1
     import scanpy as sc
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+    from tissuelens.neighbors import neighbors
+
     a = ad.AnnData(np.zeros((x.shape[0], 0), dtype=np.float32))
     a.obsm["X_emb"] = x.astype(np.float32)
-    sc.pp.neighbors(a, use_rep="X_emb", n_neighbors=min(n_neighbors, x.shape[0] - 1), metric="cosine", random_state=seed)
+    neighbors(a, use_rep="X_emb", n_neighbors=min(n_neighbors, x.shape[0] - 1), metric="cosine", seed=seed)
     labels = np.asarray(labels).astype(str)
     best = None
     for res in resolutions:
@@ -110,7 +103,7 @@ def label_metrics(x: np.ndarray, labels, *, k: int = 15, resolutions=(0.1, 0.2, 
     out = {"n_cells": int(ok.sum()), "n_groups": int(np.unique(labels.astype(str)).size)}
     if out["n_groups"] < 2 or x.shape[0] < 3:
         return out
-    sil = silhouette(x, labels)
+    sil = silhouette(x, labels, seed)
     out.update(
         knn_accuracy=knn_accuracy(x, labels, k),
         knn_k=int(min(k, x.shape[0] - 1)),
@@ -133,8 +126,8 @@ def spatial_metrics(x: np.ndarray, coords: np.ndarray, k: int = 6, n_random: int
     x, coords = _unit(x[ok]), coords[ok]
     if x.shape[0] < k + 2:
         return {}
-    nbr = knn_indices(coords, k, metric="euclidean")
-    near = (x[:, None, :] * x[nbr]).sum(-1).mean()
+    nbr = knn(coords, k, "euclidean")
+    near = np.mean([(x * x[nbr[:, j]]).sum(1).mean() for j in range(nbr.shape[1])])  # no (n, k, dim) copy
     rng = np.random.default_rng(seed)
     a, b = rng.integers(x.shape[0], size=(2, n_random))
     keep = a != b
@@ -158,7 +151,7 @@ def consistency_metrics(a: np.ndarray, b: np.ndarray, k: int = 15, max_cells: in
 
         da, db = pdist(a, "cosine"), pdist(b, "cosine")
         out["distance_correlation"] = float(np.corrcoef(da, db)[0, 1]) if da.std() > 0 and db.std() > 0 else float(np.allclose(da, db))
-        na, nb = knn_indices(a, k), knn_indices(b, k)
+        na, nb = knn(a, k, "cosine"), knn(b, k, "cosine")
         overlap = [np.intersect1d(x, y).size / na.shape[1] for x, y in zip(na, nb)]
         out["knn_overlap"] = float(np.mean(overlap))
         out["knn_k"] = int(na.shape[1])

@@ -27,10 +27,11 @@ def umap_and_leiden(x: np.ndarray, settings: dict, seed: int):
     import anndata as ad
     import scanpy as sc
 
+    from tissuelens.neighbors import neighbors
+
     holder = ad.AnnData(np.zeros((x.shape[0], 0), dtype=np.float32))
     holder.obsm["X_rep"] = np.asarray(x, dtype=np.float32)
-    n_neighbors = int(min(settings.get("umap_neighbors", 15), max(2, x.shape[0] - 1)))
-    sc.pp.neighbors(holder, use_rep="X_rep", n_neighbors=n_neighbors, random_state=seed)
+    neighbors(holder, use_rep="X_rep", n_neighbors=int(settings.get("umap_neighbors", 15)), seed=seed)
     sc.tl.umap(holder, random_state=seed)
     sc.tl.leiden(holder, resolution=float(settings.get("leiden_resolution", 1.0)), flavor="igraph",
                  n_iterations=2, directed=False, random_state=seed)
