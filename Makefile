@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint clean install-profile
+.PHONY: setup demo test lint clean install-profile gpu-check
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ test: setup
 
 lint: setup
 	snakemake --lint
+
+# every CUDA path (tests marked cuda, the benches' CUDA rows) in one run; says so and exits 0 without a GPU
+gpu-check: setup
+	python bench/gpu_check.py
 
 # `snakemake --profile slurm` from any directory: link profiles/slurm into Snakemake's user profile folder
 PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake

@@ -75,6 +75,7 @@ def main(argv=None):
     from tissuelens.device import resolve_device
     from tissuelens.errors import InputError
     from tissuelens.io import read_json
+    from tissuelens.progress import Progress
     from tissuelens.sae.activations import open_activations
     from tissuelens.sae.settings import resolve_settings
 
@@ -125,8 +126,10 @@ def main(argv=None):
     gene_symbols = np.array([symbols.get(g, g) for g in gene_names], dtype=object)
 
     def encoded():
+        bar = Progress(acts.rows.size, "SAE encoding", unit="tokens", logger=log)
         for rows, x in sequential_batches(acts.array, acts.rows, settings["analysis_batch_size"]):
             f_acts, _ = encode_decode(sae, x, device)
+            bar.update(len(rows))
             yield rows, f_acts
 
     log.info("encoding %d tokens with a %d-latent SAE", acts.rows.size, d_sae)

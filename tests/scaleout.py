@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 TEST_CONFIG = REPO / "config" / "test" / "scaleout.yaml"
+SIZE_CONFIG = REPO / "config" / "test" / "size.yaml"
 
 
 # per-dataset overrides that leave a dataset with download, preprocess, one factorisation, report
@@ -38,6 +39,14 @@ def scaleout_config(datasets=("a",), minimal=()) -> dict:
     for model in config.get("models", {}).values():
         if "genes_from_dataset" in model.get("random", {}):
             model["random"]["genes_from_dataset"] = datasets[0]
+    return config
+
+
+def size_config(n_spots: int | None = None, n_genes: int | None = None) -> dict:
+    """config/test/size.yaml (every stage above the libraries' size thresholds), optionally resized."""
+    config = yaml.safe_load(SIZE_CONFIG.read_text())
+    synthetic = next(iter(config["datasets"].values()))["synthetic"]
+    synthetic.update({k: v for k, v in (("n_spots", n_spots), ("n_genes", n_genes)) if v is not None})
     return config
 
 

@@ -23,14 +23,23 @@ def _drop_cells(adata, keep: np.ndarray, report: dict, name: str):
     return adata[keep].copy() if not keep.all() else adata
 
 
+def _nonfinite_rows(x) -> np.ndarray:
+    """Rows holding NaN or inf; a sparse matrix is read through its stored values only."""
+    if not sp.issparse(x):
+        return ~np.isfinite(np.asarray(x)).all(axis=1)
+    coo = x.tocoo()
+    bad = np.zeros(x.shape[0], dtype=bool)
+    bad[coo.row[~np.isfinite(coo.data)]] = True
+    return bad
+
+
 def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
     if spatial:
         keep = np.isfinite(adata.obsm["spatial"]).all(axis=1)
         adata = _drop_cells(adata, keep, report, "nan_coordinates")
     data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     if data.size and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        bad = ~np.isfinite(adata.X.toarray() if sp.issparse(adata.X) else adata.X).all(axis=1)
-        adata = _drop_cells(adata, ~np.asarray(bad).ravel(), report, "nan_expression")
+        adata = _drop_cells(adata, ~_nonfinite_rows(adata.X), report, "nan_expression")
     else:
         report["cells_removed"]["nan_expression"] = 0
     if group_key is not None:

@@ -159,7 +159,7 @@ def embed_cells(
     progress: bool = True,
 ) -> np.ndarray:
     """Embeddings (n_cells, d_model) float32 in input order; NaN rows for cells without genes or not in `cells`."""
-    from tqdm.auto import tqdm
+    from tissuelens.progress import Progress
 
     n = tokens.n_cells
     d = encoder.ckpt.d_model
@@ -168,7 +168,8 @@ def embed_cells(
     run = run[tokens.n_genes[run] > 0]
     planned = {} if plan is None else {int(c): i for i, c in enumerate(plan.cells)}
     batches = length_batches(tokens.lengths, run, batch_size)
-    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, mininterval=5):
+    bar = Progress(len(run), "Geneformer", unit="cells", logger=log, enabled=progress)
+    for batch in batches:
         ids, mask = encoder.pad([tokens.cell(c) for c in batch])
         hs = encoder.hidden_states(ids, mask)
         emb[batch] = pool(hs[layer], ids, encoder, pooling).cpu().numpy()
@@ -181,4 +182,5 @@ def embed_cells(
                     k, start = int(plan.n_tokens[j]), int(plan.row_start[j])
                     writer.write(lay, slice(start, start + k), block[r, :k])
         del hs
+        bar.update(len(batch))
     return emb

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tissuelens.errors import InputError
+from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
 SOT, EOT, CLS = "<start_of_text>", "<end_of_text>", "<cls>"
@@ -179,12 +180,6 @@ def _batches(n: int, size: int):
         yield lo, min(n, lo + size)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=2.0)
-
-
 class TextTokenHooks:
     """Forward hooks on text-encoder blocks that keep each block's (batch, seq, width) output."""
 
@@ -213,7 +208,7 @@ def encode_texts(model, tokenizer, sentences, *, device, batch_size: int = 64, l
 
     hooks = TextTokenHooks(model, list(layers)) if layers else None
     out = []
-    bar = _progress(len(sentences), "Loki text", progress)
+    bar = Progress(len(sentences), "Loki text", unit="spots", logger=log, enabled=progress)
     try:
         with torch.no_grad():
             for lo, hi in _batches(len(sentences), batch_size):
@@ -224,7 +219,6 @@ def encode_texts(model, tokenizer, sentences, *, device, batch_size: int = 64, l
                     on_tokens(lo, hi, tokens.cpu().numpy(), {i: t.float().cpu() for i, t in hooks.outputs.items()})
                 bar.update(hi - lo)
     finally:
-        bar.close()
         if hooks is not None:
             hooks.remove()
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
@@ -237,16 +231,13 @@ def encode_images(model, preprocess, image: np.ndarray, x0, y0, side: int, *, de
 
     padded = pad_image(image, side)
     out = []
-    bar = _progress(len(x0), "Loki image", progress)
-    try:
-        with torch.no_grad():
-            for lo, hi in _batches(len(x0), batch_size):
-                crops = crop_patches(padded, side, x0[lo:hi], y0[lo:hi], side)
-                batch = torch.stack([preprocess(Image.fromarray(c)) for c in crops]).to(device)
-                out.append(model.encode_image(batch, normalize=True).float().cpu().numpy())
-                bar.update(hi - lo)
-    finally:
-        bar.close()
+    bar = Progress(len(x0), "Loki image", unit="spots", logger=log, enabled=progress)
+    with torch.no_grad():
+        for lo, hi in _batches(len(x0), batch_size):
+            crops = crop_patches(padded, side, x0[lo:hi], y0[lo:hi], side)
+            batch = torch.stack([preprocess(Image.fromarray(c)) for c in crops]).to(device)
+            out.append(model.encode_image(batch, normalize=True).float().cpu().numpy())
+            bar.update(hi - lo)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -202,7 +202,8 @@ def embed_cells(model, prepared: PreparedCells, *, pad_token_id: int, pad_value:
     with forward hooks on `model.model.transformer_encoder.layers[i]` feeding `on_tokens(lo, hi, genes,
     {layer: (b, seq, d) tensor})`."""
     import torch
-    from tqdm.auto import tqdm
+
+    from tissuelens.progress import Progress
 
     dtype = {"fp32": torch.float32, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     blocks = model.model.transformer_encoder.layers
@@ -215,7 +216,8 @@ def embed_cells(model, prepared: PreparedCells, *, pad_token_id: int, pad_value:
     out = []
     try:
         with torch.no_grad(), torch.amp.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
-            for lo in tqdm(range(0, prepared.n_cells, batch_size), desc="Tahoe-x1", disable=not progress):
+            bar = Progress(prepared.n_cells, "Tahoe-x1", unit="cells", logger=log, enabled=progress)
+            for lo in range(0, prepared.n_cells, batch_size):
                 hi = min(prepared.n_cells, lo + batch_size)
                 genes, values = prepared.batch(lo, hi, pad_token_id, pad_value)
                 g = torch.as_tensor(genes, device=device)
@@ -225,6 +227,7 @@ def embed_cells(model, prepared: PreparedCells, *, pad_token_id: int, pad_value:
                 out.append(res["cell_emb"].float().cpu().numpy())
                 if on_tokens is not None:
                     on_tokens(lo, hi, genes, {i: t.float().cpu() for i, t in captured.items()})
+                bar.update(hi - lo)
     finally:
         for h in handles:
             h.remove()

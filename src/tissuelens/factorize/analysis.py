@@ -12,6 +12,7 @@ from tissuelens.factorize import metrics
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
 from tissuelens.factorize.model import FactorModel
 from tissuelens.factorize.store import inducing_of
+from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
             true_factors: np.ndarray | None = None, true_spatial=None) -> Analysis:
     a = settings["analysis"]
     chunk = settings["chunk_size"]
+    # one line per step, with the ETA of the rest (a 100,000-cell analysis runs for minutes)
+    steps = Progress(3 + (data.groups is not None) + (variant in GROUP_VARIANTS), f"analyze {variant}", unit="steps",
+                     logger=log, every=0)
     mu, var = metrics.posterior(model, data, variant, chunk)
+    steps.update(1, "posterior")
     w = model.w.detach().cpu().numpy().astype(np.float64)
     moran = None
     order = np.arange(w.shape[1])
@@ -59,6 +64,7 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
     tr, va = data.train_idx, data.val_idx
     dev_tr = metrics.deviance(data.counts[tr], rate_f[tr], w, nu[tr], chunk)
     dev_va = metrics.deviance(data.counts[va], rate_f[va], w, nu[va], chunk) if len(va) else None
+    steps.update(1, "Moran's I and deviance")
     m = {
         "variant": variant,
         "n_cells": data.n_cells, "n_train": len(tr), "n_val": len(va), "n_genes": data.n_genes,
@@ -75,6 +81,7 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
         "reconstruction_error": metrics.reconstruction_error(data.counts, factors, w, chunk),
         "loadings_sparsity": float((w < 1e-6).mean()),
     }
+    steps.update(1, "reconstruction error")
 
     lfc = group_w = None
     enrichment = {}
@@ -87,6 +94,7 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
                                          settings["seed"])
         lfc = metrics.enrichment_lfc(w, group_w)
         enrichment = metrics.enrichment_summary(lfc, data.gene_names, data.group_names, a["top_genes"])
+        steps.update(1, "group loadings")
 
     if true_factors is not None:
         spatial = np.ones(true_factors.shape[1], bool) if true_spatial is None else np.asarray(true_spatial, bool)
@@ -104,6 +112,7 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
         for i, name in enumerate(data.group_names):
             gmu, _ = metrics.posterior(model, data, variant, chunk, groups=np.full(data.n_cells, i))
             groupwise[name] = np.exp(gmu[:, order])
+        steps.update(1, "groupwise posteriors")
 
     z = inducing_of(model).numpy().astype(np.float64)
     inducing = inducing_groups = None

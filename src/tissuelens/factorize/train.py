@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from tissuelens.errors import InputError
+from tissuelens.progress import Progress
 from tissuelens.factorize.data import CountBatches, FactorData
 from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
 from tissuelens.factorize.model import FactorModel
@@ -75,6 +76,7 @@ def load_checkpoint(path: Path, expected: str) -> dict:
 class Trainer:
     def __init__(self, model: FactorModel, data: FactorData, settings: dict, variant: str, device: torch.device):
         self.model, self.data, self.settings, self.device = model.to(device), data, settings, device
+        self.variant = variant
         self.fingerprint = fingerprint(variant, settings, data)
         n, d = len(data.train_idx), data.n_genes
         self.clamps = {}
@@ -172,12 +174,15 @@ class Trainer:
             self.restore(load_checkpoint(Path(checkpoint), self.fingerprint))
             log.info("resumed from %s at iteration %d", checkpoint, self.iteration)
         start, converged = time.perf_counter(), False
+        bar = Progress(s["max_iter"] - self.iteration, f"factorize {self.variant}", logger=log)
         while self.iteration < s["max_iter"]:
             elbo = self.step()
+            bar.update(1, f"ELBO {elbo:.6g}")
             if s["log_every"] and self.iteration % s["log_every"] == 0:
                 log.info("iteration %d: ELBO %.6g", self.iteration, elbo)
             if _converged(self.history, s["tol_window"], s["tol"]):
                 converged = True
+                bar.finish(f"ELBO {elbo:.6g}")
                 log.info("converged at iteration %d (relative ELBO change < %g)", self.iteration, s["tol"])
                 break
             if checkpoint is not None and s["checkpoint_every"] and self.iteration % s["checkpoint_every"] == 0:

@@ -73,8 +73,8 @@ class Narrator:
 
         from tissuelens.device import resolve_device
 
-        self.info = checkpoint_info(checkpoint)
         self.device = str(resolve_device(device))
+        self.info = {**checkpoint_info(checkpoint), "device": self.device}
         try:
             self.processor = AutoProcessor.from_pretrained(str(checkpoint))
             self.pipe = pipeline("image-text-to-text", model=str(checkpoint), processor=self.processor,

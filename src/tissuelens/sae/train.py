@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tissuelens.errors import InputError
+from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def _recording_trainer_class():
                 )
             sparsity = sum(float(v.detach()) for k, v in out.losses.items() if k != "mse_loss")
             l0 = float((out.feature_acts != 0).float().sum(-1).mean())
+            self.progress.update(1, f"loss {loss:.4g}, L0 {l0:.1f}")
             self.history.append(
                 (
                     self.n_training_steps,
@@ -190,6 +192,8 @@ def fit(sae, batches: Iterator, settings: dict, device: str, where: str = "train
             consumed += int(settings["n_batches_for_norm_estimate"])
         batches.skip(consumed)
         log.info("%s: resuming from %s (step %d)", where, resume, trainer.n_training_steps)
+    trainer.progress = Progress(int(settings["training_tokens"]) // int(settings["batch_size"]) - trainer.n_training_steps,
+                                f"SAE {where}", unit="steps", logger=log)
     trainer.started = time.perf_counter()
     if trainer.history:
         trainer.started -= trainer.history[-1][-1]  # elapsed seconds keep counting from the checkpoint
