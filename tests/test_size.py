@@ -43,7 +43,7 @@ def test_neighbour_graphs_above_scanpys_switch(run):
     assert gf["labels"]["n_cells"] == n and gf["labels"]["leiden_n_clusters"] >= 2
     assert 0 <= gf["labels"]["leiden_nmi"] <= 1 and 0 <= gf["labels"]["knn_accuracy"] <= 1
     loki = json.loads((run / "results" / "big" / "embed" / "loki_tiny" / "metrics.json").read_text())
-    for key in ("X_loki_tiny_text", "X_loki_tiny_image"):
+    for key in ("X_loki_text", "X_loki_image"):
         assert loki["quality"][key]["labels"]["n_cells"] == n and "leiden_nmi" in loki["quality"][key]["labels"]
 
 
