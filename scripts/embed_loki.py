@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import atomic_path, read_h5ad, to_h5ad, write_json
 
 log = logging.getLogger("embed_loki")
 
@@ -44,7 +44,7 @@ def main(argv=None):
         metrics["settings"] = args.settings
         out.uns["tissuelens_embed"] = json.dumps({k: v for k, v in metrics.items() if k != "settings"})
         with atomic_path(args.out) as h5_tmp:
-            out.write_h5ad(h5_tmp)
+            to_h5ad(out, h5_tmp)
             write_json(metrics, args.metrics)
     print(json.dumps({k: metrics[k] for k in ("n_spots", "untrained", "genes_in_context") if k in metrics}, indent=2))
 

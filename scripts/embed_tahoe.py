@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.io import read_h5ad
-from tissuelens.io import atomic_path, write_json
+from tissuelens.io import atomic_path, read_h5ad, to_h5ad, write_json
 
 
 def main(argv=None):
@@ -38,7 +37,7 @@ def main(argv=None):
                                      where=str(args.h5ad), activations_dir=act_tmp)
         metrics["settings"] = args.settings
         with atomic_path(args.out) as h5_tmp:
-            out.write_h5ad(h5_tmp)
+            to_h5ad(out, h5_tmp)
             write_json(metrics, args.metrics)
     print(json.dumps({k: metrics[k] for k in ("n_cells", "untrained")}, indent=2))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tissuelens import cli
 from tissuelens.datasets.contract import integer_counts
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import atomic_path, read_h5ad, to_h5ad, write_json
 from tissuelens.preprocess import preprocess
 
 
@@ -28,7 +28,7 @@ def main(argv=None):
     report["settings"] = args.settings
     # both outputs appear together: the h5ad is renamed into place only after qc.json is written
     with atomic_path(args.out) as tmp:
-        adata.write_h5ad(tmp)
+        to_h5ad(adata, tmp)
         write_json(report, args.qc)
     print(json.dumps(report, indent=2))
 

@@ -170,6 +170,36 @@ def test_file_that_is_not_h5ad(tmp_path):
     assert not out.exists()
 
 
+def test_truncated_h5ad(tmp_path, small_synthetic):
+    """A partly written file (a copy cut short) is one error line naming it, no output."""
+    path = _write(tmp_path, small_synthetic)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    proc, out = download(tmp_path, {**SPATIAL, "path": str(path)})
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert line.startswith(f"error: {path}: damaged HDF5 file") and "truncated" in line
+    assert not out.exists()
+
+
+def test_three_coordinate_columns_need_spatial_dims(tmp_path, small_synthetic):
+    adata = small_synthetic.copy()
+    xy = adata.obsm["spatial"]
+    adata.obsm["spatial"] = np.column_stack([xy, np.arange(adata.n_obs, dtype=float)])  # x, y, z
+    path = _write(tmp_path, adata)
+    proc, out = download(tmp_path, {**SPATIAL, "path": str(path)})
+    assert proc.returncode == 2
+    assert "obsm['spatial'] has 3 columns; set spatial_dims: [i, j]" in error_line(proc)
+    assert not out.exists()
+    proc, out = download(tmp_path, {**SPATIAL, "path": str(path), "spatial_dims": [0, 2]})
+    assert proc.returncode == 0, proc.stderr
+    assert "using columns 0 and 2 of 3 as the spatial coordinates" in proc.stderr
+    got = ad.read_h5ad(out).obsm["spatial"]
+    np.testing.assert_array_equal(got, np.column_stack([xy[:, 0], np.arange(adata.n_obs)]))
+    proc, _ = download(tmp_path, {**SPATIAL, "path": str(path), "spatial_dims": [1, 3]}, dataset="e")
+    assert proc.returncode == 2 and "spatial_dims [1, 3] does not name two different columns of 3" in error_line(proc)
+
+
 def test_non_integer_counts_without_counts_layer(tmp_path, small_synthetic):
     adata = small_synthetic.copy()
     adata.X = sp.csr_matrix(adata.X.toarray() * 0.37)

@@ -36,9 +36,26 @@ def write_json(obj, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def to_h5ad(adata, path: str | os.PathLike) -> None:
+    """`adata.write_h5ad(path)` in a form every stack's anndata reads, the Loki stack's 0.10.9 included:
+    None values in `uns` (e.g. scanpy's `uns["log1p"]["base"]`) are dropped, since anndata >= 0.11 writes
+    them with a 'null' encoding older releases cannot read (a missing key reads back as None anyway)."""
+    drop_none(adata.uns)
+    adata.write_h5ad(path)
+
+
+def drop_none(mapping) -> None:
+    """Remove None values from a nested mapping, in place."""
+    for key in [k for k, v in mapping.items() if v is None]:
+        del mapping[key]
+    for value in mapping.values():
+        if hasattr(value, "items"):
+            drop_none(value)
+
+
 def write_h5ad(adata, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
+        to_h5ad(adata, tmp)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

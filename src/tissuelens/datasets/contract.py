@@ -7,11 +7,15 @@ var_names; provenance in `uns["tissuelens"]`.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from tissuelens.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def _counts_matrix(adata, where: str, counts_layer: str | None):
@@ -66,6 +70,22 @@ def join_labels(adata, labels: dict, where: str) -> None:
     adata.obs[labels["column"]] = table[labels["column"]].reindex(adata.obs_names).values
 
 
+def planar_coordinates(coords: np.ndarray, dims, where: str) -> np.ndarray:
+    """(n, 2) coordinates: the array itself when it has two columns, the two columns `dims` names when it
+    has more (x, y, z: which plane the workflow sees is the user's choice, never a silent cut)."""
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise InputError(f"{where} must be (n_cells, 2) coordinates, got shape {coords.shape}")
+    if dims is None:
+        if coords.shape[1] > 2:
+            raise InputError(f"{where} has {coords.shape[1]} columns; set spatial_dims: [i, j] to pick the two to use")
+        return coords
+    if max(dims) >= coords.shape[1] or dims[0] == dims[1]:
+        raise InputError(f"{where}: spatial_dims {list(dims)} does not name two different columns of {coords.shape[1]}")
+    log.info("%s: using columns %d and %d of %d as the spatial coordinates (spatial_dims)", where, dims[0], dims[1],
+             coords.shape[1])
+    return coords[:, list(dims)]
+
+
 def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
     """Check and normalise a freshly loaded AnnData in place of `entry`'s options; return it."""
     counts, label = _counts_matrix(adata, where, entry.get("counts_layer"))
@@ -80,10 +100,8 @@ def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
         if key not in adata.obsm:
             have = ", ".join(adata.obsm) or "none"
             raise InputError(f"{where}: spatial: true but obsm has no '{key}' coordinates (obsm keys: {have}); set spatial_key:")
-        coords = np.asarray(adata.obsm[key], dtype=np.float64)
-        if coords.ndim != 2 or coords.shape[1] < 2:
-            raise InputError(f"{where}: obsm['{key}'] must be (n_cells, 2) coordinates, got shape {coords.shape}")
-        adata.obsm["spatial"] = coords[:, :2]
+        adata.obsm["spatial"] = planar_coordinates(np.asarray(adata.obsm[key], dtype=np.float64), entry.get("spatial_dims"),
+                                                   f"{where}: obsm['{key}']")
 
     group_key = entry.get("group_key")
     if group_key is not None and group_key not in adata.obs:

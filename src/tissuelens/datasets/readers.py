@@ -6,7 +6,8 @@ from pathlib import Path
 
 import anndata as ad
 
-from tissuelens.errors import InputError
+from tissuelens.errors import InputError, why
+from tissuelens.io import read_h5ad
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -27,11 +28,14 @@ def read_local(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path}: not an .h5ad or 10x .h5 file (not HDF5)")
     import h5py
 
-    with h5py.File(path, "r") as fh:
-        is_10x = "matrix" in fh or any(isinstance(fh[k], h5py.Group) and "genes" in fh[k] for k in fh)
-        is_h5ad = "X" in fh and "obs" in fh and "var" in fh
+    try:
+        with h5py.File(path, "r") as fh:
+            is_10x = "matrix" in fh or any(isinstance(fh[k], h5py.Group) and "genes" in fh[k] for k in fh)
+            is_h5ad = "X" in fh and "obs" in fh and "var" in fh
+    except (OSError, KeyError, ValueError) as exc:  # truncated or partly written HDF5
+        raise InputError(f"{path}: damaged HDF5 file ({why(exc)})") from None
     if is_h5ad:
-        return ad.read_h5ad(path)
+        return read_h5ad(path)
     if is_10x:
         return read_10x_h5(path)
     raise InputError(f"{path}: HDF5 file is neither AnnData (.h5ad) nor a 10x feature-barcode matrix")

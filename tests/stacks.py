@@ -1,0 +1,63 @@
+"""Virtual environments built from the per-rule conda env files (envs/*.yaml), for running a rule's
+script in the stack it declares where conda cannot be installed: the env file's Python (from pyenv,
+never downloaded) and exactly its pip list. Cached under ~/.cache/tissuelens/stacks/<name>-<hash>/,
+keyed by the env file's content, so CI builds each stack once and reuses it until the file changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("TISSUELENS_STACK_CACHE", Path.home() / ".cache" / "tissuelens" / "stacks"))
+COMPLETE = ".tissuelens-complete"
+
+
+def env_spec(env_file: Path) -> tuple[str, list[str]]:
+    """(python version from `python=X.Y`, pip requirements) of a conda env file."""
+    env = yaml.safe_load(Path(env_file).read_text())
+    python = next(d.split("=", 1)[1] for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d), [])
+    return python, list(pip)
+
+
+def find_python(version: str) -> Path:
+    """An interpreter of `version` (X.Y) on this machine: pyenv's versions, then PATH."""
+    roots = [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"]
+    for root in roots:
+        for cand in sorted(root.glob(f"{version}.*"), reverse=True):
+            exe = cand / "bin" / "python"
+            if exe.exists():
+                return exe
+    exe = shutil.which(f"python{version}")
+    if exe:
+        return Path(exe)
+    raise FileNotFoundError(f"no Python {version} on this machine (pyenv versions, python{version} on PATH)")
+
+
+def stack_python(env_file: Path, log=sys.stderr) -> Path:
+    """The python of the env file's virtual environment, built on first use."""
+    env_file = Path(env_file)
+    version, pip = env_spec(env_file)
+    digest = hashlib.sha256(env_file.read_bytes()).hexdigest()[:12]
+    prefix = CACHE / f"{env_file.stem}-{digest}"
+    python = prefix / "bin" / "python"
+    if (prefix / COMPLETE).exists():
+        return python
+    shutil.rmtree(prefix, ignore_errors=True)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    print(f"building the {env_file.name} stack (Python {version}, {len(pip)} pins) in {prefix}", file=log, flush=True)
+    for cmd in ([str(find_python(version)), "-m", "venv", str(prefix)],
+                [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+                [str(python), "-m", "pip", "install", "--quiet", *pip]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{env_file.name} stack: {' '.join(cmd[:4])} ... failed:\n{proc.stderr[-4000:]}")
+    (prefix / COMPLETE).write_text(digest)
+    return python
