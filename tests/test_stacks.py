@@ -21,7 +21,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO
 from stacks import env_spec, stack_python
 
 pytestmark = pytest.mark.workflow
@@ -57,13 +57,16 @@ def test_loki_stack_is_the_env_files_pins(loki_python):
     assert not wrong, f"the Loki stack differs from envs/loki.yaml: {wrong}"
 
 
-def test_loki_rule_runs_in_its_stack_on_the_main_stacks_output(loki_python, finished_run, tmp_path):
-    """scripts/embed_loki.py under Python 3.9 / anndata 0.10.9 on a preprocessed.h5ad from the core stack."""
+def test_loki_rules_run_in_their_stack_on_the_main_stacks_output(loki_python, finished_run, tmp_path):
+    """download_model and embed_loki (the rules whose conda: is envs/loki.yaml) under Python 3.9 / anndata
+    0.10.9, on a preprocessed.h5ad the core stack's preprocess rule wrote."""
     _, run = finished_run
     preprocessed = run / "results" / "a" / "preprocessed.h5ad"
     model = tmp_path / "loki_tiny"
     entry = {"kind": "loki", "source": "random", "random": {"n_layers": 1, "hidden_size": 16, "n_heads": 2, "seed": 0}}
-    run_script("download_model", "--model", "loki_tiny", "--entry", json.dumps(entry), "--out", model, check=True)
+    built = in_stack(loki_python, REPO / "scripts" / "download_model.py", "--model", "loki_tiny", "--entry", json.dumps(entry),
+                     "--out", model)  # download_model of a loki model runs in the Loki stack too
+    assert built.returncode == 0, built.stderr[-4000:]
     out = tmp_path / "embed"
     proc = in_stack(loki_python, REPO / "scripts" / "embed_loki.py", "--h5ad", preprocessed, "--model-dir", model,
                     "--model", "loki_tiny", "--settings", json.dumps({"progress": False}), "--seed", 0,
