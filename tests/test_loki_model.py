@@ -197,7 +197,7 @@ def test_embed_loki_small_patches_widened(tmp_path, preprocessed, model_dir, cap
 
 LOKI_ENV_MODULES = {"numpy", "scipy", "pandas", "anndata", "h5py", "torch", "torchvision", "open_clip", "PIL", "tqdm",
                     "yaml", "pyarrow", "safetensors", "huggingface_hub", "matplotlib", "cv2", "sklearn", "scanpy",
-                    "jsonschema", "referencing"}
+                    "jsonschema", "referencing", "pynndescent"}
 
 
 def _imports(path: Path) -> set:
@@ -213,7 +213,7 @@ def _imports(path: Path) -> set:
 
 def test_loki_script_imports_only_what_the_loki_env_has():
     """Everything embed_loki.py reaches in tissuelens parses as Python 3.9 and imports only envs/loki.yaml
-    packages (scanpy/sklearn appear only behind the ImportError guard of the shared metrics)."""
+    packages (scanpy/sklearn/pynndescent appear only behind the ImportError guard of the shared metrics)."""
     import sys
 
     seen, todo, third = set(), [REPO / "scripts" / "embed_loki.py"], set()
