@@ -25,7 +25,7 @@ class ApproximateKNN(TransformerMixin, BaseEstimator):
         self.metric = metric
         self.random_state = random_state
 
-    def fit(self, x, y=None):
+    def fit(self, x, y=None):  # scanpy calls fit_transform only: the graph of the data it was given
         return self
 
     def fit_transform(self, x, y=None):
@@ -33,9 +33,6 @@ class ApproximateKNN(TransformerMixin, BaseEstimator):
         n = x.shape[0]
         rows = np.repeat(np.arange(n), indices.shape[1])
         return sp.csr_matrix((distances.ravel(), (rows, indices.ravel())), shape=(n, n))
-
-    def transform(self, x):
-        return self.fit_transform(x)
 
 
 def _nndescent(x, n_neighbors: int, metric: str, seed: int):
