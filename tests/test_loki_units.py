@@ -46,6 +46,21 @@ def test_vectorised_matches_per_spot_reference():
         assert list(vec) == gs.sentences_per_spot(x, symbols, ["S5"], n_top)
 
 
+def test_row_blocks_give_the_same_sentences(monkeypatch):
+    """Large data is ranked in blocks of rows (bounded memory): blocks of 7 rows, dense and sparse input,
+    give what one block gives."""
+    x = sp.random(50, 30, density=0.4, random_state=4, format="csr")
+    x.data = np.round(x.data * 3)
+    symbols = [f"S{j}" for j in range(30)]
+    whole = gs.gene_sentences(x, symbols, [], 10)
+    monkeypatch.setattr(gs, "ROW_BLOCK", 7)
+    for inp in (x, x.toarray()):
+        parts = gs.gene_sentences(inp, symbols, [], 10)
+        assert list(parts[0]) == list(whole[0])
+        np.testing.assert_array_equal(parts[1], whole[1])
+        np.testing.assert_array_equal(parts[2], whole[2])
+
+
 def test_shipped_housekeeping_list_and_csv():
     hk = gs.load_housekeeping()
     assert len(hk) == 394 and {"GAPDH", "ACTB", "B2M", "RPL13A"} <= set(hk)

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from tissuelens.errors import InputError
 
 N_TOP = 50
+ROW_BLOCK = 8192  # spots per block of the top-gene sort
 HOUSEKEEPING_FILE = Path(__file__).resolve().parents[1] / "data" / "loki_housekeeping_genes.txt"
 
 
@@ -80,13 +81,22 @@ def _as_csr(x) -> sp.csr_matrix:
 def top_genes(x, n_top: int = N_TOP) -> tuple[np.ndarray, np.ndarray]:
     """Column indices of each row's `n_top` largest values, descending, ties (zeros included) in column
     order; returns (indices (n_rows, k), n_expressed (n_rows,)) with k = min(n_top, n_cols)."""
-    csr = _as_csr(x)
-    n_rows, n_cols = csr.shape
+    x = x if sp.issparse(x) else np.asarray(x)
+    k = min(n_top, x.shape[1])
+    out = np.empty((x.shape[0], k), dtype=np.int64)
+    n_expr = np.empty(x.shape[0], dtype=np.int64)
+    # blocks of rows bound the sort's working memory (~60 bytes per non-zero) at any number of spots
+    for lo in range(0, x.shape[0], ROW_BLOCK):
+        out[lo : lo + ROW_BLOCK], n_expr[lo : lo + ROW_BLOCK] = _top_genes_block(_as_csr(x[lo : lo + ROW_BLOCK]), k)
+    return out, n_expr
+
+
+def _top_genes_block(csr: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n_rows = csr.shape[0]
     if csr.data.size and csr.data.min() < 0:
         raise InputError("expression has negative values; gene sentences rank non-negative expression")
     if csr.data.size and not np.all(np.isfinite(csr.data)):
         raise InputError("expression has NaN or infinite values")
-    k = min(n_top, n_cols)
     out = np.empty((n_rows, k), dtype=np.int64)
     nnz = np.diff(csr.indptr)
     rows = np.repeat(np.arange(n_rows), nnz)
