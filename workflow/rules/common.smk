@@ -1,4 +1,3 @@
-import functools
 import json
 import re
 import shlex
@@ -160,16 +159,13 @@ def sae_factors_flag(wildcards):
 from tissuelens.report.stages import plan_files, stage_plan
 
 
-@functools.cache  # the rules and the config are fixed for one invocation; planning asks for each many times
 def producible(path):
     """True when some rule of this workflow writes `path` (a stage whose rules are not included is absent)."""
     return any(rule.is_producer(path) for rule in workflow.rules)
 
 
-@functools.cache
 def report_plan(dataset):
-    """Per stage: status (built, disabled, absent) and the files the report reads (tissuelens.report.stages).
-    Cached per dataset: callers only read it."""
+    """Per stage: status (built, disabled, absent) and the files the report reads (tissuelens.report.stages)."""
     return stage_plan(config, dataset, producible)
 
 
