@@ -21,7 +21,9 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import yaml
 from conftest import REPO
+from scaleout import snakemake, write_config
 from stacks import env_spec, stack_python
 
 pytestmark = pytest.mark.workflow
@@ -57,15 +59,23 @@ def test_loki_stack_is_the_env_files_pins(loki_python):
     assert not wrong, f"the Loki stack differs from envs/loki.yaml: {wrong}"
 
 
-def test_loki_rules_run_in_their_stack_on_the_main_stacks_output(loki_python, finished_run, tmp_path):
+@pytest.fixture(scope="module")
+def demo_preprocessed(tmp_path_factory):
+    """The demo's preprocessed.h5ad as the core stack's rules write it (config/config.yaml, two jobs)."""
+    workdir = tmp_path_factory.mktemp("demo")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "results/demo/preprocessed.h5ad", timeout=600)
+    return workdir / "results" / "demo" / "preprocessed.h5ad", config["models"]["loki_tiny"]
+
+
+def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocessed, tmp_path):
     """download_model and embed_loki (the rules whose conda: is envs/loki.yaml) under Python 3.9 / anndata
-    0.10.9, on a preprocessed.h5ad the core stack's preprocess rule wrote."""
-    _, run = finished_run
-    preprocessed = run / "results" / "a" / "preprocessed.h5ad"
+    0.10.9, on the demo's preprocessed.h5ad written by the core stack, with the demo's Loki model."""
+    preprocessed, entry = demo_preprocessed
     model = tmp_path / "loki_tiny"
-    entry = {"kind": "loki", "source": "random", "random": {"n_layers": 1, "hidden_size": 16, "n_heads": 2, "seed": 0}}
     built = in_stack(loki_python, REPO / "scripts" / "download_model.py", "--model", "loki_tiny", "--entry", json.dumps(entry),
-                     "--out", model)  # download_model of a loki model runs in the Loki stack too
+                     "--out", model)
     assert built.returncode == 0, built.stderr[-4000:]
     out = tmp_path / "embed"
     proc = in_stack(loki_python, REPO / "scripts" / "embed_loki.py", "--h5ad", preprocessed, "--model-dir", model,
@@ -74,10 +84,11 @@ def test_loki_rules_run_in_their_stack_on_the_main_stacks_output(loki_python, fi
     assert proc.returncode == 0, proc.stderr[-4000:]
     emb = ad.read_h5ad(out / "embeddings.h5ad")  # written by anndata 0.10.9, read by the main stack
     n = ad.read_h5ad(preprocessed, backed="r").n_obs
-    assert emb.obsm["X_loki_text"].shape[0] == n and np.isfinite(emb.obsm["X_loki_text"]).all()
-    assert "X_loki_image" in emb.obsm
+    text, image = emb.obsm["X_loki_text"], emb.obsm["X_loki_image"]
+    assert n == 900 and text.shape[0] == n and text.shape == image.shape and np.isfinite(text).all()
+    np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)  # L2-normalised, as Loki's
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_spots"] == n and (out / "activations" / "meta.json").exists()
+    assert metrics["n_spots"] == n and metrics["untrained"] is True and (out / "activations" / "meta.json").exists()
 
 
 def test_every_h5ad_the_main_stack_writes_reads_in_the_loki_stack(loki_python, finished_run):
