@@ -79,7 +79,7 @@ def leiden_scores(x: np.ndarray, labels, n_neighbors: int = 15, resolutions=(0.1
 
     a = ad.AnnData(np.zeros((x.shape[0], 0), dtype=np.float32))
     a.obsm["X_emb"] = x.astype(np.float32)
-    neighbors(a, use_rep="X_emb", n_neighbors=min(n_neighbors, x.shape[0] - 1), metric="cosine", seed=seed)
+    neighbors(a, use_rep="X_emb", n_neighbors=n_neighbors, metric="cosine", seed=seed)  # clamped to the cells there
     labels = np.asarray(labels).astype(str)
     best = None
     for res in resolutions:

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from tissuelens.errors import InputError
-from tissuelens.progress import Progress
 from tissuelens.factorize.data import CountBatches, FactorData
 from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
 from tissuelens.factorize.model import FactorModel
 from tissuelens.io import atomic_path
+from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
