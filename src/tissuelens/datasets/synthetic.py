@@ -1,11 +1,16 @@
-"""The demo dataset: Poisson counts from known smooth spatial factors, with a synthetic H&E image.
+"""The demo dataset: Poisson counts from known spatial factors, with a synthetic H&E image.
 
-Factors are exp of Gaussian-process draws (random Fourier features of an RBF kernel, so the cost is
-linear in the number of spots), plus one non-spatial log-normal factor. Loadings are sparse and
-non-negative. Truth is stored in `obsm["true_factors"]` / `varm["true_loadings"]` for recovery metrics.
+`pattern: smooth` (the demo): factors are exp of Gaussian-process draws (random Fourier features of an
+RBF kernel, so the cost is linear in the number of spots) on a hexagonal grid. `quilt` and `blocks`:
+piecewise-constant factors with sharp edges on a square grid, in the spirit of the NSF paper's
+simulations (written here from their description): a quilt of square tiles, each tile owned by one
+factor; or one solid block per factor. Every pattern adds non-spatial log-normal factors. Loadings are
+sparse and non-negative. Truth is stored in `obsm["true_factors"]` / `varm["true_loadings"]`.
 """
 
 from __future__ import annotations
+
+import math
 
 import anndata as ad
 import numpy as np
@@ -14,6 +19,10 @@ import scipy.sparse as sp
 
 SPOT_SPACING_PX = 100.0  # full-resolution pixels between neighbouring spots (Visium-like)
 N_FOURIER = 256
+PATTERNS = ("smooth", "quilt", "blocks")
+QUILT_TILES = 6  # tiles per side: 36 tiles of 6 x 6 spots on NSF's 36 x 36 grid
+MIN_PATTERN_SIDE = {"quilt": 2 * QUILT_TILES, "blocks": 8}
+PATTERN_LOG_LEVEL = 1.0  # log-factor +1 on the pattern, −1 off it: a 7.4-fold step at every edge
 MAX_IMAGE_SIZE = 4096
 IMAGE_BAND_ROWS = 256
 COUNT_BLOCK_ROWS = 4096
@@ -27,6 +36,49 @@ def hex_grid(n_spots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = (col + 0.5 * (row % 2)) * SPOT_SPACING_PX
     y = row * SPOT_SPACING_PX * np.sqrt(3) / 2
     return row, 2 * col + (row % 2), np.column_stack([x, y]) + 2 * SPOT_SPACING_PX
+
+
+def square_grid(n_spots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A full side x side square grid (n_spots must be a square): (array_row, array_col, xy in px)."""
+    side = math.isqrt(n_spots)
+    idx = np.arange(side * side)
+    row, col = idx // side, idx % side
+    return row, col, np.column_stack([col, row]) * SPOT_SPACING_PX + 2 * SPOT_SPACING_PX
+
+
+def check_pattern(pattern: str, n_spots: int, where: str) -> None:
+    from tissuelens.errors import InputError
+
+    if pattern not in PATTERNS:
+        raise InputError(f"{where}: synthetic.pattern '{pattern}' does not exist (one of {', '.join(PATTERNS)})")
+    if pattern == "smooth":
+        return
+    side, need = math.isqrt(n_spots), MIN_PATTERN_SIDE[pattern]
+    if side * side != n_spots or side < need:
+        raise InputError(f"{where}: synthetic.n_spots: the {pattern} pattern needs a full square grid of at least "
+                         f"{need} x {need} = {need * need} spots, got {n_spots}")
+
+
+def quilt_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.ndarray:
+    """±1 fields: the grid cut into QUILT_TILES² square tiles, dealt to the factors in equal shares at
+    random, so every factor is a patchwork of sharp-edged squares and every tile belongs to one factor."""
+    side = int(row.max()) + 1
+    tile = (row * QUILT_TILES // side) * QUILT_TILES + col * QUILT_TILES // side
+    owner = rng.permutation(np.arange(QUILT_TILES**2) % n_fields)
+    return np.where(owner[tile][:, None] == np.arange(n_fields)[None], 1.0, -1.0) * PATTERN_LOG_LEVEL
+
+
+def block_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.ndarray:
+    """±1 fields: one axis-aligned block per factor, a quarter to a half of the grid's side on each axis,
+    placed at random (blocks of different factors may overlap)."""
+    side = int(row.max()) + 1
+    out = np.empty((row.size, n_fields))
+    for f in range(n_fields):
+        h, w = rng.integers(side // 4, side // 2 + 1, size=2)
+        top, left = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+        inside = (row >= top) & (row < top + h) & (col >= left) & (col < left + w)
+        out[:, f] = np.where(inside, 1.0, -1.0) * PATTERN_LOG_LEVEL
+    return out
 
 
 def smooth_fields(unit_xy: np.ndarray, n_fields: int, lengthscale: float, rng) -> np.ndarray:
@@ -107,13 +159,19 @@ def make_synthetic(
     depth: float = 3.0,
     image_size: int | None = None,
     library_id: str = "demo",
+    pattern: str = "smooth",
+    n_nonspatial_factors: int = 1,
 ) -> ad.AnnData:
+    check_pattern(pattern, n_spots, f"synthetic dataset '{library_id}'")
     rng = np.random.default_rng(seed)
-    array_row, array_col, xy = hex_grid(n_spots)
+    array_row, array_col, xy = hex_grid(n_spots) if pattern == "smooth" else square_grid(n_spots)
     unit = (xy - xy.min(0)) / np.ptp(xy, axis=0).max()
 
-    log_spatial = smooth_fields(unit, n_spatial_factors, lengthscale, rng)
-    log_nonspatial = rng.normal(scale=0.5, size=(n_spots, 1))
+    if pattern == "smooth":
+        log_spatial = smooth_fields(unit, n_spatial_factors, lengthscale, rng)
+    else:
+        log_spatial = (quilt_fields if pattern == "quilt" else block_fields)(array_row, array_col, n_spatial_factors, rng)
+    log_nonspatial = rng.normal(scale=0.5, size=(n_spots, n_nonspatial_factors))
     factors = np.exp(np.hstack([log_spatial, log_nonspatial]))
     n_factors = factors.shape[1]
 
@@ -139,7 +197,7 @@ def make_synthetic(
     adata.obsm["spatial"] = xy.astype(np.float64)
     adata.obsm["true_factors"] = factors.astype(np.float32)
     adata.varm["true_loadings"] = loadings.astype(np.float32)
-    adata.uns["true_factors_spatial"] = np.array([True] * n_spatial_factors + [False])
+    adata.uns["true_factors_spatial"] = np.array([True] * n_spatial_factors + [False] * n_nonspatial_factors)
 
     hires, hires_scale = he_image(xy, log_spatial[:, 0], image_size or auto_image_size(n_spots), rng)
     lowres = hires[::2, ::2].copy()
@@ -152,7 +210,7 @@ def make_synthetic(
                 "spot_diameter_fullres": 0.55 * SPOT_SPACING_PX,
                 "fiducial_diameter_fullres": 0.85 * SPOT_SPACING_PX,
             },
-            "metadata": {"source": "tissuelens synthetic", "seed": seed},
+            "metadata": {"source": "tissuelens synthetic", "seed": seed, "pattern": pattern},
         }
     }
     return adata

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from tissuelens.factorize import metrics
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
@@ -76,8 +77,12 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
         "moran_i_mean": None if moran is None else float(moran.mean()),
         "train_deviance": dev_tr["mean"],
         "val_deviance": None if dev_va is None else dev_va["mean"],
+        "train_nsf_deviance": dev_tr["nsf"],
+        "val_nsf_deviance": None if dev_va is None else dev_va["nsf"],
         "deviance": {"train": dev_tr, "val": dev_va, "rate": a["rate"],
-                     "convention": "mean = 2*sum(dev)/(cells*genes); gene_* = per-gene mean over cells, no factor 2"},
+                     "convention": "mean = 2*sum(dev)/(cells*genes); gene_* = per-gene mean unit deviance over "
+                                   "cells, no factor 2; nsf = NSF's dev_*_mean"},
+        "hyperparameters": hyperparameters(model, order),
         "reconstruction_error": metrics.reconstruction_error(data.counts, factors, w, chunk),
         "loadings_sparsity": float((w < 1e-6).mean()),
     }
@@ -122,7 +127,30 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
     return Analysis(factors, scales, w, order, moran, m, enrichment, lfc, group_w, groupwise, inducing, inducing_groups)
 
 
-COMPARISON_COLUMNS = ["variant", "val_deviance", "train_deviance", "reconstruction_error", "moran_i_mean",
+def hyperparameters(model: FactorModel, order: np.ndarray) -> dict:
+    """The prior's learned (or fixed) hyperparameters per factor, in the Moran order of the outputs."""
+    from tissuelens.factorize.kernels import FactorKernel
+
+    prior, out = model.prior, {}
+    kernel = next((m for m in prior.modules() if isinstance(m, FactorKernel)), None)
+    with torch.no_grad():
+        if kernel is not None:
+            out["lengthscale"] = kernel.lengthscales.cpu().numpy()[order].tolist()
+            out["amplitude"] = kernel.amplitudes.cpu().numpy()[order].tolist()
+            if kernel.n_groups is not None:
+                out["group_diff"] = float(kernel.group_diff)
+        mean = getattr(prior, "prior_mean", None)
+        if mean is None and hasattr(prior, "mean_module"):
+            mean = prior.mean_module.constant
+        if mean is None and hasattr(prior, "prior_loc"):
+            mean = prior.prior_loc
+            out["prior_scale"] = prior.prior_scale.cpu().numpy()[order].tolist()
+        if mean is not None:
+            out["mean"] = mean.detach().cpu().numpy()[order].tolist()
+    return out
+
+
+COMPARISON_COLUMNS = ["variant", "val_deviance", "val_nsf_deviance", "train_deviance", "reconstruction_error", "moran_i_mean",
                       "recovery_spatial_mean", "recovery_spatial_min", "iterations", "converged", "training_seconds",
                       "n_factors", "n_inducing"]
 

@@ -81,9 +81,20 @@ def _genes(adata, choice: str, where: str) -> np.ndarray:
     return np.flatnonzero(hv)
 
 
-def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str) -> FactorData:
+def check_settings(settings: dict, variant: str) -> None:
+    """Settings the schema cannot check alone (relations between keys), before any data is read."""
     if variant not in VARIANTS:
         raise InputError(f"factorize.variants: unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
+    rank, k = settings["lcgp_rank"], settings["n_neighbors"]
+    if variant.endswith("lcgp") and rank is not None and rank <= k:
+        raise InputError(f"factorize.lcgp_rank: {rank} must exceed n_neighbors ({k}); with R <= K the neighbours "
+                         "span each factor's covariance and the conditional KL degenerates (null = 2 x n_neighbors)")
+    if variant in GROUP_VARIANTS and settings["train_group_diff"] and settings["train_kernel"] and settings["group_diff"] <= 0:
+        raise InputError("factorize.group_diff: a learned group difference (train_group_diff) needs an initial value > 0")
+
+
+def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str) -> FactorData:
+    check_settings(settings, variant)
     gene_index = _genes(adata, settings["genes"], where)
     counts = _counts(adata, where)[:, gene_index].tocsr()
     n, d = counts.shape

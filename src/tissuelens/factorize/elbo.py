@@ -37,8 +37,28 @@ def expected_loglik(y, w, mu, var, nu, eps=None, want_update: bool = False):
 
 
 @torch.no_grad()
-def multiplicative_update(w, genes, num, mu, var, nu) -> None:
-    """Lee–Seung (Poisson) fixed point for the sampled genes: W ← W · num / Σ_i ν_i e^{μ+σ²/2}."""
+def multiplicative_update(w, genes, num, mu, var, nu, step: float = 1.0) -> None:
+    """Lee–Seung (Poisson) fixed point for the sampled genes, W ← W · (num / Σ_i ν_i e^{μ+σ²/2})^step.
+
+    step = 1 jumps to the minibatch's fixed point (the reference); step < 1 moves part of the way in
+    log space, so one minibatch's noise is averaged over the following ones."""
     den = (nu.unsqueeze(-1) * torch.exp(mu + var / 2)).sum(0)  # (L,)
-    w[genes] = (w[genes] * num / (den + RATE_FLOOR)).clamp_min(RATE_FLOOR)
+    ratio = (num / (den + RATE_FLOOR)).clamp_min(RATE_FLOOR)
+    w[genes] = (w[genes] * (ratio if step == 1.0 else ratio.pow(step))).clamp_min(RATE_FLOOR)
+
+
+@torch.no_grad()
+def loadings_fixed_point(w, blocks, mu, var, nu, eps, expanded: bool) -> torch.Tensor:
+    """One multiplicative sweep over all cells and genes with q fixed: blocks yields (cell indices, counts
+    (B, D)); eps (E, N, L) the fixed Monte Carlo draws (None: the posterior mean, as `lower_bound`)."""
+    num = torch.zeros_like(w)
+    den = torch.zeros(w.shape[1], device=w.device, dtype=w.dtype)
+    for cells, y in blocks:
+        m, v, n = mu[cells], var[cells], nu[cells]
+        draws = [m] if eps is None else [m + v.sqrt() * e[cells] for e in eps]
+        for f in draws:
+            ef = torch.exp(f)
+            num += (y / (ef @ w.T + RATE_FLOOR)).T @ ef / len(draws)
+        den += (n.unsqueeze(-1) * torch.exp(m + (v / 2 if expanded else 0.0))).sum(0)
+    return (w * num / (den + RATE_FLOOR)).clamp_min(RATE_FLOOR)
 

@@ -1,7 +1,9 @@
-"""Covariance functions: Matérn-3/2 (gpytorch) and the multi-group Matérn-3/2 (MGGP) kernel.
+"""Covariance functions: a Matérn-3/2 per factor, and its multi-group (MGGP) form.
 
-Inputs of the MGGP kernel are spatial columns followed by one column holding the integer group code
-(as a float), so that gpytorch's variational strategies can carry groups with the inducing points.
+Each factor ℓ has its own amplitude a_ℓ and lengthscale ℓ_ℓ (softplus-constrained, as NSF), learned with
+the kernel's own optimiser or frozen (`train_kernel: false`, the reference). Inputs of the MGGP kernel are
+spatial columns followed by one column holding the integer group code (as a float), so that gpytorch's
+variational strategies can carry groups with the inducing points.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import math
 import gpytorch
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+
+def inverse_softplus(x: float) -> float:
+    return float(x + math.log(-math.expm1(-x)))
 
 
 def group_sqdist(n_groups: int, distances: np.ndarray | None = None) -> torch.Tensor:
@@ -29,51 +37,66 @@ def group_sqdist(n_groups: int, distances: np.ndarray | None = None) -> torch.Te
     return torch.as_tensor(sq, dtype=torch.float32)
 
 
-class MGGPMatern32Kernel(gpytorch.kernels.Kernel):
-    """k((x,c),(x',c')) = (1 + r̃) e^{−r̃} ν^{(3+p)/2},  ν = 1/(δ d²_cc' + 1),  r̃ = √3 ‖x−x'‖ √ν / ℓ.
+class FactorKernel(gpytorch.kernels.Kernel):
+    """k_ℓ(x, x') = a_ℓ (1 + r̃) e^{−r̃},  r̃ = √3 ‖x − x'‖ / ℓ_ℓ, one (a_ℓ, ℓ_ℓ) per factor.
 
-    Cross-group covariance is weaker (amplitude ν^{(3+p)/2}) and flatter (lengthscale ℓ/√ν);
-    δ → 0 gives one shared Matérn-3/2 GP, δ → ∞ independent GPs per group. σ = 1 as in the reference.
+    With `n_groups` (MGGP): k_ℓ((x,c),(x',c')) = a_ℓ (1 + r̃) e^{−r̃} ν^{(3+p)/2}, ν = 1/(δ d²_cc' + 1),
+    r̃ = √3 ‖x−x'‖ √ν / ℓ_ℓ: cross-group covariance is weaker and flatter; δ → 0 gives one shared GP,
+    δ → ∞ independent GPs per group. Outputs carry the factor as the leading batch dimension.
     """
 
-    has_lengthscale = True
+    def __init__(self, n_factors: int, lengthscale: float, amplitude: float = 1.0, train: bool = True,
+                 n_groups: int | None = None, group_diff: float = 1.0, train_group_diff: bool = False):
+        super().__init__(batch_shape=torch.Size([n_factors]))
+        self.raw_lengthscales = nn.Parameter(torch.full((n_factors,), inverse_softplus(lengthscale)), requires_grad=train)
+        self.raw_amplitudes = nn.Parameter(torch.full((n_factors,), inverse_softplus(amplitude)), requires_grad=train)
+        self.n_groups = n_groups
+        if n_groups is not None:
+            self.register_buffer("group_sq", group_sqdist(n_groups))
+            # δ = 0 (one shared GP) is allowed when frozen; a learned δ lives on softplus' open interval
+            if train_group_diff:
+                self.raw_group_diff = nn.Parameter(torch.tensor(inverse_softplus(group_diff)))
+            else:
+                self.register_buffer("fixed_group_diff", torch.tensor(float(group_diff)))
 
-    def __init__(self, n_groups: int, group_diff: float = 1.0, distances=None, **kwargs):
-        super().__init__(**kwargs)
-        self.register_buffer("group_sq", group_sqdist(n_groups, distances))
-        self.register_buffer("group_diff", torch.tensor(float(group_diff)))
+    @property
+    def lengthscales(self) -> torch.Tensor:
+        return softplus(self.raw_lengthscales)
 
-    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
-        s1, s2 = x1[..., :-1], x2[..., :-1]
-        g1, g2 = x1[..., -1].round().long(), x2[..., -1].round().long()
-        ls = self.lengthscale  # (*batch, 1, 1)
-        p = s1.shape[-1]
+    @property
+    def amplitudes(self) -> torch.Tensor:
+        return softplus(self.raw_amplitudes)
+
+    @property
+    def group_diff(self) -> torch.Tensor:
+        return softplus(self.raw_group_diff) if hasattr(self, "raw_group_diff") else self.fixed_group_diff
+
+    def matrix(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, per_factor: bool = False) -> torch.Tensor:
+        """(L, *batch, n, m), or (L, *batch, n) with `diag`, for inputs (*batch, n, d) and (*batch, m, d).
+        With `per_factor` the inputs' leading dimension already is the factor's (as gpytorch passes them)."""
+        grouped = self.n_groups is not None
+        s1, s2 = (x1[..., :-1], x2[..., :-1]) if grouped else (x1, x2)
         if diag:
-            r = torch.linalg.vector_norm(s1 - s2, dim=-1) / ls[..., 0]
-            d2 = self.group_sq[g1, g2]
-        else:
-            r = self.covar_dist(s1 / ls, s2 / ls, **params)
-            d2 = self.group_sq[g1.unsqueeze(-1), g2.unsqueeze(-2)]
-        nu = 1.0 / (self.group_diff.abs() * d2 + 1.0)
-        rt = math.sqrt(3.0) * r * nu.sqrt()
-        return (1.0 + rt) * torch.exp(-rt) * nu.pow((3.0 + p) / 2.0)
+            r = torch.linalg.vector_norm(s1 - s2, dim=-1)
+        else:  # exact differences: the mm shortcut loses ~1e-2 at zero distance in float32 on ±100 coordinates
+            r = torch.cdist(s1, s2, compute_mode="donot_use_mm_for_euclid_dist")
+        shape = (-1,) + (1,) * (r.dim() - 1 if per_factor else r.dim())
+        ls, amp = self.lengthscales.view(shape), self.amplitudes.view(shape)
+        if not grouped:
+            rt = math.sqrt(3.0) * r / ls
+            return amp * (1.0 + rt) * torch.exp(-rt)
+        g1, g2 = x1[..., -1].round().long(), x2[..., -1].round().long()
+        d2 = self.group_sq[g1, g2] if diag else self.group_sq[g1.unsqueeze(-1), g2.unsqueeze(-2)]
+        nu = 1.0 / (self.group_diff * d2 + 1.0)
+        rt = math.sqrt(3.0) * r * nu.sqrt() / ls
+        return amp * (1.0 + rt) * torch.exp(-rt) * nu.pow((3.0 + s1.shape[-1]) / 2.0)
+
+    def forward(self, x1, x2, diag: bool = False, **params):
+        # gpytorch expands inputs to the kernel's batch shape (L, n, d) before calling forward
+        return self.matrix(x1, x2, diag, per_factor=x1.dim() > 2)
 
 
-def make_kernel(lengthscale: float, n_groups: int | None = None, group_diff: float = 1.0, trainable: bool = False):
-    """Matérn-3/2 with σ = 1 (no ScaleKernel); the MGGP version when `n_groups` is given."""
-    if n_groups is None:
-        kernel = gpytorch.kernels.MaternKernel(nu=1.5)
-    else:
-        kernel = MGGPMatern32Kernel(n_groups, group_diff)
-    kernel.lengthscale = lengthscale
-    kernel.raw_lengthscale.requires_grad_(trainable)
-    return kernel
-
-
-def dense(kernel, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """Evaluate a kernel block as a plain tensor (supports leading batch dims)."""
-    return kernel(x1, x2).to_dense()
-
-
-def diagonal(kernel, x: torch.Tensor) -> torch.Tensor:
-    return kernel(x, x, diag=True)
+def make_kernel(settings: dict, n_factors: int, lengthscale: float, n_groups: int | None = None) -> FactorKernel:
+    """The kernel a variant's settings ask for (`lengthscale` is the resolved initial value)."""
+    return FactorKernel(n_factors, lengthscale, settings["amplitude"], settings["train_kernel"], n_groups,
+                        settings["group_diff"], settings["train_group_diff"] and settings["train_kernel"])

@@ -1,8 +1,13 @@
 """`lcgp` / `mggp_lcgp`: locally conditioned GP, every training cell an inducing point (torch).
 
-q(u_l) = N(m_l, Lu_l Lu_lᵀ) with a dense rank-R factor Lu_l (N, R). The prior enters through a sum of
-K-nearest-neighbour conditional KL terms; prediction conditions each query on its K nearest cells.
-Neighbours are spatial only; for MGGP the group column enters through the kernel.
+q(u_l) = N(m_l, Lu_l Lu_lᵀ) with a dense rank-R factor Lu_l (N, R). The prior (constant mean β_l, kernel
+k_l per factor) enters through a sum of K-nearest-neighbour conditional KL terms; prediction conditions
+each query on its K nearest cells. Neighbours are spatial only; for MGGP the group column enters through
+the kernel.
+
+The rank must exceed K: with R ≤ K the K neighbours' rows of Lu span its whole column space, so the
+variational conditional variance of u_j given u_n collapses to the jitter and −½ log of it rewards an
+ill-conditioned q (the KL is then not a divergence of two proper conditionals any more).
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from tissuelens.factorize.kernels import dense, diagonal
 
 
 def knn_excluding_self(xy: np.ndarray, k: int) -> np.ndarray:
@@ -24,10 +28,11 @@ def knn_excluding_self(xy: np.ndarray, k: int) -> np.ndarray:
     return idx[~own].reshape(len(xy), k)
 
 
-def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float) -> torch.Tensor:
+def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float, prior_mean=None) -> torch.Tensor:
     """KL_j = E_{q(u_n)} KL(q(u_j | u_n) || p(u_j | u_n)) for a batch of cells j with neighbours n.
 
-    Shapes: m_j (L,B), m_n (L,B,K), lu_j (L,B,R), lu_n (L,B,K,R), k_jj (B,), k_nj (B,K), k_nn (B,K,K).
+    Shapes: m_j (L,B), m_n (L,B,K), lu_j (L,B,R), lu_n (L,B,K,R); kernel blocks per factor k_jj (L,B),
+    k_nj (L,B,K), k_nn (L,B,K,K) (or without the leading L when shared); prior_mean (L,) or None (0).
     Returns (L, B).
     """
     eye = torch.eye(k_nn.shape[-1], device=k_nn.device, dtype=k_nn.dtype)
@@ -40,6 +45,8 @@ def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float) -> tor
     chol_s = torch.linalg.cholesky(s_nn)
     alpha = torch.cholesky_solve(s_nj.unsqueeze(-1), chol_s).squeeze(-1)
     tau2_q = (s_jj - (s_nj * alpha).sum(-1)).clamp_min(1e-6)  # variational conditional variance
+    if prior_mean is not None:  # p(u) has mean β_l: condition the centred values
+        m_j, m_n = m_j - prior_mean[:, None], m_n - prior_mean[:, None, None]
     delta = m_j - (beta * m_n).sum(-1)
     b_s_b = (beta.unsqueeze(-2) @ s_nn @ beta.unsqueeze(-1)).squeeze(-1).squeeze(-1)
     s_b = (s_nj * beta).sum(-1)
@@ -50,14 +57,17 @@ class LCGPPrior(nn.Module):
     kind = "lcgp"
 
     def __init__(self, inputs: torch.Tensor, n_factors: int, n_neighbors: int, rank: int, kernel, jitter: float,
-                 mean: torch.Tensor, lu: torch.Tensor):
+                 mean: torch.Tensor, lu: torch.Tensor, learn_mean: bool = False):
         super().__init__()
+        if rank <= n_neighbors:
+            raise ValueError(f"LCGP rank {rank} must exceed the {n_neighbors} neighbours")
         self.kernel = kernel
         self.jitter = jitter
         self.register_buffer("inputs", inputs)  # (N, 2) or (N, 3) with the group column
         self.register_buffer("neighbors", torch.as_tensor(knn_excluding_self(self.spatial.cpu().numpy(), n_neighbors)))
         self.mean = nn.Parameter(mean.clone())  # (L, N)
         self.lu = nn.Parameter(lu.clone())  # (L, N, R)
+        self.prior_mean = nn.Parameter(torch.zeros(n_factors), requires_grad=learn_mean)  # β (L,)
         self._index = None
 
     @property
@@ -76,8 +86,8 @@ class LCGPPrior(nn.Module):
         x_j, x_n = self.inputs[idx], self.inputs[nbr]
         kl = conditional_kl(
             self.mean[:, idx], self.mean[:, nbr], self.lu[:, idx], self.lu[:, nbr],
-            diagonal(self.kernel, x_j), dense(self.kernel, x_n, x_j.unsqueeze(-2)).squeeze(-1),
-            dense(self.kernel, x_n, x_n), self.jitter,
+            self.kernel.matrix(x_j, x_j, diag=True), self.kernel.matrix(x_n, x_j.unsqueeze(-2)).squeeze(-1),
+            self.kernel.matrix(x_n, x_n), self.jitter, self.prior_mean,
         )
         return kl.sum() * (n_total / len(idx))
 
@@ -92,7 +102,7 @@ class LCGPPrior(nn.Module):
     def predict(self, x: torch.Tensor, g, train_pos, chunk_size: int):
         """Condition each query on its K nearest training cells (a training cell's nearest is itself).
 
-        Memory per chunk (L, chunk, K, R); μ* = k_*nᵀK_nn⁻¹m_n, σ*² = k_** − k_*nᵀK_nn⁻¹k_n* + αᵀS_nnα.
+        Memory per chunk (L, chunk, K, R); μ* = β + k_*nᵀK_nn⁻¹(m_n − β), σ*² = k_** − k_*nᵀK_nn⁻¹k_n* + αᵀS_nnα.
         """
         k = self.neighbors.shape[1]
         mus, vs = [], []
@@ -101,13 +111,14 @@ class LCGPPrior(nn.Module):
             xq = x[start : start + chunk_size]
             nbr = torch.as_tensor(self._knn(xq[:, :2].cpu().numpy(), k), device=x.device)
             x_n = self.inputs[nbr]
-            k_nn = dense(self.kernel, x_n, x_n) + self.jitter * eye
-            k_nq = dense(self.kernel, x_n, xq.unsqueeze(-2)).squeeze(-1)  # (C,K)
+            k_nn = self.kernel.matrix(x_n, x_n) + self.jitter * eye  # (L,C,K,K)
+            k_nq = self.kernel.matrix(x_n, xq.unsqueeze(-2)).squeeze(-1)  # (L,C,K)
             chol = torch.linalg.cholesky(k_nn)
-            alpha = torch.cholesky_solve(k_nq.unsqueeze(-1), chol).squeeze(-1)  # (C,K)
-            mu = (alpha * self.mean[:, nbr]).sum(-1)  # (L,C)
-            reduced = diagonal(self.kernel, xq) - (alpha * k_nq).sum(-1)
-            spread = torch.einsum("lckr,ck->lcr", self.lu[:, nbr], alpha).pow(2).sum(-1)
+            alpha = torch.cholesky_solve(k_nq.unsqueeze(-1), chol).squeeze(-1)  # (L,C,K)
+            beta = self.prior_mean[:, None]
+            mu = beta + (alpha * (self.mean[:, nbr] - beta[..., None])).sum(-1)  # (L,C)
+            reduced = self.kernel.matrix(xq, xq, diag=True) - (alpha * k_nq).sum(-1)
+            spread = torch.einsum("lckr,lck->lcr", self.lu[:, nbr], alpha).pow(2).sum(-1)
             mus.append(mu.T)
             vs.append((reduced.clamp_min(0) + spread).clamp(1e-10, 100.0).T)
         return torch.cat(mus), torch.cat(vs)

@@ -32,6 +32,18 @@ class FactorModel(nn.Module):
         return self.w.shape[1]
 
 
+def initial_lengthscale(settings: dict) -> float:
+    """`lengthscale`, or by default NSF's initial 0.1 in its box-of-side-4 units (0.1 × spatial_scale here,
+    where coordinates are that box times spatial_scale): 2.5 % of the tissue's span, so the kernel starts
+    short and the learned lengthscale grows to what the data support."""
+    return settings["lengthscale"] or 0.1 * settings["spatial_scale"]
+
+
+def lcgp_rank(settings: dict, k: int) -> int:
+    """LCGP rank R: `lcgp_rank`, or 2K by default. R must exceed K (see tissuelens.factorize.lcgp)."""
+    return settings["lcgp_rank"] or 2 * k
+
+
 def kernel_inputs(data: FactorData, variant: str, cells=None) -> torch.Tensor | None:
     """Coordinates (plus the group code as a float column for MGGP) of `cells` (default all)."""
     if data.coords is None:
@@ -79,7 +91,7 @@ def _svgp_init(prior: SVGPPrior, logf, x_train, settings, gen):
 
         u = KNeighborsRegressor(n_neighbors=min(10, len(x_train))).fit(x_train[:, :2].numpy(), logf.numpy())
         u = torch.as_tensor(u.predict(z[:, :2].numpy()), dtype=torch.float32).T  # (L, M)
-        kzz = prior.covar_module(z).to_dense() + settings["jitter"] * torch.eye(m)
+        kzz = prior.covar_module.matrix(z, z) + settings["jitter"] * torch.eye(m)
         mean = torch.linalg.solve_triangular(torch.linalg.cholesky(kzz), u.unsqueeze(-1), upper=False).squeeze(-1)
         diag = torch.full((L, m), 0.5)
     else:
@@ -103,14 +115,15 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
     groups = len(data.group_names) if variant in GROUP_VARIANTS else None
     trainable_w = settings["loadings_update"] == "projected"
     if variant == "pnmf":
-        return FactorModel(PNMFPrior(L, n, logf), w, trainable_w)
+        return FactorModel(PNMFPrior(L, n, logf, settings["train_kernel"]), w, trainable_w)
 
-    kernel = make_kernel(settings["lengthscale"], groups, settings["group_diff"], settings["train_lengthscale"])
+    kernel = make_kernel(settings, L, initial_lengthscale(settings), groups)
+    learn_mean = settings["train_kernel"]
     x_train = kernel_inputs(data, variant, data.train_idx)
     if variant.endswith("svgp"):
         if not restoring:
             inducing = _select_inducing(variant, data, settings, groups)
-        prior = SVGPPrior(torch.as_tensor(inducing, dtype=torch.float32), L, kernel, settings["jitter"])
+        prior = SVGPPrior(torch.as_tensor(inducing, dtype=torch.float32), L, kernel, settings["jitter"], learn_mean)
         prior.set_inputs(x_train)
         if not restoring:
             _svgp_init(prior, logf, x_train, settings, gen)
@@ -119,7 +132,7 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
     k = min(settings["n_neighbors"], n - 1)
     if k < settings["n_neighbors"]:
         log.info("n_neighbors=%d clamped to %d (training cells - 1)", settings["n_neighbors"], k)
-    rank = settings["lcgp_rank"] or k
+    rank = lcgp_rank(settings, k)
     if restoring:
         mean, lu = torch.zeros(L, n), torch.zeros(L, n, rank)
     elif settings["init"] == "nmf":
@@ -127,7 +140,7 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
         lu = lu + 0.01 * torch.randn(L, n, rank, generator=gen)
     else:
         mean, lu = torch.randn(L, n, generator=gen), 0.1 * torch.randn(L, n, rank, generator=gen)
-    prior = LCGPPrior(x_train, L, k, rank, kernel, settings["jitter"], mean, lu)
+    prior = LCGPPrior(x_train, L, k, rank, kernel, settings["jitter"], mean, lu, learn_mean)
     return FactorModel(prior, w, trainable_w)
 
 

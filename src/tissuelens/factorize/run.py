@@ -45,7 +45,7 @@ def train_variant(adata, variant: str, settings: dict, model_dir: Path, elbo_csv
     result = trainer.fit(ckpt)
     training = {"iterations": result.iterations, "converged": result.converged, "seconds": result.seconds,
                 "final_elbo": result.history[-1] if result.history else None, "clamps": result.clamps,
-                "fingerprint": trainer.fingerprint, "device": str(device)}
+                "fingerprint": trainer.fingerprint, "device": str(device), "loadings_refit": result.loadings_pass}
     with atomic_path(elbo_csv) as tmp:
         with open(tmp, "w", newline="") as fh:
             out = csv.writer(fh)

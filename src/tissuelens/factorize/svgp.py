@@ -1,6 +1,6 @@
-"""`svgp` / `mggp_svgp`: a batch of L sparse variational GPs sharing one kernel (gpytorch).
+"""`svgp` / `mggp_svgp`: a batch of L sparse variational GPs, one kernel and constant mean per factor (gpytorch).
 
-Whitened Cholesky q(ũ) = N(m̃, S̃) with u = L_K ũ; fixed inducing points (k-means, plus their group
+Whitened Cholesky q(ũ) = N(m̃, S̃) with u = β + L_K ũ; fixed inducing points (k-means, plus their group
 column for MGGP). The KL is global, so the minibatch ELBO needs it once (×N/M only in reference mode).
 """
 
@@ -14,12 +14,13 @@ from gpytorch.variational import CholeskyVariationalDistribution, VariationalStr
 class SVGPPrior(gpytorch.models.ApproximateGP):
     kind = "svgp"
 
-    def __init__(self, inducing: torch.Tensor, n_factors: int, kernel, jitter: float):
+    def __init__(self, inducing: torch.Tensor, n_factors: int, kernel, jitter: float, learn_mean: bool = False):
         m = inducing.shape[0]
         dist = CholeskyVariationalDistribution(m, batch_shape=torch.Size([n_factors]))
         strategy = VariationalStrategy(self, inducing, dist, learn_inducing_locations=False, jitter_val=jitter)
         super().__init__(strategy)
-        self.mean_module = gpytorch.means.ZeroMean()
+        self.mean_module = gpytorch.means.ConstantMean(batch_shape=torch.Size([n_factors]))
+        self.mean_module.constant.requires_grad_(learn_mean)  # frozen at 0: the reference's zero mean
         self.covar_module = kernel
         self.register_buffer("train_inputs_", torch.empty(0))  # set by set_inputs
 
@@ -67,7 +68,7 @@ class SVGPPrior(gpytorch.models.ApproximateGP):
         """Lu (L, M, M) with S = Lu Luᵀ the covariance of u (unwhitened), as the reference saves it."""
         with torch.no_grad():
             z = self.inducing
-            kzz = self.covar_module(z).to_dense() + self.variational_strategy.jitter_val * torch.eye(len(z), device=z.device)
+            kzz = self.covar_module.matrix(z, z) + self.variational_strategy.jitter_val * torch.eye(len(z), device=z.device)
             chol = torch.linalg.cholesky(kzz)
             s_tilde = self.variational_strategy._variational_distribution.chol_variational_covar.tril()
             return chol @ s_tilde

@@ -1,4 +1,9 @@
-"""Training loop: minibatches of cells and genes, Adam (+ one-cycle), tolerance stop, checkpoints.
+"""Training loop: minibatches of cells and genes, Adam (+ one-cycle), a plateau stop, checkpoints.
+
+Kernel hyperparameters (amplitudes, lengthscales, MGGP δ) have their own Adam at learning_rate ×
+kernel_lr_multiplier, stepped every kernel_every iterations (NSF keeps them in their own optimiser).
+Loadings under the multiplicative update take a damped step towards each minibatch's fixed point, and a
+final pass over all cells and genes refits W with q fixed, so W does not carry the last batches' noise.
 
 All randomness (minibatches, Monte Carlo noise) comes from one CPU torch.Generator whose state is
 checkpointed with the model, optimiser and scheduler, so a resumed run continues bit for bit on CPU.
@@ -18,13 +23,14 @@ import torch
 
 from tissuelens.errors import InputError
 from tissuelens.factorize.data import CountBatches, FactorData
-from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
+from tissuelens.factorize.elbo import expected_loglik, loadings_fixed_point, multiplicative_update
+from tissuelens.factorize.kernels import FactorKernel
 from tissuelens.factorize.model import FactorModel
 from tissuelens.io import atomic_path
 from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 # settings that do not change the numbers a run produces
 NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every"}
 
@@ -33,9 +39,10 @@ NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "devic
 class TrainResult:
     history: list[float]
     iterations: int
-    converged: bool
+    converged: str | None  # the stop rule that fired ("tolerance" or "noise"), None at max_iter
     seconds: float
     clamps: dict = field(default_factory=dict)
+    loadings_pass: dict = field(default_factory=dict)
 
 
 def fingerprint(variant: str, settings: dict, data: FactorData) -> str:
@@ -45,12 +52,29 @@ def fingerprint(variant: str, settings: dict, data: FactorData) -> str:
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _converged(history: list[float], window: int, tol: float) -> bool:
-    if tol <= 0 or len(history) < 2 * window:
-        return False
-    cur = sum(history[-window:]) / window
-    prev = sum(history[-2 * window : -window]) / window
-    return abs(cur - prev) <= tol * abs(prev)
+def plateau(history: list[float], window: int, tol: float) -> str | None:
+    """Which stop rule the last `window` ELBO values meet, if any.
+
+    A least-squares line through the window gives the ELBO's gain over one window, gain = slope × window.
+    `tolerance`: gain ≤ tol × |mean ELBO| (the relative-change rule, on a fit rather than two noisy means).
+    `noise`: gain ≤ 2 standard errors of itself, i.e. no improvement distinguishable from minibatch or
+    Monte Carlo noise (a noisy ELBO never meets a small relative tolerance). Needs 2 windows of history.
+    """
+    if tol <= 0 or len(history) < 2 * window or window < 3:
+        return None
+    import numpy as np
+
+    y = np.asarray(history[-window:], dtype=np.float64)
+    t = np.arange(window) - (window - 1) / 2
+    slope = float(t @ (y - y.mean()) / (t @ t))
+    resid = y - y.mean() - slope * t
+    se = float(np.sqrt(resid @ resid / (window - 2) / (t @ t)))
+    gain = slope * window
+    if gain <= tol * abs(y.mean()):
+        return "tolerance"
+    if gain <= 2.0 * se * window:
+        return "noise"
+    return None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -73,6 +97,11 @@ def load_checkpoint(path: Path, expected: str) -> dict:
     return state
 
 
+def _advance(sched) -> None:
+    if sched is not None and sched.last_epoch < sched.total_steps - 1:
+        sched.step()
+
+
 class Trainer:
     def __init__(self, model: FactorModel, data: FactorData, settings: dict, variant: str, device: torch.device):
         self.model, self.data, self.settings, self.device = model.to(device), data, settings, device
@@ -85,12 +114,22 @@ class Trainer:
         self.counts = CountBatches(data.counts[data.train_idx], device)
         self.nu = torch.as_tensor(data.size_factors[data.train_idx], dtype=torch.float32, device=device)
         self.gen = torch.Generator().manual_seed(settings["seed"])
-        params = [p for p in model.parameters() if p.requires_grad]
+        kernel_ids = {id(p) for m in model.modules() if isinstance(m, FactorKernel) for p in m.parameters()}
+        params = [p for p in model.parameters() if p.requires_grad and id(p) not in kernel_ids]
+        kernel_params = [p for p in model.parameters() if p.requires_grad and id(p) in kernel_ids]
         self.opt = torch.optim.Adam(params, lr=settings["learning_rate"])
-        self.sched = None
+        kernel_lr = settings["learning_rate"] * settings["kernel_lr_multiplier"]
+        self.kernel_opt = torch.optim.Adam(kernel_params, lr=kernel_lr) if kernel_params else None
+        self.sched = self.kernel_sched = None
         if settings["lr_schedule"] == "one_cycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings["learning_rate"],
                                                              total_steps=max(settings["max_iter"], 2))
+            if self.kernel_opt is not None:
+                steps = max(math.ceil(settings["max_iter"] / settings["kernel_every"]), 2)
+                self.kernel_sched = torch.optim.lr_scheduler.OneCycleLR(self.kernel_opt, max_lr=kernel_lr, total_steps=steps)
+        # damped multiplicative step: the share of the data one minibatch sees (1 for full batches)
+        step = settings["loadings_step"]
+        self.loadings_step = step if step is not None else self.batch / n
         self.history: list[float] = []
         self.iteration = 0
 
@@ -130,19 +169,58 @@ class Trainer:
                 f"factorize: ELBO became {value} at iteration {self.iteration + 1}; lower learning_rate or check the counts"
             )
         self.opt.zero_grad(set_to_none=True)
+        if self.kernel_opt is not None:
+            self.kernel_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        if self.sched is not None and self.sched.last_epoch < self.sched.total_steps - 1:
-            self.sched.step()
+        _advance(self.sched)
+        if self.kernel_opt is not None and self.iteration % s["kernel_every"] == 0:
+            self.kernel_opt.step()
+            _advance(self.kernel_sched)
         if multiplicative:
             v = var.detach() if s["ell"] == "expanded" else torch.zeros_like(var)
-            multiplicative_update(self.model.w, genes_d, num, mu.detach(), v, nu)
+            multiplicative_update(self.model.w, genes_d, num, mu.detach(), v, nu, self.loadings_step)
         else:
             with torch.no_grad():
                 self.model.w.clamp_(min=1e-8)
         self.iteration += 1
         self.history.append(-value)
         return -value
+
+    def annealed(self) -> bool:
+        """One-cycle runs may stop only once the rate has decayed below 1 % of its peak (past the annealing
+        phase's midpoint); stopping on a plateau at the peak rate would leave q unannealed."""
+        if self.sched is None:
+            return True
+        return self.opt.param_groups[0]["lr"] <= 0.01 * self.settings["learning_rate"] and \
+            self.sched.last_epoch > self.sched.total_steps * 0.3
+
+    @torch.no_grad()
+    def refit_loadings(self) -> dict:
+        """W with q fixed, by the multiplicative fixed point over all training cells and genes (cells in
+        chunks), from a generator seeded apart from training's so it does not depend on the minibatch path."""
+        s, n = self.settings, len(self.data.train_idx)
+        if s["final_loadings_iter"] == 0:
+            return {}
+        gen = torch.Generator().manual_seed(s["seed"] + 1)
+        mu, var = self.model.prior.marginals(torch.arange(n, device=self.device))
+        mu, var = mu.detach(), var.detach()
+        chunks = [torch.arange(lo, min(lo + s["chunk_size"], n)) for lo in range(0, n, s["chunk_size"])]
+        eps = None
+        if s["ell"] == "expanded":  # one fixed set of draws for every sweep: a deterministic fixed-point map
+            eps = torch.randn(s["mc_samples"], n, mu.shape[1], generator=gen).to(self.device)
+        genes = torch.arange(self.data.n_genes)
+        blocks = [(c, self.counts.batch(c, genes)) for c in chunks] if self.counts.dense is not None else None
+        w, change, sweep = self.model.w, float("inf"), 0
+        for sweep in range(1, s["final_loadings_iter"] + 1):
+            parts = blocks if blocks is not None else ((c, self.counts.batch(c, genes)) for c in chunks)
+            new = loadings_fixed_point(w, parts, mu, var, self.nu, eps, s["ell"] == "expanded")
+            change = float(torch.linalg.vector_norm(new - w) / torch.linalg.vector_norm(w))
+            w.copy_(new)
+            if change <= s["final_loadings_tol"]:
+                break
+        log.info("loadings refit over all cells and genes: %d sweeps, last relative change %.2g", sweep, change)
+        return {"sweeps": sweep, "relative_change": change}
 
     def state(self) -> dict:
         return {
@@ -152,6 +230,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict() if self.sched else {},
+            "kernel_optimizer": self.kernel_opt.state_dict() if self.kernel_opt else {},
+            "kernel_scheduler": self.kernel_sched.state_dict() if self.kernel_sched else {},
             "generator": self.gen.get_state(),
             "history": torch.tensor(self.history, dtype=torch.float64),
         }
@@ -162,6 +242,10 @@ class Trainer:
             self.opt.load_state_dict(state["optimizer"])
             if self.sched is not None:
                 self.sched.load_state_dict(state["scheduler"])
+            if self.kernel_opt is not None:
+                self.kernel_opt.load_state_dict(state["kernel_optimizer"])
+            if self.kernel_sched is not None:
+                self.kernel_sched.load_state_dict(state["kernel_scheduler"])
             self.gen.set_state(state["generator"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise InputError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from None
@@ -173,18 +257,19 @@ class Trainer:
         if checkpoint is not None and s["resume"] and Path(checkpoint).exists():
             self.restore(load_checkpoint(Path(checkpoint), self.fingerprint))
             log.info("resumed from %s at iteration %d", checkpoint, self.iteration)
-        start, converged = time.perf_counter(), False
+        start, converged = time.perf_counter(), None
         bar = Progress(s["max_iter"] - self.iteration, f"factorize {self.variant}", logger=log)
         while self.iteration < s["max_iter"]:
             elbo = self.step()
             bar.update(1, f"ELBO {elbo:.6g}")
             if s["log_every"] and self.iteration % s["log_every"] == 0:
                 log.info("iteration %d: ELBO %.6g", self.iteration, elbo)
-            if _converged(self.history, s["tol_window"], s["tol"]):
-                converged = True
+            converged = plateau(self.history, s["tol_window"], s["tol"]) if self.annealed() else None
+            if converged:
                 bar.finish(f"ELBO {elbo:.6g}")
-                log.info("converged at iteration %d (relative ELBO change < %g)", self.iteration, s["tol"])
+                log.info("converged at iteration %d (stop rule: %s)", self.iteration, converged)
                 break
             if checkpoint is not None and s["checkpoint_every"] and self.iteration % s["checkpoint_every"] == 0:
                 save_checkpoint(Path(checkpoint), self.state())
-        return TrainResult(self.history, self.iteration, converged, time.perf_counter() - start, self.clamps)
+        refit = self.refit_loadings()
+        return TrainResult(self.history, self.iteration, converged, time.perf_counter() - start, self.clamps, refit)
