@@ -5,11 +5,19 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from tissuelens.factorize.elbo import expected_loglik, multiplicative_update
-from tissuelens.factorize.kernels import dense, make_kernel
+from tissuelens.factorize.elbo import expected_loglik, loadings_fixed_point, multiplicative_update
+from tissuelens.factorize.kernels import FactorKernel, inverse_softplus
 from tissuelens.factorize.lcgp import conditional_kl, knn_excluding_self
-from tissuelens.factorize.pnmf import kl_normal_std
+from tissuelens.factorize.pnmf import kl_normal
 from tissuelens.factorize.svgp import SVGPPrior
+
+
+def make_kernel(lengthscale, n_factors=1):
+    return FactorKernel(n_factors, lengthscale).double()
+
+
+def dense(kernel, x1, x2):
+    return kernel.matrix(x1, x2).detach()
 
 
 @pytest.fixture(autouse=True)
@@ -23,23 +31,29 @@ def _double_precision():
 def test_pnmf_kl_is_the_normal_closed_form():
     mu, sd = torch.tensor([0.0, 1.5, -2.0]), torch.tensor([1.0, 0.3, 2.0])
     expected = kl_divergence(Normal(mu, sd), Normal(0.0, 1.0))
-    torch.testing.assert_close(kl_normal_std(mu, sd**2), expected)
-    assert kl_normal_std(torch.tensor(0.0), torch.tensor(1.0)).item() == 0.0
+    torch.testing.assert_close(kl_normal(mu, sd**2), expected)
+    assert kl_normal(torch.tensor(0.0), torch.tensor(1.0)).item() == 0.0
+    # against a learned prior N(m, s²) per factor
+    loc, scale = torch.tensor([0.5, -1.0, 0.0]), torch.tensor([2.0, 0.7, 1.3])
+    torch.testing.assert_close(kl_normal(mu, sd**2, loc, scale), kl_divergence(Normal(mu, sd), Normal(loc, scale)))
 
 
 def test_svgp_kl_equals_kl_of_u_against_the_gp_prior():
     gen = torch.Generator().manual_seed(0)
     z = torch.rand(7, 2, generator=gen) * 20
-    kernel = make_kernel(8.0).double()
+    kernel = make_kernel(8.0, n_factors=3)
+    with torch.no_grad():
+        kernel.raw_lengthscales.copy_(torch.tensor([inverse_softplus(v) for v in (3.0, 8.0, 20.0)]))
+        kernel.raw_amplitudes.copy_(torch.tensor([inverse_softplus(v) for v in (0.5, 1.0, 2.0)]))
     prior = SVGPPrior(z, 3, kernel, jitter=1e-6).double()
     mean = torch.randn(3, 7, generator=gen)
     chol = torch.randn(3, 7, 7, generator=gen).tril(-1) * 0.1 + torch.diag_embed(torch.rand(3, 7, generator=gen) + 0.2)
     prior.init_variational(mean, chol)
-    kzz = dense(kernel, z, z) + 1e-6 * torch.eye(7)
+    kzz = dense(kernel, z, z) + 1e-6 * torch.eye(7)  # (3, 7, 7): one kernel per factor
     lk = torch.linalg.cholesky(kzz)
     lu = lk @ chol  # u = L_K ũ
     expected = sum(
-        kl_divergence(MultivariateNormal(lk @ mean[l], scale_tril=lu[l]), MultivariateNormal(torch.zeros(7), kzz))
+        kl_divergence(MultivariateNormal(lk[l] @ mean[l], scale_tril=lu[l]), MultivariateNormal(torch.zeros(7), kzz[l]))
         for l in range(3))
     got = prior.kl(torch.arange(4), n_total=100, kl_scaling="elbo")
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
@@ -53,19 +67,23 @@ def test_lcgp_conditional_kl_is_the_chain_rule_difference():
     gen = torch.Generator().manual_seed(3)
     K, R, L, jitter = 4, 6, 2, 1e-6
     x = torch.rand(K + 1, 2, generator=gen) * 10
-    kernel = make_kernel(5.0).double()
-    kfull = dense(kernel, x, x)
+    kernel = make_kernel(5.0, n_factors=L)
+    with torch.no_grad():
+        kernel.raw_lengthscales.copy_(torch.tensor([inverse_softplus(v) for v in (2.0, 7.0)]))
+    kfull = dense(kernel, x, x)  # (L, K+1, K+1)
+    beta = torch.tensor([0.3, -0.8])  # prior mean per factor
     m = torch.randn(L, K + 1, generator=gen)
     lu = torch.randn(L, K + 1, R, generator=gen) * 0.5
-    got = conditional_kl(m[:, :1], m[:, None, 1:], lu[:, :1], lu[:, None, 1:], kfull[:1, 0], kfull[None, 1:, 0],
-                         kfull[None, 1:, 1:], jitter)
+    got = conditional_kl(m[:, :1], m[:, None, 1:], lu[:, :1], lu[:, None, 1:], kfull[:, :1, 0], kfull[:, None, 1:, 0],
+                         kfull[:, None, 1:, 1:], jitter, beta)
     for l in range(L):
         s = lu[l] @ lu[l].T
         s[1:, 1:] += jitter * torch.eye(K)
-        p = kfull.clone()
+        p = kfull[l].clone()
         p[1:, 1:] += jitter * torch.eye(K)
-        joint = kl_divergence(MultivariateNormal(m[l], s), MultivariateNormal(torch.zeros(K + 1), p))
-        marg = kl_divergence(MultivariateNormal(m[l, 1:], s[1:, 1:]), MultivariateNormal(torch.zeros(K), p[1:, 1:]))
+        prior_mean = torch.full((K + 1,), beta[l].item())
+        joint = kl_divergence(MultivariateNormal(m[l], s), MultivariateNormal(prior_mean, p))
+        marg = kl_divergence(MultivariateNormal(m[l, 1:], s[1:, 1:]), MultivariateNormal(prior_mean[1:], p[1:, 1:]))
         assert got[l, 0].item() == pytest.approx((joint - marg).item(), rel=1e-6, abs=1e-8)
 
 
@@ -147,3 +165,32 @@ def test_multiplicative_update_is_a_fixed_point_at_the_poisson_optimum():
     before = (w3 - w).norm()
     multiplicative_update(w3, torch.arange(5), num, mu, var, nu)
     assert (w3 - w).norm() < before
+
+
+def test_damped_update_moves_part_of_the_way_in_log_space():
+    gen = torch.Generator().manual_seed(5)
+    f = torch.rand(30, 2, generator=gen) + 0.1
+    w = torch.rand(5, 2, generator=gen) + 0.1
+    y = f @ w.T
+    mu, var, nu = torch.log(f), torch.zeros(30, 2), torch.ones(30)
+    start = w * 1.5
+    _, num = expected_loglik(y, start, mu, var, nu, None, want_update=True)
+    full, half = start.clone(), start.clone()
+    multiplicative_update(full, torch.arange(5), num, mu, var, nu)
+    multiplicative_update(half, torch.arange(5), num, mu, var, nu, step=0.5)
+    torch.testing.assert_close(half, torch.sqrt(start * full))  # geometric midpoint
+
+
+def test_full_pass_fixed_point_equals_the_minibatch_update_on_all_cells():
+    gen = torch.Generator().manual_seed(6)
+    y = torch.poisson(torch.full((20, 6), 2.0), generator=gen)
+    w = torch.rand(6, 3, generator=gen) + 0.2
+    mu, var, nu = torch.randn(20, 3, generator=gen) * 0.3, torch.rand(20, 3, generator=gen) * 0.2, torch.rand(20, generator=gen) + 0.5
+    eps = torch.randn(2, 20, 3, generator=gen)
+    # chunks of cells sum to the single block; draws reuse the same ε
+    blocks = [(torch.arange(0, 7), y[:7]), (torch.arange(7, 20), y[7:])]
+    chunked = loadings_fixed_point(w, blocks, mu, var, nu, eps, expanded=True)
+    _, num = expected_loglik(y, w, mu, var, nu, [e for e in eps], want_update=True)
+    whole = w.clone()
+    multiplicative_update(whole, torch.arange(6), num, mu, var, nu)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-12)
