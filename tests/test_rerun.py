@@ -49,6 +49,21 @@ def test_changing_one_datasets_factorize_setting_reruns_only_its_factorize_desce
     assert sorted(jobs, key=repr) == sorted(expected, key=repr)
 
 
+def test_a_variant_only_setting_retrains_only_the_variants_that_read_it(finished_run, tmp_path):
+    tree, run = workflow_copy(finished_run, tmp_path)
+    config = scaleout_config(("a", "b"), minimal=("b",))
+    config["datasets"]["a"].setdefault("factorize", {})["n_inducing"] = 25  # SVGP only
+    write_config(run, config)
+    jobs = dry(tree, run)
+    assert {wc["variant"] for rule, wc in jobs if rule in ("factorize", "analyze_factors")} == {"svgp"}, jobs
+    assert datasets_of(jobs) == {"a"}, jobs
+
+    # an LCGP-only setting retrains nothing where no LCGP variant runs (a: pnmf and svgp)
+    config["datasets"]["a"]["factorize"] = {"n_neighbors": 7, "lcgp_rank": 30}
+    write_config(run, config)
+    assert not {rule for rule, _ in dry(tree, run)} & {"factorize", "analyze_factors"}
+
+
 def test_adding_a_second_dataset_builds_only_it(finished_run, tmp_path):
     tree, run = workflow_copy(finished_run, tmp_path)
     write_config(run, scaleout_config(("a", "b", "c"), minimal=("b", "c")))

@@ -67,16 +67,18 @@ def download_inputs(wildcards):
 
 # --- factorize stage -------------------------------------------------------------------------------
 from tissuelens.report.stages import factorize_variants
+from tissuelens.factorize.variants import variant_settings
 
 # keys that only select jobs (kept out of the params so editing them reruns nothing)
 FACTORIZE_SELECTION_KEYS = ("enabled", "variants")
 
 
 def factorize_settings(part):
-    """Input function: the factorize settings for training (without `analysis`) or for analysis."""
+    """Input function: the factorize settings one variant reads, for training (without `analysis`) or for
+    analysis; keys of other variants stay out, so editing them reruns nothing here."""
 
     def settings(wildcards):
-        values = step_settings(config, wildcards.dataset, "factorize")
+        values = variant_settings(step_settings(config, wildcards.dataset, "factorize"), wildcards.variant)
         drop = set(FACTORIZE_SELECTION_KEYS) | ({"analysis"} if part == "train" else set())
         return json.dumps({k: v for k, v in values.items() if k not in drop}, sort_keys=True)
 

@@ -13,11 +13,9 @@ import scipy.sparse as sp
 import torch
 
 from tissuelens.errors import InputError
+from tissuelens.factorize.variants import GROUP_VARIANTS, SPATIAL_VARIANTS, VARIANTS  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-SPATIAL_VARIANTS = ("svgp", "mggp_svgp", "lcgp", "mggp_lcgp")
-GROUP_VARIANTS = ("mggp_svgp", "mggp_lcgp")
-VARIANTS = ("pnmf",) + SPATIAL_VARIANTS
 
 
 @dataclass

@@ -32,11 +32,21 @@ class FactorModel(nn.Module):
         return self.w.shape[1]
 
 
-def initial_lengthscale(settings: dict) -> float:
-    """`lengthscale`, or by default NSF's initial 0.1 in its box-of-side-4 units (0.1 × spatial_scale here,
-    where coordinates are that box times spatial_scale): 2.5 % of the tissue's span, so the kernel starts
-    short and the learned lengthscale grows to what the data support."""
-    return settings["lengthscale"] or 0.1 * settings["spatial_scale"]
+def initial_lengthscale(settings: dict, points: np.ndarray) -> float:
+    """`lengthscale`, or by default twice the median distance between neighbouring inducing inputs (SVGP:
+    the k-means centres; LCGP: the training cells), the finest scale they resolve: the kernel starts where
+    q can follow it and each factor's learned lengthscale grows to what the data support. NSF starts at 0.1
+    of its box of side 4 (0.1 × spatial_scale here), which leaves an SVGP with fewer inducing points than
+    cells unable to follow its prior between them, so the fit shrinks the amplitude instead."""
+    if settings["lengthscale"]:
+        return float(settings["lengthscale"])
+    from sklearn.neighbors import NearestNeighbors
+
+    xy = np.unique(np.asarray(points, dtype=np.float64)[:, :2], axis=0)
+    if len(xy) < 2:
+        return 0.1 * settings["spatial_scale"]
+    dist, _ = NearestNeighbors(n_neighbors=2).fit(xy).kneighbors(xy)
+    return float(2.0 * np.median(dist[:, 1]))
 
 
 def lcgp_rank(settings: dict, k: int) -> int:
@@ -117,12 +127,12 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
     if variant == "pnmf":
         return FactorModel(PNMFPrior(L, n, logf, settings["train_kernel"]), w, trainable_w)
 
-    kernel = make_kernel(settings, L, initial_lengthscale(settings), groups)
     learn_mean = settings["train_kernel"]
     x_train = kernel_inputs(data, variant, data.train_idx)
     if variant.endswith("svgp"):
         if not restoring:
             inducing = _select_inducing(variant, data, settings, groups)
+        kernel = make_kernel(settings, L, initial_lengthscale(settings, np.asarray(inducing)), groups)
         prior = SVGPPrior(torch.as_tensor(inducing, dtype=torch.float32), L, kernel, settings["jitter"], learn_mean)
         prior.set_inputs(x_train)
         if not restoring:
@@ -133,6 +143,7 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
     if k < settings["n_neighbors"]:
         log.info("n_neighbors=%d clamped to %d (training cells - 1)", settings["n_neighbors"], k)
     rank = lcgp_rank(settings, k)
+    kernel = make_kernel(settings, L, initial_lengthscale(settings, x_train.numpy()), groups)
     if restoring:
         mean, lu = torch.zeros(L, n), torch.zeros(L, n, rank)
     elif settings["init"] == "nmf":
