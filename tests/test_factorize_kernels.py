@@ -93,3 +93,14 @@ def test_mggp_limits():
     other = g != g.T
     assert apart[other].abs().max() < 1e-6  # δ → ∞: independent groups
     torch.testing.assert_close(apart[~other], plain[~other], atol=1e-5, rtol=1e-5)
+
+
+def test_lengthscale_lives_in_nsf_units_under_softplus():
+    """ℓ = spatial_scale · softplus(raw): raw is in NSF's box units, so an Adam step moves ℓ by a share of
+    the tissue, not by a fixed number of model units."""
+    k = FactorKernel(2, 20.0, length_unit=50.0)
+    assert k.lengthscales.detach().tolist() == pytest.approx([20.0, 20.0], rel=1e-5)
+    assert k.raw_lengthscales[0].item() == pytest.approx(inverse_softplus(0.4), rel=1e-6)
+    with torch.no_grad():
+        k.raw_lengthscales += 0.01
+    assert k.lengthscales[0].item() > 20.1  # 50 · sigmoid(raw) · 0.01 ≈ 0.17; in model units the step gives 20.003

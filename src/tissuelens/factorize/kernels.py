@@ -46,9 +46,15 @@ class FactorKernel(gpytorch.kernels.Kernel):
     """
 
     def __init__(self, n_factors: int, lengthscale: float, amplitude: float = 1.0, train: bool = True,
-                 n_groups: int | None = None, group_diff: float = 1.0, train_group_diff: bool = False):
+                 n_groups: int | None = None, group_diff: float = 1.0, train_group_diff: bool = False,
+                 length_unit: float = 1.0):
         super().__init__(batch_shape=torch.Size([n_factors]))
-        self.raw_lengthscales = nn.Parameter(torch.full((n_factors,), inverse_softplus(lengthscale)), requires_grad=train)
+        # lengthscale = length_unit · softplus(raw): with length_unit = spatial_scale the raw parameter lives in
+        # NSF's box-of-side-4 units, so one Adam step moves a lengthscale by the same share of the tissue as
+        # in NSF (softplus is linear above ~2: in model units a step of 0.01 would barely move ℓ = 20)
+        self.length_unit = float(length_unit)
+        self.raw_lengthscales = nn.Parameter(torch.full((n_factors,), inverse_softplus(lengthscale / self.length_unit)),
+                                             requires_grad=train)
         self.raw_amplitudes = nn.Parameter(torch.full((n_factors,), inverse_softplus(amplitude)), requires_grad=train)
         self.n_groups = n_groups
         if n_groups is not None:
@@ -61,7 +67,7 @@ class FactorKernel(gpytorch.kernels.Kernel):
 
     @property
     def lengthscales(self) -> torch.Tensor:
-        return softplus(self.raw_lengthscales)
+        return self.length_unit * softplus(self.raw_lengthscales)
 
     @property
     def amplitudes(self) -> torch.Tensor:
@@ -99,4 +105,5 @@ class FactorKernel(gpytorch.kernels.Kernel):
 def make_kernel(settings: dict, n_factors: int, lengthscale: float, n_groups: int | None = None) -> FactorKernel:
     """The kernel a variant's settings ask for (`lengthscale` is the resolved initial value)."""
     return FactorKernel(n_factors, lengthscale, settings["amplitude"], settings["train_kernel"], n_groups,
-                        settings["group_diff"], settings["train_group_diff"] and settings["train_kernel"])
+                        settings["group_diff"], settings["train_group_diff"] and settings["train_kernel"],
+                        length_unit=settings["spatial_scale"])
