@@ -17,6 +17,7 @@ SID = "factorize"
 COLUMNS = {
     "held-out deviance": [("val", "deviance", "mean"), ("val", "deviance")],
     "train deviance": [("train", "deviance", "mean"), ("train", "deviance")],
+    "held-out NSF deviance": [("val_nsf_deviance",)],
     "reconstruction error": [("reconstruction",)],
     "Moran's I (mean)": [("moran", "mean"), ("moran",)],
     "fit time (s)": [("fit", "time"), ("fit", "second"), ("train", "second"), ("seconds",), ("time",)],
