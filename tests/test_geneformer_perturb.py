@@ -375,3 +375,16 @@ def test_cls_on_v1_is_refused(tmp_path):
     with pytest.raises(InputError, match="emb_mode: 'cls' needs a V2 checkpoint"):
         run_perturb(str(tmp_path / "pre.h5ad"), str(tmp_path / "gf"), "gf", s, *(str(tmp_path / f) for f in ("p.tsv", "c.pq", "g.pq")))
     assert not (tmp_path / "p.tsv").exists()
+
+
+def test_report_perturbation_part(step):
+    from tissuelens.report.context import Context
+    from tissuelens.report.embed import _perturbation
+    from tissuelens.report.html import Figures
+
+    _run(step, "r", genes=["SYM8", ["SYM4", "SYM5"]], goal_group="g1", start_group="g0", emb_mode="cls_and_gene")
+    ctx = Context("demo", None, {}, {}, {}, {"seed": 0}, Figures(out_dir=step / "fig"))
+    html = _perturbation(ctx, "gf", {"perturbation.tsv": step / "r.tsv", "perturbation_genes.parquet": step / "r_genes.parquet"})
+    assert "In-silico perturbation (gf, cls_and_gene, stats goal_state_shift)" in html and "shift toward the goal" in html
+    assert "SYM4+SYM5" in html and "Most affected genes" in html and "<img" in html
+    assert (step / "fig" / "embed" / "perturbation-gf.png").exists()

@@ -1,4 +1,4 @@
-"""Section: foundation-model embeddings: UMAP by group and leiden cluster, metrics, Loki agreement."""
+"""Section: foundation-model embeddings: UMAP by group and leiden cluster, metrics, Loki agreement, in-silico perturbation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tissuelens.errors import InputError
 from tissuelens.io import read_h5ad
 from tissuelens.report import readers
 from tissuelens.report.context import Context, stage_unavailable
-from tissuelens.report.html import Section, esc, h3, note, table
+from tissuelens.report.html import Section, esc, h3, note, para, table
 
 TITLE = "Embeddings"
 SID = "embed"
@@ -79,6 +79,52 @@ def _agreement(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if "agree" in k.lower() or ("text" in k.lower() and "image" in k.lower())}
 
 
+PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr",
+                   "control_cos_sim_mean", "control_shift_mean", "control_fdr"]
+
+
+def _perturbation(ctx: Context, model: str, files: dict) -> str:
+    """In-silico perturbation: top gene sets, a volcano-style plot, the most affected genes."""
+    import pandas as pd
+
+    from tissuelens.report.plots import plt
+
+    t = readers.read_csv(files["perturbation.tsv"], sep="\t")
+    if not len(t):
+        return note(f"{model}: the perturbation table is empty.", "missing")
+    goal = t["shift_mean"].notna().any()
+    effect = t["shift_mean"] if goal else 1 - t["cos_sim_mean"]
+    vs_control = "fdr" not in t or t["fdr"].isna().all()  # aggregate_gene_shifts has no test of its own
+    q = t["control_fdr"] if vs_control else t["fdr"]
+    stats = str(t["stats"].iloc[0])
+    out = h3(f"In-silico perturbation ({model}, {t['emb_mode'].iloc[0]}, stats {stats})")
+    out += para("Effect = shift toward the goal state (cos(perturbed, goal) - cos(original, goal))" if goal else
+                "Effect = 1 - cosine similarity of the cell before and after the perturbation")
+    pl = plt()
+    fig, ax = pl.subplots(figsize=(5.2, 3.8))
+    y = -np.log10(np.clip(q.astype(float).fillna(1.0), 1e-300, 1))
+    for kind, rows in t.groupby("perturbation"):
+        ax.scatter(effect[rows.index], y[rows.index], s=18, label=kind)
+    for i in np.argsort(-np.abs(effect.to_numpy()))[:8]:
+        ax.annotate(str(t["perturbed"].iloc[i]), (effect.iloc[i], y.iloc[i]), fontsize=7)
+    ax.axhline(-np.log10(0.05), color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("shift toward goal" if goal else "1 - cosine similarity")
+    ax.set_ylabel("-log10 FDR" + (" (vs random-gene control)" if vs_control else ""))
+    ax.legend(fontsize=7, frameon=False)
+    out += ctx.figures.embed(fig, SID, f"perturbation_{model}", f"Perturbation effects of {model}: effect against -log10 FDR")
+    top = t.assign(_e=effect.abs()).sort_values("_e", ascending=False).head(15)
+    out += table(frame=top[[c for c in PERTURB_COLUMNS if c in top]])
+    if "perturbation_genes.parquet" in files:
+        g = readers.read_parquet(files["perturbation_genes.parquet"])
+        if len(g):
+            top_g = pd.concat([x.head(5) for _, x in g.groupby(["perturbed", "perturbation"], sort=False)])
+            out += (f"<details open><summary>Most affected genes ({esc(model)}: cosine of each gene's embedding "
+                    "before vs after, lowest first)</summary>"
+                    + table(frame=top_g[["perturbed", "perturbation", "affected_symbol", "cos_sim_mean", "cos_sim_std", "n_detections"]])
+                    + "</details>")
+    return out
+
+
 def section(ctx: Context) -> Section:
     skipped = stage_unavailable(ctx, "embed", SID, TITLE)
     if skipped:
@@ -112,6 +158,8 @@ def section(ctx: Context) -> Section:
                          + table([{"metric": k, "value": v} for k, v in flat.items()]) + "</details>")
         else:
             parts.append(note(f"No embedding_metrics.json for {model}.", "missing"))
+        if "perturbation.tsv" in files:
+            parts.append(_perturbation(ctx, model, files))
         agreement = _agreement(flat)
         if agreement:
             loki_rows += [{"model": model, "metric": k, "value": v} for k, v in agreement.items()]

@@ -17,7 +17,8 @@ MGGP = ("mggp_svgp", "mggp_lcgp")
 # files per unit, by stage: name -> path relative to results/{dataset}/<stage>/<unit>/
 UNIT_FILES = {
     "factorize": ("metrics.json", "factors.npy", "loadings.npy", "elbo.csv", "gene_enrichment.json"),
-    "embed": ("embeddings.h5ad", "embedding_metrics.json", "activations/meta.json"),
+    "embed": ("embeddings.h5ad", "embedding_metrics.json", "activations/meta.json", "perturbation.tsv",
+              "perturbation_genes.parquet"),
     "sae": ("metrics.json", "features.parquet", "feature_genes.parquet", "feature_groups.parquet",
             "feature_factors.parquet", "loss_curve.png", "cell_activations.npz", "dashboard.html"),
 }
@@ -69,6 +70,14 @@ UNITS = {"factorize": factorize_variants, "embed": embed_models, "sae": sae_mode
 UNIT_LABEL = {"factorize": "variants", "embed": "models", "sae": "models"}
 
 
+def _configured(config: dict, dataset: str, stage: str, name: str) -> bool:
+    """Perturbation tables only where the dataset asks for a perturbation (genes or auto_genes)."""
+    if stage == "embed" and name.startswith("perturbation"):
+        p = step_settings(config, dataset, "embed").get("perturb") or {}
+        return bool(p.get("genes") or p.get("auto_genes"))
+    return True
+
+
 def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = lambda path: True) -> dict:
     """{stage: {"status", "reason", "units": {unit: {file name: path}}, "files": {name: path}}}.
 
@@ -87,7 +96,7 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
         base = f"results/{dataset}/{stage}"
         for unit in units:
             files = {name: f"{base}/{unit}/{name}" for name in UNIT_FILES[stage]}
-            entry["units"][unit] = {k: v for k, v in files.items() if producible(v)}
+            entry["units"][unit] = {k: v for k, v in files.items() if producible(v) and _configured(config, dataset, stage, k)}
         entry["files"] = {n: f"{base}/{n}" for n in STAGE_FILES[stage] if producible(f"{base}/{n}")}
         if not entry["files"] and not any(entry["units"].values()):
             entry["status"] = "absent"
