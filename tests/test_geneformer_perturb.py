@@ -388,3 +388,17 @@ def test_report_perturbation_part(step):
     assert "In-silico perturbation (gf, cls_and_gene, stats goal_state_shift)" in html and "shift toward the goal" in html
     assert "SYM4+SYM5" in html and "Most affected genes" in html and "<img" in html
     assert (step / "fig" / "embed" / "perturbation-gf.png").exists()
+
+
+def test_script_bad_input_is_one_error_line(step):
+    import json
+
+    from conftest import run_script
+
+    s = embed_defaults(perturb={"genes": [["SYM1", "NOPE"]]})
+    out = [step / f"s{i}" for i in range(3)]
+    proc = run_script("perturb_geneformer", "--h5ad", step / "pre.h5ad", "--checkpoint", step / "gf", "--model", "gf",
+                      "--settings", json.dumps(s), "--out", out[0], "--cells", out[1], "--genes", out[2])
+    assert proc.returncode == 2 and "embed.perturb.genes[0]: gene 'NOPE'" in proc.stderr
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("error")]) == 1
+    assert not any(p.exists() for p in out)
