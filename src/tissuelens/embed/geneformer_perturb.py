@@ -152,17 +152,21 @@ def _score(o, p, seq_o, seq_p, tokens, emb_mode: str, special_ids, goal) -> Scor
 
 
 def _group_jobs(jobs: list[Job], batch_size: int):
-    """Consecutive cells' jobs, about `batch_size` sequences (originals + perturbed) per group."""
+    """Consecutive cells' jobs, at most about 2 x `batch_size` sequences (originals + perturbed) per group,
+    so the hidden states held at once stay bounded; a cell with more edits is split (its original rerun)."""
     group, n = [], 0
     by_cell: dict[int, list[Job]] = {}
     for j in jobs:
         by_cell.setdefault(j.cell, []).append(j)
+    step = max(batch_size - 1, 1)
     for cell_jobs in by_cell.values():
-        group += cell_jobs
-        n += len(cell_jobs) + 1
-        if n >= batch_size:
-            yield group
-            group, n = [], 0
+        for k in range(0, len(cell_jobs), step):
+            chunk = cell_jobs[k : k + step]
+            group += chunk
+            n += len(chunk) + 1
+            if n >= batch_size:
+                yield group
+                group, n = [], 0
     if group:
         yield group
 
