@@ -1,8 +1,7 @@
 """Domains without labels: Leiden on the expression PCA, and spatial domains by Leiden on the PCA
 averaged over each spot's spatial neighbours (squidpy's spatial graph).
 
-Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, numbered by size (Leiden's
-own order: 0 is the largest).
+Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, in Leiden's own numbering.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def spatial_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
 
     holder = ad.AnnData(sp.csr_matrix((coords.shape[0], 0), dtype=np.float32))
     holder.obsm["spatial"] = np.asarray(coords, dtype=np.float64)
-    sq.gr.spatial_neighbors(holder, coord_type="generic", n_neighs=int(min(n_neighbors, coords.shape[0] - 1)))
+    sq.gr.spatial_neighbors_knn(holder, n_neighs=int(min(n_neighbors, coords.shape[0] - 1)))
     return sp.csr_matrix(holder.obsp["spatial_connectivities"])
 
 

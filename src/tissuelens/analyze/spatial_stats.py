@@ -10,7 +10,7 @@ import pandas as pd
 def add_spatial_graph(adata, n_neighbors: int) -> None:
     import squidpy as sq
 
-    sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=int(min(n_neighbors, adata.n_obs - 1)))
+    sq.gr.spatial_neighbors_knn(adata, n_neighs=int(min(n_neighbors, adata.n_obs - 1)))
 
 
 def nhood_enrichment(adata, key: str, n_perms: int, seed: int) -> pd.DataFrame:
