@@ -120,6 +120,23 @@ def preprocess(adata, entry: dict, settings: dict, where: str):
     return adata, report
 
 
+def read_raw(path):
+    """raw.h5ad with its counts checked to be integers (the download contract)."""
+    from tissuelens.datasets.contract import integer_counts
+    from tissuelens.io import read_h5ad
+
+    adata = read_h5ad(path)
+    adata.X = integer_counts(adata.X, str(path), "X")
+    return adata
+
+
+def attach_groups(adata, groups_path, column: str):
+    """obs[column] from the domains table (cells it lacks get none, so preprocess drops them as missing)."""
+    table = pd.read_parquet(groups_path, columns=[column])
+    adata.obs[column] = table[column].astype(str).reindex(adata.obs_names).to_numpy()
+    return adata
+
+
 def flag_hvg(adata, settings: dict) -> None:
     """var['highly_variable'] from raw counts; all genes when n_top_genes is null or >= the gene count."""
     import scanpy as sc

@@ -358,3 +358,104 @@ def geneformer_targets(dataset):
 
 def all_targets():
     return [t for d in DATASETS for t in dataset_targets(d)]
+
+
+# --- analyze stage (workflow/rules/analyze.smk) -----------------------------------------------------
+from tissuelens.analyze.groups import group_source
+from tissuelens.report.stages import embed_models
+
+# refuse group_source next to group_key before any job runs
+for _dataset in DATASETS:
+    try:
+        group_source(config, _dataset)
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+
+def domains_path(dataset):
+    return f"results/{dataset}/analyze/domains.parquet"
+
+
+def preprocess_groups(wildcards):
+    """domains.parquet when the dataset's groups come from its domains (no group_key), else nothing."""
+    return [domains_path(wildcards.dataset)] if group_source(config, wildcards.dataset) else []
+
+
+def preprocess_groups_arg(wildcards):
+    source = group_source(config, wildcards.dataset)
+    if source is None:
+        return ""
+    return f"--groups {shlex.quote(domains_path(wildcards.dataset))} --group-column {source}"
+
+
+def group_source_arg(wildcards):
+    return group_source(config, wildcards.dataset) or ""
+
+
+def domain_settings(wildcards):
+    return json.dumps(step_settings(config, wildcards.dataset, "analyze")["domains"], sort_keys=True)
+
+
+def analyze_settings(wildcards):
+    """The analyze job's settings: everything but the domain settings and the group source (other rules')."""
+    values = step_settings(config, wildcards.dataset, "analyze")
+    return json.dumps({k: v for k, v in values.items() if k not in ("domains", "group_source")}, sort_keys=True)
+
+
+REPO_DIR = Path(workflow.basedir).parent
+
+
+def markers_path(dataset):
+    """The marker file: a relative path is looked up in the working directory, then in this repository (so the
+    shipped config/markers/demo.csv serves a demo run from any directory); None when annotation is off."""
+    path = step_settings(config, dataset, "analyze")["markers"].get("path")
+    if not path:
+        return None
+    if not Path(path).is_absolute() and not Path(path).exists() and (REPO_DIR / path).is_file():
+        return str(REPO_DIR / path)
+    return path
+
+
+def analyze_markers_file(wildcards):
+    path = markers_path(wildcards.dataset)
+    return [path] if path else []
+
+
+def analyze_markers_arg(wildcards):
+    path = markers_path(wildcards.dataset)
+    return f"--markers {shlex.quote(path)}" if path else ""
+
+
+def agreement_factors(dataset):
+    """{variant: factors.npy} of the dataset's PNMF-GP variants (empty when factorize is off)."""
+    variants = factorize_variants(config, dataset)
+    return {v: f"results/{dataset}/factorize/{v}/factors.npy" for v in variants}
+
+
+def agreement_embeddings(dataset):
+    return {m: f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in embed_models(config, dataset)}
+
+
+def agreement_inputs(wildcards):
+    dataset = wildcards.dataset
+    inputs = {"h5ad": f"results/{dataset}/preprocessed.h5ad", "domains": domains_path(dataset),
+              "factors": list(agreement_factors(dataset).values()),
+              "embeddings": list(agreement_embeddings(dataset).values())}
+    if inputs["factors"]:
+        inputs["comparison"] = f"results/{dataset}/factorize/comparison.csv"
+    return inputs
+
+
+def agreement_args(wildcards):
+    """--comparison/--factors/--embeddings arguments ('' parts when a stage is off)."""
+    dataset = wildcards.dataset
+    factors = agreement_factors(dataset)
+    embeddings = agreement_embeddings(dataset)
+    args = []
+    if factors:
+        args.append(f"--comparison {shlex.quote(f'results/{dataset}/factorize/comparison.csv')}")
+        args.append("--factors " + " ".join(shlex.quote(f"{v}={p}") for v, p in factors.items()))
+    if embeddings:
+        args.append("--embeddings " + " ".join(shlex.quote(f"{m}={p}") for m, p in embeddings.items()))
+    return " ".join(args)

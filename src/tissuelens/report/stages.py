@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tissuelens.analyze.groups import has_groups
 from tissuelens.config import step_settings
 
 MGGP = ("mggp_svgp", "mggp_lcgp")
@@ -45,7 +46,7 @@ def factorize_variants(config: dict, dataset: str) -> list[str]:
     variants = _as_list(settings.get("variants", []))
     if not entry.get("spatial", False):
         variants = [v for v in variants if v == "pnmf"]
-    if not entry.get("group_key"):
+    if not has_groups(config, dataset):  # labels, or domains standing in for them (analyze.group_source)
         variants = [v for v in variants if v not in MGGP]
     return variants
 
@@ -105,7 +106,23 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
         else:
             entry["units"] = {u: f for u, f in entry["units"].items() if f}
         plan[stage] = entry
+    plan["analyze"] = analyze_plan(dataset, producible)
     return plan
+
+
+# files of the analyze stage (not per unit), relative to results/{dataset}/analyze/
+ANALYZE_FILES = ("domains.parquet", "annotation.parquet", "domain_types.csv", "markers_used.csv",
+                 "nhood_enrichment.csv", "spatially_variable_genes.csv", "doublets.parquet", "summary.json",
+                 "agreement.csv")
+
+
+def analyze_plan(dataset: str, producible: Callable[[str], bool]) -> dict:
+    base = f"results/{dataset}/analyze"
+    files = {n: f"{base}/{n}" for n in ANALYZE_FILES if producible(f"{base}/{n}")}
+    if not files:
+        return {"status": "absent", "units": {}, "files": {},
+                "reason": "this workflow has no rule that builds the analyze stage's outputs yet"}
+    return {"status": "built", "reason": "", "units": {}, "files": files}
 
 
 def plan_files(plan: dict) -> list[str]:
