@@ -1,0 +1,75 @@
+"""Write the smallest valid output folder of each spatial platform for tests (the files spatialdata-io's
+readers open, with a few cells and genes), and a small SpatialData zarr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tenx import write_10x_h5
+
+
+def counts_matrix(n_obs: int, n_genes: int, seed: int = 0) -> np.ndarray:
+    """Poisson counts with a spatial gradient so that every row and column holds some counts."""
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(2.0, 1.5, size=(n_obs, n_genes)) + np.linspace(0.5, 3.0, n_obs)[:, None]
+    return rng.poisson(rates).astype(np.int32)
+
+
+def gene_table(n_genes: int) -> tuple[list[str], list[str]]:
+    return [f"ENSG{i:011d}" for i in range(1, n_genes + 1)], [f"GENE{i}" for i in range(1, n_genes + 1)]
+
+
+def he_png(path: Path, side: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal([200, 150, 190], 20, size=(side, side, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return img
+
+
+def write_visium_hd_folder(outs: Path, grid: int = 20, n_genes: int = 40, bin_sizes=(16,), microns_per_pixel=0.5,
+                           hires_scalef=0.1, seed=0) -> dict:
+    """A Space Ranger 3 Visium HD `outs/` folder: feature_slice.h5, spatial/ (scalefactors, hires and lowres
+    images) and binned_outputs/square_XXXum/ (filtered_feature_bc_matrix.h5, spatial/scalefactors_json.json,
+    spatial/tissue_positions.parquet) for each bin size, on a `grid` x `grid` square of bins."""
+    outs.mkdir(parents=True)
+    ids, symbols = gene_table(n_genes)
+    with h5py.File(outs / "feature_slice.h5", "w") as fh:  # the reader takes the layout version from here
+        fh.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps({"file_format": "1.0"})})
+    spot_2um = 2.0 / microns_per_pixel
+    sizes = {"tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": hires_scalef / 4,
+             "spot_diameter_fullres": spot_2um, "bin_size_um": 2.0, "microns_per_pixel": microns_per_pixel,
+             "fiducial_diameter_fullres": 10 * spot_2um, "regist_target_img_scalef": hires_scalef}
+    (outs / "spatial").mkdir()
+    (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(sizes))
+    expected = {}
+    largest = max(bin_sizes)
+    # the tissue spans grid x grid bins of the largest size; the hires image covers it with a margin
+    side_px = grid * largest / microns_per_pixel
+    he_png(outs / "spatial" / "tissue_hires_image.png", int(np.ceil(side_px * 1.1 * hires_scalef)), seed)
+    he_png(outs / "spatial" / "tissue_lowres_image.png", int(np.ceil(side_px * 1.1 * hires_scalef / 4)), seed)
+    for b in bin_sizes:
+        n_side = grid * largest // b
+        rows, cols = np.divmod(np.arange(n_side * n_side), n_side)
+        barcodes = [f"s_{b:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols)]
+        counts = counts_matrix(len(barcodes), n_genes, seed + b)
+        folder = outs / "binned_outputs" / f"square_{b:03d}um"
+        (folder / "spatial").mkdir(parents=True)
+        write_10x_h5(folder / "filtered_feature_bc_matrix.h5", counts, barcodes, ids, symbols)
+        bin_px = b / microns_per_pixel
+        (folder / "spatial" / "scalefactors_json.json").write_text(
+            json.dumps({**sizes, "spot_diameter_fullres": bin_px, "bin_size_um": float(b)}))
+        x = (cols + 0.5) * bin_px + 0.05 * side_px
+        y = (rows + 0.5) * bin_px + 0.05 * side_px
+        pd.DataFrame({"barcode": barcodes, "in_tissue": 1, "array_row": rows, "array_col": cols,
+                      "pxl_row_in_fullres": y, "pxl_col_in_fullres": x}).to_parquet(
+            folder / "spatial" / "tissue_positions.parquet", index=False)
+        expected[b] = {"barcodes": barcodes, "counts": counts, "xy": np.column_stack([x, y])}
+    expected["symbols"] = symbols
+    expected["ids"] = ids
+    return expected
