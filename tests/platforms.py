@@ -73,3 +73,36 @@ def write_visium_hd_folder(outs: Path, grid: int = 20, n_genes: int = 40, bin_si
     expected["symbols"] = symbols
     expected["ids"] = ids
     return expected
+
+
+def write_spatialdata_zarr(path: Path, n_cells: int = 60, n_genes: int = 30, um_per_px: float = 0.5, seed=0) -> dict:
+    """A SpatialData zarr: table `cells` annotating circles `cell_circles` (µm, coordinate system `global`)
+    and an RGB image `he` whose pixels are `um_per_px` µm, shifted by (10, 20) µm from the origin."""
+    import anndata as ad
+    import geopandas as gpd
+    import scipy.sparse as sp
+    import shapely
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(20, 80, size=(n_cells, 2)) + [10, 20]
+    radius = rng.uniform(3, 6, size=n_cells)
+    ids = [f"cell{i:03d}" for i in range(n_cells)]
+    circles = ShapesModel.parse(gpd.GeoDataFrame({"radius": radius}, geometry=shapely.points(xy), index=ids),
+                                transformations={"global": Identity()})
+    counts = counts_matrix(n_cells, n_genes, seed)
+    symbols = gene_table(n_genes)[1]
+    table = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)),
+                       obs=pd.DataFrame({"cell_id": ids, "region": pd.Categorical(["cell_circles"] * n_cells),
+                                         "celltype": rng.choice(["a", "b"], n_cells)}, index=[str(i) for i in range(n_cells)]),
+                       var=pd.DataFrame(index=symbols))
+    table = TableModel.parse(table, region="cell_circles", region_key="region", instance_key="cell_id")
+    side = int(100 / um_per_px)
+    img = np.clip(rng.normal(180, 30, size=(3, side, side)), 0, 255).astype(np.uint8)
+    image = Image2DModel.parse(img, dims=("c", "y", "x"),
+                               transformations={"global": Sequence([Scale([um_per_px, um_per_px], axes=("x", "y")),
+                                                                    Translation([10, 20], axes=("x", "y"))])})
+    SpatialData(images={"he": image}, shapes={"cell_circles": circles}, tables={"cells": table}).write(path)
+    return {"ids": ids, "xy": xy, "radius": radius, "counts": counts, "symbols": symbols, "image": img}

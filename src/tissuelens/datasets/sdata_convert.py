@@ -157,6 +157,9 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
                 raise InputError(f"{where}: {int(missing.sum())} rows of table '{table}' have no shape in '{shapes}' "
                                  f"(e.g. {instance_key} {ids[missing][0]!r})")
             gdf = gdf.loc[ids]
+            default_names = np.array_equal(adata.obs_names.to_numpy(), np.arange(adata.n_obs).astype(str))
+            if default_names and pd.Index(ids).is_unique:  # cell ids name the rows, not their positions
+                adata.obs_names = pd.Index(ids).astype(str)
         elif len(gdf) != adata.n_obs:
             raise InputError(f"{where}: table '{table}' ({adata.n_obs} rows) does not annotate shapes '{shapes}' "
                              f"({len(gdf)} shapes) and their sizes differ")
