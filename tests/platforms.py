@@ -106,3 +106,38 @@ def write_spatialdata_zarr(path: Path, n_cells: int = 60, n_genes: int = 30, um_
                                                                     Translation([10, 20], axes=("x", "y"))])})
     SpatialData(images={"he": image}, shapes={"cell_circles": circles}, tables={"cells": table}).write(path)
     return {"ids": ids, "xy": xy, "radius": radius, "counts": counts, "symbols": symbols, "image": img}
+
+
+def write_xenium_folder(path: Path, n_cells: int = 50, n_genes: int = 20, pixel_size: float = 0.2125, seed=0) -> dict:
+    """A Xenium Onboard Analysis 1.0 output folder: experiment.xenium, cell_feature_matrix.h5 (genes and
+    negative-control probes), cells.parquet (centroids in µm, QC counts, areas), cells.zarr.zip (the
+    reader opens it; 1.0 keeps only cell summaries there) and morphology_focus.ome.tif (DAPI, uint16)."""
+    import tifffile
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    (path / "experiment.xenium").write_text(json.dumps({"pixel_size": pixel_size, "analysis_sw_version": "xenium-1.0.2"}))
+    cell_ids = [str(i + 1) for i in range(n_cells)]
+    counts = counts_matrix(n_cells, n_genes, seed)
+    controls = rng.poisson(0.3, size=(n_cells, 2)).astype(np.int32)
+    ids, symbols = gene_table(n_genes)
+    write_10x_h5(path / "cell_feature_matrix.h5", np.hstack([counts, controls]), cell_ids,
+                 ids + ["NegControlProbe_00001", "NegControlProbe_00002"],
+                 symbols + ["NegControlProbe_00001", "NegControlProbe_00002"],
+                 feature_types=["Gene Expression"] * n_genes + ["Negative Control Probe"] * 2)
+    side_um = 200.0
+    xy = rng.uniform(10, side_um - 10, size=(n_cells, 2))
+    area = rng.uniform(40, 120, size=n_cells)
+    cells = pd.DataFrame({"cell_id": np.arange(1, n_cells + 1), "x_centroid": xy[:, 0], "y_centroid": xy[:, 1],
+                          "transcript_counts": counts.sum(1), "control_probe_counts": controls.sum(1),
+                          "control_codeword_counts": 0, "total_counts": counts.sum(1) + controls.sum(1),
+                          "cell_area": area, "nucleus_area": area / 3})
+    cells.to_parquet(path / "cells.parquet", index=False)
+    store = zarr.storage.ZipStore(path / "cells.zarr.zip", mode="w")
+    zarr.open_group(store, mode="w").create_array("cell_summary", data=np.zeros((n_cells, 7)))
+    store.close()
+    side_px = int(side_um / pixel_size)
+    dapi = rng.integers(100, 4000, size=(side_px, side_px), dtype=np.uint16)
+    tifffile.imwrite(path / "morphology_focus.ome.tif", dapi)
+    return {"cell_ids": cell_ids, "counts": counts, "controls": controls, "xy": xy, "area": area, "symbols": symbols}

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import error_line, run_script
-from platforms import write_spatialdata_zarr, write_visium_hd_folder
+from platforms import write_spatialdata_zarr, write_visium_hd_folder, write_xenium_folder
 
 from tissuelens.config import step_defaults
 from tissuelens.errors import InputError
@@ -160,6 +160,43 @@ def test_not_a_zarr_store(tmp_path):
     folder.mkdir()
     proc, raw = download(tmp_path, {"source": "spatialdata", "spatial": True, "path": str(folder)})
     assert proc.returncode == 2 and "not a zarr store" in error_line(proc) and not raw.exists()
+
+
+# --- Xenium ----------------------------------------------------------------------------------
+
+
+def test_xenium_through_download_and_preprocess(tmp_path):
+    folder = tmp_path / "xenium"
+    truth = write_xenium_folder(folder, n_cells=50, n_genes=20, pixel_size=0.2125)
+    entry = {"source": "xenium", "spatial": True, "path": str(folder)}
+    proc, raw = download(tmp_path, entry, dataset="xe")
+    assert proc.returncode == 0, proc.stderr
+    adata = ad.read_h5ad(raw)
+    assert list(adata.obs_names) == truth["cell_ids"]
+    assert list(adata.var_names) == truth["symbols"]  # negative-control probes are not genes
+    np.testing.assert_array_equal(adata.X.toarray(), truth["counts"])
+    np.testing.assert_allclose(adata.obsm["spatial"], truth["xy"])  # µm
+    assert adata.uns["coordinates"]["unit"] == "micrometre"
+    np.testing.assert_array_equal(adata.obs["control_probe_counts"], truth["controls"].sum(1))
+    np.testing.assert_allclose(adata.obs["cell_area"], truth["area"])
+    sf = adata.uns["spatial"]["xe"]["scalefactors"]
+    assert sf["tissue_hires_scalef"] == pytest.approx(1 / 0.2125)  # morphology pixels per µm
+    assert sf["spot_diameter_fullres"] == pytest.approx(np.median(2 * np.sqrt(truth["area"] / np.pi)))
+    assert adata.uns["spatial"]["xe"]["images"]["hires"].shape == (941, 941, 3)
+
+    pre, qc = preprocess(tmp_path, raw, entry, dataset="xe")
+    assert qc["n_cells_raw"] == 50 and "cell_area" in pre.obs
+
+
+@pytest.mark.parametrize("missing", ["cells.parquet", "cell_feature_matrix.h5", "experiment.xenium", "cells.zarr.zip"])
+def test_xenium_folder_missing_a_file(tmp_path, missing):
+    folder = tmp_path / "xenium"
+    write_xenium_folder(folder, n_cells=10, n_genes=5)
+    (folder / missing).unlink()
+    proc, raw = download(tmp_path, {"source": "xenium", "spatial": True, "path": str(folder)})
+    assert proc.returncode == 2
+    assert error_line(proc) == f"error: {folder}: Xenium folder has no {missing}"
+    assert not raw.exists()
 
 
 # --- datasets sheet --------------------------------------------------------------------------

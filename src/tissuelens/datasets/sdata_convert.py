@@ -124,8 +124,13 @@ def tissue_image(image_el, coordinate_system: str, where: str):
 
 
 def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | None = None,
-               shapes: str | None = None, unit: str, spot_diameter: float | None = None, keep_area: bool = False):
-    """AnnData of one SpatialData table: its counts and obs, `obsm["spatial"]`, the image in `uns["spatial"]`."""
+               shapes: str | None = None, unit: str, unit_scale: float = 1.0, spot_diameter: float | None = None,
+               keep_area: bool = False):
+    """AnnData of one SpatialData table: its counts and obs, `obsm["spatial"]`, the image in `uns["spatial"]`.
+
+    `unit_scale` converts the coordinate system's unit to `unit` (e.g. Xenium's global system is morphology
+    image pixels: × pixel_size gives µm); `spot_diameter` is in `unit`.
+    """
     table = pick_table(sdata, table, where)
     adata = sdata.tables[table].copy()
     attrs = dict(adata.uns.pop("spatialdata_attrs", {}) or {})
@@ -140,7 +145,7 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
         if image_el is not None:
             raise InputError(f"{where}: table '{table}' annotates no shapes, so its coordinates cannot be placed "
                              "on the image; set shapes:")
-        coords, area, system = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2], None, None
+        coords, area, system = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * unit_scale, None, None
     else:
         gdf = sdata.shapes[shapes]
         system = pick_coordinate_system(gdf, image_el, where)
@@ -164,12 +169,14 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
             raise InputError(f"{where}: table '{table}' ({adata.n_obs} rows) does not annotate shapes '{shapes}' "
                              f"({len(gdf)} shapes) and their sizes differ")
         coords, area = shape_geometry(gdf, affine(gdf, system))
+        coords, area = coords * unit_scale, area * unit_scale**2
         adata.obs.drop(columns=[c for c in (region_key,) if c in adata.obs], inplace=True)
 
     origin = np.zeros(2)
     frame = {"unit": unit, "coordinate_system": system or "", "shapes": shapes or "", "table": table}
     if image_el is not None:
         img, per_unit, origin = tissue_image(image_el, system, where)
+        per_unit, origin = per_unit / unit_scale, origin * unit_scale
         diameter = spot_diameter if spot_diameter is not None else float(np.median(2 * np.sqrt(area / np.pi)))
         adata.uns["spatial"] = {library_id: {
             "images": {"hires": img},
