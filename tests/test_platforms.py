@@ -246,3 +246,22 @@ def test_sheet_and_config_declaring_one_name(tmp_path):
     sheet = write_sheet(tmp_path, [("dataset", "source", "spatial"), ("demo", "synthetic", "true")])
     with pytest.raises(InputError, match=r"datasets.tsv: dataset 'demo' is also declared under datasets: in the config"):
         merge_sheet({"datasets_sheet": str(sheet), "datasets": {"demo": {"source": "synthetic", "spatial": True}}})
+
+
+def test_platform_qc_filters_on_xenium_columns():
+    import pandas as pd
+
+    from tissuelens.preprocess import platform_filter_cells
+
+    obs = pd.DataFrame({"transcript_counts": [5, 10, 40, 90], "control_probe_counts": [0, 0, 10, 2],
+                        "control_codeword_counts": [0, 1, 0, 8]}, index=list("abcd"))
+    adata = ad.AnnData(np.ones((4, 2), dtype=np.int32), obs=obs)
+    report = {"cells_removed": {}}
+    out = platform_filter_cells(adata, {"min_transcripts": 10, "max_control_fraction": 0.15}, report)
+    # c: 10 / (40 + 10) = 0.2 > 0.15; d: 10 / 100 = 0.1
+    assert list(out.obs_names) == ["b", "d"]
+    assert report["cells_removed"] == {"min_transcripts": 1, "max_control_fraction": 1}
+    np.testing.assert_allclose(out.obs["control_fraction"], [1 / 11, 0.1])
+    # a table without the columns (Visium HD bins) is left alone
+    plain = ad.AnnData(np.ones((3, 2), dtype=np.int32))
+    assert platform_filter_cells(plain, {"min_transcripts": 10, "max_control_fraction": 0.1}, {"cells_removed": {}}).n_obs == 3
