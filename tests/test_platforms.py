@@ -265,3 +265,22 @@ def test_platform_qc_filters_on_xenium_columns():
     # a table without the columns (Visium HD bins) is left alone
     plain = ad.AnnData(np.ones((3, 2), dtype=np.int32))
     assert platform_filter_cells(plain, {"min_transcripts": 10, "max_control_fraction": 0.1}, {"cells_removed": {}}).n_obs == 3
+
+
+def test_sheet_example_runs_the_demo_and_a_second_section(tmp_path):
+    """config/examples/sections.yaml: the demo from config/config.yaml plus the sheet's section (dry run)."""
+    import shutil
+
+    from scaleout import REPO, plan, snakemake
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    jobs = plan(tmp_path, "--configfile", "config/examples/sections.yaml", "--",
+                "results/demo/preprocessed.h5ad", "results/section2/preprocessed.h5ad")
+    assert sorted(jobs, key=str) == sorted([(rule, {"dataset": d}) for rule in ("download", "preprocess")
+                                            for d in ("demo", "section2")], key=str)
+    sheet = tmp_path / "config" / "examples" / "sections.tsv"
+    sheet.write_text(sheet.read_text().replace("section2\t", "demo\t"))
+    proc = snakemake(tmp_path, "-n", "--configfile", "config/examples/sections.yaml", check=False)
+    assert proc.returncode != 0
+    assert "config/examples/sections.tsv: dataset 'demo' is also declared under datasets: in the config" in proc.stdout
+    assert not (tmp_path / "resources").exists()
