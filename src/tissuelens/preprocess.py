@@ -1,6 +1,7 @@
 """Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
 
-Order: missing coordinates/expression/group -> QC cell filters -> small groups -> gene filter.
+Order: missing coordinates/expression/group -> platform QC (transcripts, control share) -> QC cell
+filters -> small groups -> gene filter.
 Every filter records how many cells or genes it removed (returned as the QC report).
 """
 
@@ -49,8 +50,39 @@ def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
     return adata
 
 
+# per-cell QC columns of cell-segmented platforms (Xenium's cells.parquet): decoded gene transcripts and
+# the counts of control probes and control/unassigned codewords
+TRANSCRIPTS_COLUMN = "transcript_counts"
+CONTROL_COLUMNS = ("control_probe_counts", "control_codeword_counts", "unassigned_codeword_counts")
+
+
+def platform_filter_cells(adata, settings: dict, report: dict):
+    """`min_transcripts` and `max_control_fraction` where the platform's QC columns are in obs (Xenium);
+    a setting whose column is absent is skipped and logged."""
+    min_tx, max_ctrl = settings.get("min_transcripts"), settings.get("max_control_fraction")
+    if min_tx is not None:
+        if TRANSCRIPTS_COLUMN in adata.obs:
+            keep = adata.obs[TRANSCRIPTS_COLUMN].to_numpy(dtype=np.float64) >= min_tx
+            adata = _drop_cells(adata, keep, report, "min_transcripts")
+        else:
+            log.info("min_transcripts: no obs['%s'] (not a Xenium-like table); skipped", TRANSCRIPTS_COLUMN)
+    if max_ctrl is not None:
+        present = [c for c in CONTROL_COLUMNS if c in adata.obs]
+        if present and TRANSCRIPTS_COLUMN in adata.obs:
+            control = adata.obs[present].to_numpy(dtype=np.float64).sum(axis=1)
+            total = control + adata.obs[TRANSCRIPTS_COLUMN].to_numpy(dtype=np.float64)
+            share = np.divide(control, total, out=np.zeros_like(control), where=total > 0)
+            adata.obs["control_fraction"] = share
+            adata = _drop_cells(adata, share <= max_ctrl, report, "max_control_fraction")
+        else:
+            log.info("max_control_fraction: no control-count columns in obs; skipped")
+    return adata
+
+
 def qc_filter_cells(adata, settings: dict, report: dict):
     import scanpy as sc
+
+    adata = platform_filter_cells(adata, settings, report)
 
     adata.var["mt"] = adata.var_names.str.upper().str.startswith("MT-")
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)

@@ -13,8 +13,10 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH
 
 from tissuelens.config import STEPS, step_settings, validate_config
 from tissuelens.errors import InputError
+from tissuelens.sheet import merge_sheet
 
 try:
+    merge_sheet(config)
     validate_config(config, source="config")
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
