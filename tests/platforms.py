@@ -141,3 +141,93 @@ def write_xenium_folder(path: Path, n_cells: int = 50, n_genes: int = 20, pixel_
     dapi = rng.integers(100, 4000, size=(side_px, side_px), dtype=np.uint16)
     tifffile.imwrite(path / "morphology_focus.ome.tif", dapi)
     return {"cell_ids": cell_ids, "counts": counts, "controls": controls, "xy": xy, "area": area, "symbols": symbols}
+
+
+def write_merscope_region(path: Path, n_cells: int = 40, n_genes: int = 15, n_blanks: int = 2, um_per_px: float = 0.5,
+                          shift_um=(-20.0, -10.0), z_layer: int = 3, seed=0) -> dict:
+    """A MERSCOPE region folder (`<run>/region_0/`): cell_by_gene.csv (genes and Blank-* barcodes),
+    cell_metadata.csv (EntityID, fov, volume, centres and bounds in µm, ...) and images/ with
+    micron_to_mosaic_pixel_transform.csv and DAPI/PolyT mosaics (uint16) of one z layer."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    (path / "images").mkdir(parents=True)
+    ids = [str(1_000_000_000 + 17 * i) for i in range(n_cells)]  # Vizgen's EntityIDs are large integers
+    counts = counts_matrix(n_cells, n_genes, seed)
+    blanks = rng.poisson(0.4, size=(n_cells, n_blanks)).astype(np.int32)
+    symbols = gene_table(n_genes)[1]
+    blank_names = [f"Blank-{i}" for i in range(n_blanks)]
+    table = pd.DataFrame(np.hstack([counts, blanks]), columns=symbols + blank_names)
+    table.insert(0, "cell", ids)
+    table.to_csv(path / "cell_by_gene.csv", index=False)
+    side_um = 150.0
+    xy = rng.uniform(10, side_um - 10, size=(n_cells, 2)) + shift_um
+    volume = rng.uniform(200, 900, size=n_cells)
+    radius = rng.uniform(3, 6, size=n_cells)
+    meta = pd.DataFrame({"EntityID": ids, "fov": rng.integers(0, 4, n_cells), "volume": volume,
+                         "center_x": xy[:, 0], "center_y": xy[:, 1], "min_x": xy[:, 0] - radius,
+                         "min_y": xy[:, 1] - radius, "max_x": xy[:, 0] + radius, "max_y": xy[:, 1] + radius,
+                         "anisotropy": rng.uniform(1, 2, n_cells), "transcript_count": counts.sum(1),
+                         "perimeter_area_ratio": rng.uniform(0.2, 0.6, n_cells), "solidity": 0.9})
+    meta.to_csv(path / "cell_metadata.csv", index=False)
+    # µm -> mosaic pixels: the mosaic's corner sits at shift_um
+    px_per_um = 1 / um_per_px
+    transform = np.array([[px_per_um, 0, -shift_um[0] * px_per_um], [0, px_per_um, -shift_um[1] * px_per_um], [0, 0, 1]])
+    np.savetxt(path / "images" / "micron_to_mosaic_pixel_transform.csv", transform, delimiter=" ")
+    side_px = int(side_um * px_per_um)
+    dapi = rng.integers(100, 4000, size=(side_px, side_px), dtype=np.uint16)
+    dapi[: side_px // 2] //= 4  # a darker upper half, to see the channel and the orientation
+    tifffile.imwrite(path / "images" / f"mosaic_DAPI_z{z_layer}.tif", dapi)
+    tifffile.imwrite(path / "images" / f"mosaic_PolyT_z{z_layer}.tif", np.full((side_px, side_px), 7, np.uint16))
+    return {"ids": ids, "counts": counts, "blanks": blanks, "xy": xy, "volume": volume, "symbols": symbols,
+            "dapi": dapi, "shift_um": np.asarray(shift_um), "px_per_um": px_per_um}
+
+
+def write_cosmx_folder(path: Path, n_per_fov: int = 25, n_genes: int = 12, fov_side: int = 64, seed=0,
+                       prefix: str = "Run1_S1") -> dict:
+    """CosMx flat files of two FOVs: <prefix>_exprMat_file.csv (fov, cell_ID, genes, NegPrb*, SystemControl*;
+    cell 0 = transcripts outside cells), <prefix>_metadata_file.csv (Area, local and global centres in px,
+    stain intensities), <prefix>_fov_positions_file.csv, CellComposite/*_F00N.jpg (RGB) and
+    CellLabels/*_F00N.tif. An image row r is local y = side - 1 - r (spatialdata-io flips the images);
+    global = local + the FOV's offset."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    (path / "CellComposite").mkdir()
+    (path / "CellLabels").mkdir()
+    symbols = gene_table(n_genes)[1]
+    controls = ["NegPrb1", "NegPrb2", "SystemControl1"]
+    offsets = {1: np.array([1000.0, 2000.0]), 2: np.array([1000.0 + fov_side, 2000.0])}
+    colours = {1: ([200, 40, 40], [40, 200, 40]), 2: ([40, 40, 200], [200, 200, 40])}  # (upper, lower) halves
+    expr, meta, truth_rows = [], [], []
+    for fov, offset in offsets.items():
+        counts = counts_matrix(n_per_fov, n_genes, seed + fov)
+        ctrl = rng.poisson(0.5, size=(n_per_fov, len(controls))).astype(np.int32)
+        local = rng.uniform(4, fov_side - 4, size=(n_per_fov, 2))
+        area = rng.uniform(30, 90, size=n_per_fov)
+        background = rng.poisson(2, size=n_genes + len(controls))
+        expr.append([fov, 0, *background])
+        for i in range(n_per_fov):
+            expr.append([fov, i + 1, *counts[i], *ctrl[i]])
+            g = local[i] + offset
+            meta.append({"fov": fov, "cell_ID": i + 1, "Area": area[i], "AspectRatio": 1.2,
+                         "CenterX_local_px": local[i, 0], "CenterY_local_px": local[i, 1],
+                         "CenterX_global_px": g[0], "CenterY_global_px": g[1], "Width": 8, "Height": 9,
+                         "Mean.DAPI": 500.0, "Max.DAPI": 900})
+            truth_rows.append((f"{i + 1}_{fov}", counts[i], ctrl[i], g, area[i]))
+        upper, lower = colours[fov]
+        img = np.empty((fov_side, fov_side, 3), np.uint8)
+        img[: fov_side // 2], img[fov_side // 2:] = upper, lower
+        Image.fromarray(img).save(path / "CellComposite" / f"CellComposite_F{fov:03d}.jpg", quality=95)
+        tifffile.imwrite(path / "CellLabels" / f"CellLabels_F{fov:03d}.tif", np.zeros((fov_side, fov_side), np.uint16))
+    pd.DataFrame(expr, columns=["fov", "cell_ID", *symbols, *controls]).to_csv(
+        path / f"{prefix}_exprMat_file.csv", index=False)
+    pd.DataFrame(meta).to_csv(path / f"{prefix}_metadata_file.csv", index=False)
+    pd.DataFrame({"fov": list(offsets), "x_global_px": [o[0] for o in offsets.values()],
+                  "y_global_px": [o[1] for o in offsets.values()]}).to_csv(path / f"{prefix}_fov_positions_file.csv",
+                                                                          index=False)
+    ids, counts, ctrl, xy, area = zip(*truth_rows)
+    return {"ids": list(ids), "counts": np.array(counts), "controls": np.array(ctrl), "xy": np.array(xy),
+            "area": np.array(area), "symbols": symbols, "offsets": offsets, "colours": colours, "side": fov_side,
+            "prefix": prefix}

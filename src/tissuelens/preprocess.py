@@ -50,22 +50,25 @@ def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
     return adata
 
 
-# per-cell QC columns of cell-segmented platforms (Xenium's cells.parquet): decoded gene transcripts and
-# the counts of control probes and control/unassigned codewords
+# per-cell QC columns of cell-segmented platforms: decoded gene transcripts (Xenium's cells.parquet; the
+# merscope and cosmx readers sum their gene columns into it) and the counts of control features: Xenium's
+# control probes and control/unassigned codewords, MERSCOPE's Blank-* barcodes, CosMx's negative probes and
+# system controls
 TRANSCRIPTS_COLUMN = "transcript_counts"
-CONTROL_COLUMNS = ("control_probe_counts", "control_codeword_counts", "unassigned_codeword_counts")
+CONTROL_COLUMNS = ("control_probe_counts", "control_codeword_counts", "unassigned_codeword_counts", "blank_counts",
+                   "negative_probe_counts", "system_control_counts")
 
 
 def platform_filter_cells(adata, settings: dict, report: dict):
-    """`min_transcripts` and `max_control_fraction` where the platform's QC columns are in obs (Xenium);
-    a setting whose column is absent is skipped and logged."""
+    """`min_transcripts` and `max_control_fraction` where the platform's QC columns are in obs (Xenium,
+    MERSCOPE, CosMx); a setting whose column is absent is skipped and logged."""
     min_tx, max_ctrl = settings.get("min_transcripts"), settings.get("max_control_fraction")
     if min_tx is not None:
         if TRANSCRIPTS_COLUMN in adata.obs:
             keep = adata.obs[TRANSCRIPTS_COLUMN].to_numpy(dtype=np.float64) >= min_tx
             adata = _drop_cells(adata, keep, report, "min_transcripts")
         else:
-            log.info("min_transcripts: no obs['%s'] (not a Xenium-like table); skipped", TRANSCRIPTS_COLUMN)
+            log.info("min_transcripts: no obs['%s'] (not a cell-segmented platform's table); skipped", TRANSCRIPTS_COLUMN)
     if max_ctrl is not None:
         present = [c for c in CONTROL_COLUMNS if c in adata.obs]
         if present and TRANSCRIPTS_COLUMN in adata.obs:

@@ -25,7 +25,7 @@ def read_platform(source: str, dataset: str, entry: dict):
     if source == "merscope":
         from tissuelens.datasets.merscope import read_merscope
 
-        return read_merscope(path, dataset)
+        return read_merscope(path, dataset, entry.get("z_layer"))
     from tissuelens.datasets.cosmx import read_cosmx
 
     return read_cosmx(path, dataset)

@@ -109,18 +109,68 @@ def to_rgb_uint8(data: np.ndarray) -> np.ndarray:
     return np.repeat(np.round(scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def tissue_image(image_el, coordinate_system: str, where: str):
-    """(RGB uint8 image, pixels per coordinate unit, origin of the pixel grid in coordinates)."""
+def uniform_scale(m: np.ndarray, what: str, coordinate_system: str, where: str) -> None:
+    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or m[0, 0] <= 0 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
+        raise InputError(f"{where}: {what}'s transformation to '{coordinate_system}' is not a uniform scale "
+                         f"and shift ({m[:2].round(4).tolist()}); choose another image or set image: null")
+
+
+def tissue_image(image_el, coordinate_system: str, where: str, channel: str | None = None):
+    """(RGB uint8 image, pixels per coordinate unit, origin of the pixel grid in coordinates); `channel`
+    names the channel shown when the image has several (default the first)."""
     levels = image_levels(image_el)
     full = levels[0]
     level = next((lv for lv in levels if max(lv.sizes["y"], lv.sizes["x"]) <= IMAGE_MAX_PX), levels[-1])
     down = np.array([full.sizes["x"] / level.sizes["x"], full.sizes["y"] / level.sizes["y"]])
     m = affine(image_el, coordinate_system) @ np.diag([down[0], down[1], 1.0])
-    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or m[0, 0] <= 0 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
-        raise InputError(f"{where}: the image's transformation to '{coordinate_system}' is not a uniform scale "
-                         f"and shift ({m[:2].round(4).tolist()}); choose another image or set image: null")
+    uniform_scale(m, "the image", coordinate_system, where)
+    if channel is not None:
+        level = level.sel(c=[channel])
     data = np.asarray(level.transpose("c", "y", "x").values)
     return to_rgb_uint8(data), 1.0 / m[0, 0], m[:2, 2].copy()
+
+
+def mosaic(image_els: list, coordinate_system: str, where: str):
+    """Tiles (e.g. CosMx fields of view) placed by their transformations on one canvas of at most
+    IMAGE_MAX_PX a side, nearest-neighbour sampled; a later tile covers an earlier one where they overlap.
+    Returns what `tissue_image` returns."""
+    tiles = []
+    for el in image_els:
+        level = image_levels(el)[0]
+        m = affine(el, coordinate_system)
+        uniform_scale(m, "a tile", coordinate_system, where)
+        size = np.array([level.sizes["x"], level.sizes["y"]])
+        tiles.append((level, m[0, 0], m[:2, 2], size))
+    lo = np.min([t for _, _, t, _ in tiles], axis=0)
+    hi = np.max([t + s * size for _, s, t, size in tiles], axis=0)
+    per_unit = min(min(1 / s for _, s, _, _ in tiles), IMAGE_MAX_PX / float(np.max(hi - lo)))
+    shape = np.maximum(np.floor((hi - lo) * per_unit + 1e-6).astype(int), 1)  # 1e-6: float round-off
+    canvas = np.zeros((shape[1], shape[0], 3), dtype=np.uint8)
+    for level, s, t, size in tiles:
+        first = np.floor((t - lo) * per_unit).astype(int)
+        last = np.minimum(np.ceil((t + s * size - lo) * per_unit).astype(int), shape)
+        # canvas pixel centres -> the tile's pixels
+        cols = np.arange(first[0], last[0])
+        rows = np.arange(first[1], last[1])
+        src_x = np.floor((lo[0] + (cols + 0.5) / per_unit - t[0]) / s).astype(int)
+        src_y = np.floor((lo[1] + (rows + 0.5) / per_unit - t[1]) / s).astype(int)
+        ok_x, ok_y = (src_x >= 0) & (src_x < size[0]), (src_y >= 0) & (src_y < size[1])
+        rgb = to_rgb_uint8(np.asarray(level.transpose("c", "y", "x").values))
+        canvas[np.ix_(rows[ok_y], cols[ok_x])] = rgb[np.ix_(src_y[ok_y], src_x[ok_x])]
+    return canvas, float(per_unit), lo.astype(np.float64)
+
+
+def attach_image(adata, library_id: str, img: np.ndarray, per_unit: float, diameter: float, source: str,
+                 where: str) -> None:
+    """The image the scanpy/squidpy way: `uns["spatial"][library_id]`, hires = `img`, `tissue_hires_scalef` =
+    its pixels per coordinate unit."""
+    adata.uns["spatial"] = {library_id: {
+        "images": {"hires": img},
+        "scalefactors": {"tissue_hires_scalef": float(per_unit), "spot_diameter_fullres": float(diameter)},
+        "metadata": {"source_image": source},
+    }}
+    log.info("%s: image '%s' as hires %dx%d px, %.4g px per coordinate unit", where, source, img.shape[1],
+             img.shape[0], per_unit)
 
 
 def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | None = None,
@@ -178,14 +228,8 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
         img, per_unit, origin = tissue_image(image_el, system, where)
         per_unit, origin = per_unit / unit_scale, origin * unit_scale
         diameter = spot_diameter if spot_diameter is not None else float(np.median(2 * np.sqrt(area / np.pi)))
-        adata.uns["spatial"] = {library_id: {
-            "images": {"hires": img},
-            "scalefactors": {"tissue_hires_scalef": float(per_unit), "spot_diameter_fullres": float(diameter)},
-            "metadata": {"source_image": image},
-        }}
+        attach_image(adata, library_id, img, per_unit, diameter, image, where)
         frame["image"] = image
-        log.info("%s: image '%s' as hires %dx%d px, %.4g px per coordinate unit", where, image, img.shape[1],
-                 img.shape[0], per_unit)
     adata.obsm["spatial"] = coords - origin
     frame["origin"] = [float(v) for v in origin]
     if keep_area and area is not None:
