@@ -9,7 +9,8 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import error_line, run_script
-from platforms import write_spatialdata_zarr, write_visium_hd_folder, write_xenium_folder
+from platforms import (write_cosmx_folder, write_merscope_region, write_spatialdata_zarr, write_visium_hd_folder,
+                       write_xenium_folder)
 
 from tissuelens.config import step_defaults
 from tissuelens.errors import InputError
@@ -22,9 +23,9 @@ def download(tmp_path, entry, dataset="d"):
     return proc, out
 
 
-def preprocess(tmp_path, raw, entry, dataset="d"):
+def preprocess(tmp_path, raw, entry, dataset="d", **options):
     out, qc = tmp_path / "results" / dataset / "preprocessed.h5ad", tmp_path / "results" / dataset / "qc.json"
-    settings = {**step_defaults("preprocess"), "min_counts": 5, "min_genes": 3, "n_top_genes": 20}
+    settings = {**step_defaults("preprocess"), "min_counts": 5, "min_genes": 3, "n_top_genes": 20, **options}
     proc = run_script("preprocess", "--raw", raw, "--entry", json.dumps(entry), "--settings", json.dumps(settings),
                       "--out", out, "--qc", qc)
     assert proc.returncode == 0, proc.stderr
@@ -197,6 +198,160 @@ def test_xenium_folder_missing_a_file(tmp_path, missing):
     assert proc.returncode == 2
     assert error_line(proc) == f"error: {folder}: Xenium folder has no {missing}"
     assert not raw.exists()
+
+
+# --- MERSCOPE ---------------------------------------------------------------------------------
+
+
+def control_share(genes: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    return controls.sum(1) / (genes.sum(1) + controls.sum(1))
+
+
+def test_merscope_through_download_and_preprocess(tmp_path):
+    folder = tmp_path / "202312011200_run" / "region_0"
+    truth = write_merscope_region(folder, n_cells=40, n_genes=15, um_per_px=0.5, shift_um=(-20.0, -10.0))
+    entry = {"source": "merscope", "spatial": True, "path": str(folder)}
+    proc, raw = download(tmp_path, entry, dataset="ms")
+    assert proc.returncode == 0, proc.stderr
+    adata = ad.read_h5ad(raw)
+    assert list(adata.obs_names) == truth["ids"]
+    assert list(adata.var_names) == truth["symbols"]  # Blank-* barcodes are not genes
+    assert list(adata.uns["control_features"]) == ["Blank-0", "Blank-1"]
+    np.testing.assert_array_equal(adata.X.toarray(), truth["counts"])
+    np.testing.assert_array_equal(adata.obs["blank_counts"], truth["blanks"].sum(1))
+    np.testing.assert_array_equal(adata.obs["transcript_counts"], truth["counts"].sum(1))
+    np.testing.assert_allclose(adata.obs["volume"], truth["volume"])
+    # µm, origin moved to the mosaic's corner (at shift_um), so that coordinates x scalef = mosaic pixels
+    assert adata.uns["coordinates"]["unit"] == "micrometre"
+    np.testing.assert_allclose(adata.uns["coordinates"]["origin"], truth["shift_um"])
+    np.testing.assert_allclose(adata.obsm["spatial"], truth["xy"] - truth["shift_um"])
+    lib = adata.uns["spatial"]["ms"]
+    assert lib["scalefactors"]["tissue_hires_scalef"] == pytest.approx(truth["px_per_um"])
+    hires = lib["images"]["hires"]
+    assert hires.shape == truth["dapi"].shape + (3,) and hires.dtype == np.uint8
+    # the DAPI mosaic (a darker upper half), not the flat PolyT one, the right way up
+    half = hires.shape[0] // 2
+    assert hires[:half].mean() < 0.5 * hires[half:].mean()
+    px = adata.obsm["spatial"] * lib["scalefactors"]["tissue_hires_scalef"]
+    assert px.min() > 0 and (px < hires.shape[0]).all()
+
+    pre, qc = preprocess(tmp_path, raw, entry, dataset="ms", max_control_fraction=0.03)
+    share = control_share(truth["counts"], truth["blanks"])
+    assert 0 < (share > 0.03).sum() < 40  # the filter has something to do
+    assert qc["cells_removed"]["min_transcripts"] == 0
+    assert qc["cells_removed"]["max_control_fraction"] == int((share > 0.03).sum())
+    kept = [i for i, s in zip(truth["ids"], share) if s <= 0.03]
+    assert set(pre.obs_names) <= set(kept) and "volume" in pre.obs
+    np.testing.assert_allclose(pre.obs["control_fraction"], share[[truth["ids"].index(i) for i in pre.obs_names]])
+
+
+@pytest.mark.parametrize("missing", ["cell_by_gene.csv", "cell_metadata.csv", "images/micron_to_mosaic_pixel_transform.csv"])
+def test_merscope_folder_missing_a_file(tmp_path, missing):
+    folder = tmp_path / "run" / "region_0"
+    write_merscope_region(folder, n_cells=8, n_genes=4)
+    (folder / missing).unlink()
+    proc, raw = download(tmp_path, {"source": "merscope", "spatial": True, "path": str(folder)})
+    assert proc.returncode == 2
+    assert error_line(proc) == f"error: {folder}: MERSCOPE folder has no {missing}"
+    assert not raw.exists()
+
+
+def test_merscope_z_layer_the_folder_lacks(tmp_path):
+    folder = tmp_path / "run" / "region_0"
+    write_merscope_region(folder, n_cells=8, n_genes=4, z_layer=3)
+    proc, raw = download(tmp_path, {"source": "merscope", "spatial": True, "path": str(folder), "z_layer": 5})
+    assert proc.returncode == 2
+    assert error_line(proc) == f"error: {folder}: no images/mosaic_*_z5.tif (z layers here: 3)"
+    assert not raw.exists()
+
+
+# --- CosMx -----------------------------------------------------------------------------------
+
+
+def test_cosmx_through_download_and_preprocess(tmp_path):
+    folder = tmp_path / "cosmx"
+    truth = write_cosmx_folder(folder, n_per_fov=25, n_genes=12, fov_side=64)
+    entry = {"source": "cosmx", "spatial": True, "path": str(folder)}
+    proc, raw = download(tmp_path, entry, dataset="cx")
+    assert proc.returncode == 0, proc.stderr
+    adata = ad.read_h5ad(raw)
+    assert list(adata.obs_names) == truth["ids"]  # <cell_ID>_<fov>; cell 0 (outside cells) is not a cell
+    assert list(adata.var_names) == truth["symbols"]  # control probes and codewords are not genes
+    assert list(adata.uns["control_features"]) == ["NegPrb1", "NegPrb2", "SystemControl1"]
+    np.testing.assert_array_equal(adata.X.toarray(), truth["counts"])
+    np.testing.assert_array_equal(adata.obs["negative_probe_counts"], truth["controls"][:, :2].sum(1))
+    np.testing.assert_array_equal(adata.obs["system_control_counts"], truth["controls"][:, 2])
+    np.testing.assert_array_equal(adata.obs["transcript_counts"], truth["counts"].sum(1))
+    np.testing.assert_allclose(adata.obs["Area"], truth["area"])
+    # global pixels, origin moved to the stitched image's corner (FOV 1's offset)
+    assert adata.uns["coordinates"]["unit"] == "pixel (CosMx global)"
+    np.testing.assert_allclose(adata.uns["coordinates"]["origin"], truth["offsets"][1], atol=1e-6)
+    np.testing.assert_allclose(adata.obsm["spatial"], truth["xy"] - truth["offsets"][1], atol=1e-6)
+    lib = adata.uns["spatial"]["cx"]
+    sf = lib["scalefactors"]
+    assert sf["tissue_hires_scalef"] == pytest.approx(1.0)
+    assert sf["spot_diameter_fullres"] == pytest.approx(np.median(2 * np.sqrt(truth["area"] / np.pi)))
+    # the two FOVs side by side, each flipped upside down as spatialdata-io places them (JPEG: tolerance)
+    hires, side = lib["images"]["hires"].astype(int), truth["side"]
+    assert hires.shape == (side, 2 * side, 3)
+    for fov, x in ((1, 5), (2, side + 5)):
+        upper, lower = truth["colours"][fov]
+        np.testing.assert_allclose(hires[5, x], lower, atol=12)
+        np.testing.assert_allclose(hires[side - 5, x], upper, atol=12)
+
+    pre, qc = preprocess(tmp_path, raw, entry, dataset="cx", max_control_fraction=0.04)
+    share = control_share(truth["counts"], truth["controls"])
+    assert 0 < (share > 0.04).sum() < 50
+    assert qc["n_cells_raw"] == 50 and qc["cells_removed"]["max_control_fraction"] == int((share > 0.04).sum())
+    assert set(pre.obs_names) <= {i for i, s in zip(truth["ids"], share) if s <= 0.04} and "Area" in pre.obs
+
+
+@pytest.mark.parametrize("missing, named", [
+    ("Run1_S1_exprMat_file.csv", "*_exprMat_file.csv"), ("Run1_S1_metadata_file.csv", None),
+    ("Run1_S1_fov_positions_file.csv", None), ("CellComposite", "CellComposite/"), ("CellLabels", "CellLabels/"),
+])
+def test_cosmx_folder_missing_a_file(tmp_path, missing, named):
+    import shutil
+
+    folder = tmp_path / "cosmx"
+    write_cosmx_folder(folder, n_per_fov=4, n_genes=3, fov_side=16)
+    target = folder / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    proc, raw = download(tmp_path, {"source": "cosmx", "spatial": True, "path": str(folder)})
+    assert proc.returncode == 2
+    assert error_line(proc) == f"error: {folder}: CosMx folder has no {named or missing}"
+    assert not raw.exists()
+
+
+def test_cosmx_fov_too_few_cells_to_place(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "cosmx"
+    write_cosmx_folder(folder, n_per_fov=6, n_genes=3, fov_side=16)
+    meta_path = folder / "Run1_S1_metadata_file.csv"
+    meta = pd.read_csv(meta_path)
+    meta[(meta["fov"] == 1) | (meta["cell_ID"] <= 2)].to_csv(meta_path, index=False)
+    proc, raw = download(tmp_path, {"source": "cosmx", "spatial": True, "path": str(folder)})
+    assert proc.returncode == 2
+    assert error_line(proc).startswith(f"error: {meta_path}: FOV 2 has fewer than 3 cells off one line")
+    assert not raw.exists()
+
+
+def test_mosaic_leaves_out_a_tile_it_cannot_place(caplog):
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Affine, Translation
+
+    from tissuelens.datasets.sdata_convert import mosaic
+
+    red = np.zeros((3, 10, 20), np.uint8)
+    red[0] = 255
+    good = Image2DModel.parse(red, dims=("c", "y", "x"), transformations={"global": Translation([5, 7], axes=("x", "y"))})
+    turned = Image2DModel.parse(red, dims=("c", "y", "x"), transformations={
+        "global": Affine(np.array([[0.0, -1, 50], [1, 0, 0], [0, 0, 1]]), input_axes=("x", "y"), output_axes=("x", "y"))})
+    img, per_unit, origin = mosaic({"a": good, "b": turned}, "global", "here")
+    assert img.shape == (10, 20, 3) and per_unit == 1.0 and list(origin) == [5, 7]
+    assert (img[..., 0] == 255).all() and "image 'b' left out" in caplog.text
+    assert mosaic({"b": turned}, "global", "here") is None
 
 
 # --- datasets sheet --------------------------------------------------------------------------

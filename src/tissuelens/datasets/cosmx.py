@@ -24,6 +24,7 @@ from tissuelens.errors import InputError, why
 
 COUNTS_SUFFIX = "_exprMat_file.csv"
 CONTROLS = {"negative_probe_counts": ("NegPrb", "Negative"), "system_control_counts": ("SystemControl", "FalseCode")}
+CENTRE_COLUMNS = ("fov", "cell_ID", "CenterX_local_px", "CenterY_local_px", "CenterX_global_px", "CenterY_global_px")
 # spatialdata-io's table bookkeeping, not cell data
 BOOKKEEPING = ("fov_labels",)
 
@@ -41,12 +42,35 @@ def check_folder(path: Path) -> str:
     for name in (f"{prefix}_metadata_file.csv", f"{prefix}_fov_positions_file.csv", "CellComposite/", "CellLabels/"):
         if not (path / name).exists():
             raise InputError(f"{path}: CosMx folder has no {name}")
+    check_fovs(path / f"{prefix}_metadata_file.csv")
     for folder in ("CellComposite", "CellLabels"):  # spatialdata-io takes each file's FOV from its name
         bad = [p.name for p in (path / folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff")
                and not re.search(r"_F\d+", p.name)]
         if bad:
             raise InputError(f"{path / folder / bad[0]}: no _F<fov> in the file name")
     return prefix
+
+
+def check_fovs(meta_path: Path) -> None:
+    """spatialdata-io fits each FOV's local -> global pixel transformation to its cells' centres, which fails
+    (an unreadable error deep in scikit-image) for a FOV with fewer than 3 cells off one line."""
+    import pandas as pd
+
+    try:
+        meta = pd.read_csv(meta_path, usecols=lambda c: c in CENTRE_COLUMNS)
+    except Exception as exc:  # parser errors, a damaged file
+        raise InputError(f"{meta_path}: cannot read ({why(exc)})") from None
+    missing = [c for c in CENTRE_COLUMNS if c not in meta.columns]
+    if missing:
+        raise InputError(f"{meta_path}: no column {missing[0]}")
+    bad = []
+    for fov, cells in meta.groupby("fov"):
+        local = cells[["CenterX_local_px", "CenterY_local_px"]].to_numpy(np.float64)
+        if len(local) < 3 or np.linalg.matrix_rank(local - local.mean(axis=0)) < 2:
+            bad.append(str(fov))
+    if bad:
+        raise InputError(f"{meta_path}: FOV {', '.join(bad[:5])} has fewer than 3 cells off one line, too few for "
+                         "spatialdata-io to place it; drop its rows from the metadata and exprMat files")
 
 
 def split_controls(adata):
@@ -92,12 +116,12 @@ def read_cosmx(path: str | Path, library_id: str):
     adata = split_controls(adata)
     adata.obsm["spatial"] = np.asarray(adata.obsm.pop("global"), dtype=np.float64)  # obsm['spatial'] was FOV-local
     frame = {"unit": "pixel (CosMx global)", "coordinate_system": "global", "shapes": "", "table": "table"}
-    images = [sdata.images[name] for name in sdata.images]
+    placed = mosaic(dict(sdata.images), "global", str(path)) if sdata.images else None
     origin = np.zeros(2)
-    if images:
-        img, per_unit, origin = mosaic(images, "global", str(path))
-        attach_image(adata, library_id, img, per_unit, cell_diameter(adata), f"CellComposite ({len(images)} FOVs)",
-                     str(path))
+    if placed is not None:
+        img, per_unit, origin = placed
+        attach_image(adata, library_id, img, per_unit, cell_diameter(adata),
+                     f"CellComposite ({len(sdata.images)} FOVs)", str(path))
         frame["image"] = "CellComposite"
     adata.obsm["spatial"] = adata.obsm["spatial"] - origin
     frame["origin"] = [float(v) for v in origin]

@@ -130,17 +130,24 @@ def tissue_image(image_el, coordinate_system: str, where: str, channel: str | No
     return to_rgb_uint8(data), 1.0 / m[0, 0], m[:2, 2].copy()
 
 
-def mosaic(image_els: list, coordinate_system: str, where: str):
+def mosaic(image_els: dict, coordinate_system: str, where: str):
     """Tiles (e.g. CosMx fields of view) placed by their transformations on one canvas of at most
     IMAGE_MAX_PX a side, nearest-neighbour sampled; a later tile covers an earlier one where they overlap.
-    Returns what `tissue_image` returns."""
+    A transformation fitted to measured positions is a scale and shift up to round-off (1e-3 relative);
+    a tile whose is not is left out and logged. Returns what `tissue_image` returns, or None without tiles."""
     tiles = []
-    for el in image_els:
+    for name, el in image_els.items():
         level = image_levels(el)[0]
         m = affine(el, coordinate_system)
-        uniform_scale(m, "a tile", coordinate_system, where)
+        scale = (m[0, 0] + m[1, 1]) / 2
+        if not (scale > 0 and np.isclose(m[0, 0], m[1, 1], rtol=1e-3) and abs(m[0, 1]) + abs(m[1, 0]) < 1e-3 * scale):
+            log.warning("%s: image '%s' left out: its transformation to '%s' is not a scale and shift (%s)", where,
+                        name, coordinate_system, m[:2].round(4).tolist())
+            continue
         size = np.array([level.sizes["x"], level.sizes["y"]])
-        tiles.append((level, m[0, 0], m[:2, 2], size))
+        tiles.append((level, scale, m[:2, 2], size))
+    if not tiles:
+        return None
     lo = np.min([t for _, _, t, _ in tiles], axis=0)
     hi = np.max([t + s * size for _, s, t, size in tiles], axis=0)
     per_unit = min(min(1 / s for _, s, _, _ in tiles), IMAGE_MAX_PX / float(np.max(hi - lo)))
