@@ -109,12 +109,6 @@ def to_rgb_uint8(data: np.ndarray) -> np.ndarray:
     return np.repeat(np.round(scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def uniform_scale(m: np.ndarray, what: str, coordinate_system: str, where: str) -> None:
-    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or m[0, 0] <= 0 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
-        raise InputError(f"{where}: {what}'s transformation to '{coordinate_system}' is not a uniform scale "
-                         f"and shift ({m[:2].round(4).tolist()}); choose another image or set image: null")
-
-
 def tissue_image(image_el, coordinate_system: str, where: str, channel: str | None = None):
     """(RGB uint8 image, pixels per coordinate unit, origin of the pixel grid in coordinates); `channel`
     names the channel shown when the image has several (default the first)."""
@@ -123,7 +117,9 @@ def tissue_image(image_el, coordinate_system: str, where: str, channel: str | No
     level = next((lv for lv in levels if max(lv.sizes["y"], lv.sizes["x"]) <= IMAGE_MAX_PX), levels[-1])
     down = np.array([full.sizes["x"] / level.sizes["x"], full.sizes["y"] / level.sizes["y"]])
     m = affine(image_el, coordinate_system) @ np.diag([down[0], down[1], 1.0])
-    uniform_scale(m, "the image", coordinate_system, where)
+    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or m[0, 0] <= 0 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
+        raise InputError(f"{where}: the image's transformation to '{coordinate_system}' is not a uniform scale "
+                         f"and shift ({m[:2].round(4).tolist()}); choose another image or set image: null")
     if channel is not None:
         level = level.sel(c=[channel])
     data = np.asarray(level.transpose("c", "y", "x").values)
