@@ -89,6 +89,10 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)  # L2-normalised, as Loki's
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_spots"] == n and metrics["untrained"] is True and (out / "activations" / "meta.json").exists()
+    # scikit-learn and igraph are in envs/loki.yaml: the shared quality metrics run in the Loki stack itself
+    assert "skipped" not in metrics["quality"], metrics["quality"]
+    assert metrics["quality"]["X_loki_image"]["labels"]["n_cells"] == n
+    assert metrics["image"]["patch_px"] == 20  # Loki's segment_patches size
 
 
 def test_every_h5ad_the_main_stack_writes_reads_in_the_loki_stack(loki_python, finished_run):
