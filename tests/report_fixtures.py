@@ -44,7 +44,7 @@ def stage_config(**report) -> dict:
         "datasets": {"demo": {"source": "synthetic", "spatial": True, "group_key": "group"}},
         "factorize": {"variants": ["pnmf", "svgp"]},
         "models": {"geneformer": {"kind": "geneformer"}, "loki": {"kind": "loki"}},
-        "embed": {"models": ["geneformer", "loki"], "loki": {"annotate": {"markers": "markers.csv"}}},
+        "embed": {"models": ["geneformer", "loki"], "loki": {"annotate": {"markers": "markers.csv"}, "decompose": {"reference": "demo"}}},
         "sae": {"models": ["geneformer"]},
         "report": report,
     }
@@ -158,6 +158,16 @@ def write_loki_tasks(d: Path, emb, adata) -> None:
     write_json(summary, d / "retrieval.json")
     genes, spots, summary = run_predex(emb, adata, {"test_fraction": 0.2, "genes": "all", "top_k": 10, "temperature": 0.1,
                                                     "report_genes": 3}, 0, "fixture")
+    from tissuelens.embed.loki_run import proportions
+
+    props = proportions(rng.gamma(1.0, 1.0, (len(table), 3)))
+    dec = table[["obs_name", "x", "y"]].copy()
+    for j, t in enumerate(types):
+        dec[t] = props[:, j]
+    dec["dominant"] = np.asarray(types)[props.argmax(axis=1)]
+    dec.to_parquet(d / "decompose.parquet")
+    write_json({"reference": "demo", "spot_embedding": "image", "cell_types": types,
+                "mean_proportions": dict(zip(types, props.mean(axis=0).tolist()))}, d / "decompose.json")
     genes.to_csv(d / "predex_genes.csv", index=False)
     spots.to_parquet(d / "predex_spots.parquet")
     write_json(summary, d / "predex.json")

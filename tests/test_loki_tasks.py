@@ -108,3 +108,38 @@ def test_pearson_per_gene_constant_is_nan():
     pred = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
     r = lt.pearson_per_gene(pred, np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 5.0]]))
     assert r[0] == pytest.approx(1.0) and np.isnan(r[1])
+
+
+def test_tangram_proportions_sum_to_one_and_follow_planted_types():
+    """Tangram (clusters mode, Loki's arguments) on hand-made embeddings: 'cells' of two types with distinct
+    embeddings; spots that are copies of one type's cells get that type as dominant; proportions sum to 1."""
+    pytest.importorskip("tangram")
+    import anndata as ad
+
+    from tissuelens.embed.loki_run import run_decompose
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(2, 12)) * 2
+    cell_type = np.repeat(["a", "b"], 30)
+    cells = centres[(cell_type == "b").astype(int)] + 0.1 * rng.normal(size=(60, 12))
+    ref = ad.AnnData(obs=pd.DataFrame({"group": cell_type}, index=[f"c{i}" for i in range(60)]))
+    ref.obsm["X_loki_text"] = cells.astype(np.float32)
+    spot_type = np.repeat([0, 1], 20)
+    st = ad.AnnData(obs=pd.DataFrame(index=[f"s{i}" for i in range(40)]))
+    st.obsm["X_loki_image"] = (centres[spot_type] + 0.1 * rng.normal(size=(40, 12))).astype(np.float32)
+    st.obsm["spatial"] = rng.uniform(size=(40, 2))
+    settings = {"label_key": "group", "spot_embedding": "auto", "num_epochs": 300, "device": "cpu"}
+    table, summary = run_decompose(st, ref, settings, 0, "st.h5ad", "ref")
+    props = table[["a", "b"]].to_numpy()
+    np.testing.assert_allclose(props.sum(axis=1), 1.0)
+    assert (table["dominant"].to_numpy() == np.array(["a", "b"])[spot_type]).all()
+    assert summary["spot_embedding"] == "image" and summary["cell_types"] == ["a", "b"]
+    del ref.obs["group"]
+    with pytest.raises(InputError, match="reference dataset 'ref' has no labels"):
+        run_decompose(st, ref, settings, 0, "st.h5ad", "ref")
+
+
+def test_proportions_normalise_rows():
+    from tissuelens.embed.loki_run import proportions
+
+    np.testing.assert_allclose(proportions(np.array([[1.0, 3.0], [0.0, 0.0]])), [[0.25, 0.75], [0.0, 0.0]])

@@ -255,7 +255,7 @@ def embed_kind_targets(dataset, kind):
     return [f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in names if m in kind_models(kind)]
 
 
-LOKI_TASKS = ("annotate", "retrieve", "predex")
+LOKI_TASKS = ("annotate", "retrieve", "predex", "decompose")
 
 
 def embed_kind_settings(kind):
@@ -286,6 +286,8 @@ def loki_task_targets(dataset):
     models = [m for m in embed_models_of(dataset) if m in kind_models("loki")]
     if models and loki_task_enabled(config, dataset, "retrieve"):
         loki_retrieve_reference(dataset)  # a reference that is not a dataset fails before any job
+    if models and loki_task_enabled(config, dataset, "decompose"):
+        loki_decompose_reference(dataset)
     return [f"results/{dataset}/loki/{m}/{name}" for m in models for task in LOKI_TASKS
             if loki_task_enabled(config, dataset, task) for name in LOKI_TASK_FILES[task]]
 
@@ -308,6 +310,24 @@ def loki_retrieve_inputs(wildcards):
     if reference is not None:
         inputs["reference"] = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
     return inputs
+
+
+def loki_decompose_reference(dataset):
+    reference = loki_task_config(dataset, "decompose")["reference"]
+    if reference not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset}: embed.loki.decompose.reference names '{reference}', which is not a "
+                            f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return reference
+
+
+def loki_decompose_inputs(wildcards):
+    reference = loki_decompose_reference(wildcards.dataset)
+    return {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad",
+            "reference": f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"}
+
+
+def loki_decompose_reference_name(wildcards):
+    return loki_decompose_reference(wildcards.dataset)
 
 
 def loki_reference_args(wildcards):

@@ -104,6 +104,32 @@ rule loki_predex:
         "--spots-out {output.spots:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
+rule loki_decompose:
+    """Loki decomposition: Tangram maps a labelled single-cell reference (OmiCLIP text embeddings) onto the spots."""
+    input:
+        unpack(loki_decompose_inputs),
+    output:
+        table="results/{dataset}/loki/{model}/decompose.parquet",
+        summary="results/{dataset}/loki/{model}/decompose.json",
+    params:
+        script=script("loki_decompose"),
+        settings=loki_task_settings("decompose"),
+        reference=loki_decompose_reference_name,
+        seed=dataset_seed,
+    wildcard_constraints:
+        model=kind_model_pattern("loki"),
+    log:
+        "logs/{dataset}/loki/{model}/decompose.log",
+    benchmark:
+        "benchmarks/{dataset}/loki/{model}/decompose.tsv"
+    conda:
+        "../../envs/loki.yaml"
+    shell:
+        "python {params.script:q} --embeddings {input.embeddings:q} --reference {input.reference:q} "
+        "--reference-name {params.reference:q} --settings {params.settings:q} --seed {params.seed} "
+        "--out {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
 rule embed_tahoe:
     """Tahoe-x1 cell embeddings and per-layer token activations, in tahoe-x1's own stack (GPU)."""
     input:

@@ -181,3 +181,86 @@ def run_predex(emb, adata, settings: dict, seed: int, where: str):
                "pearson_median": float(np.median(finite)) if finite.size else None,
                "genes_scored": int(finite.size), "best_genes": best}
     return table, spots, summary
+
+
+# -- decompose (Tangram) -----------------------------------------------------------------------
+
+
+def feature_anndata(x: np.ndarray, obs_names, obs=None):
+    """An AnnData whose 'genes' are the embedding dimensions (Loki's generate_feature_ad)."""
+    import anndata as ad
+    import pandas as pd
+
+    names = [f"omiclip_{j}" for j in range(x.shape[1])]
+    out = ad.AnnData(np.asarray(x, dtype=np.float32), obs=pd.DataFrame(index=np.asarray(obs_names).astype(str)),
+                     var=pd.DataFrame(index=names))
+    if obs is not None:
+        for key, values in obs.items():
+            out.obs[key] = np.asarray(values)
+    return out
+
+
+def proportions(ct_pred) -> np.ndarray:
+    """Tangram's per-spot cell-type scores (tangram_ct_pred) as proportions: each row divided by its sum."""
+    p = np.clip(np.asarray(ct_pred, dtype=np.float64), 0, None)
+    total = p.sum(axis=1, keepdims=True)
+    return p / np.where(total > 0, total, 1.0)
+
+
+def _number(value) -> float | None:
+    """A float from Tangram's training history (numbers, or strings such as 'tensor(-0.99, grad_fn=...)')."""
+    import re
+
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        m = re.search(r"-?\d+(\.\d+)?(e-?\d+)?", str(value))
+        x = float(m.group(0)) if m else float("nan")
+    return x if np.isfinite(x) else None  # unused regularisers are NaN
+
+
+def run_decompose(emb, reference, settings: dict, seed: int, where: str, reference_name: str):
+    """(per-spot table of cell-type proportions, summary): Tangram in clusters mode maps the reference's cells
+    (their OmiCLIP text embeddings, grouped by label) onto the spots' OmiCLIP image (or text) embeddings,
+    with Loki's cell_type_decompose arguments."""
+    import pandas as pd
+    import tangram as tg
+    import torch
+
+    labels = labels_of(reference, settings["label_key"])
+    if labels is None:
+        raise InputError(f"{where}: reference dataset '{reference_name}' has no labels (obs['{settings['label_key']}'])")
+    if TEXT not in reference.obsm:
+        raise InputError(f"{where}: reference dataset '{reference_name}' has no text embeddings (obsm['{TEXT}'])")
+    source = settings["spot_embedding"]
+    if source == "auto":
+        source = "image" if IMAGE in emb.obsm else "text"
+    key = IMAGE if source == "image" else TEXT
+    if key not in emb.obsm:
+        raise InputError(f"{where}: no {source} embeddings (obsm['{key}']); set embed.loki.decompose.spot_embedding: text")
+    sc_ad = feature_anndata(reference.obsm[TEXT], reference.obs_names, {"cell_type": labels})
+    st_ad = feature_anndata(emb.obsm[key], emb.obs_names)
+    torch.manual_seed(seed)
+    tg.pp_adatas(sc_ad, st_ad, genes=None)
+    ad_map = tg.map_cells_to_space(sc_ad, st_ad, mode="clusters", cluster_label="cell_type", device=settings.get("device", "cpu"),
+                                   scale=False, density_prior="uniform", random_state=seed, verbose=False,
+                                   num_epochs=int(settings["num_epochs"]))
+    tg.project_cell_annotations(ad_map, st_ad, annotation="cell_type")
+    pred = st_ad.obsm["tangram_ct_pred"]
+    pred = pred[sorted(pred.columns, key=str)]
+    types = [str(c) for c in pred.columns]
+    props = proportions(pred.to_numpy())
+    x, y = coordinates(emb)
+    table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
+    for j, t in enumerate(types):
+        table[t] = props[:, j]
+    table["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
+    history = ad_map.uns.get("training_history") or {}
+    final = {k: _number(v[-1]) for k, v in history.items() if len(v)}
+    summary = {"reference": reference_name, "spot_embedding": source, "cell_types": types,
+               "n_reference_cells": int(reference.n_obs), "mean_proportions": dict(zip(types, props.mean(axis=0).tolist())),
+               "training_final": final, "num_epochs": int(settings["num_epochs"])}
+    labels_here = labels_of(emb)
+    if labels_here is not None:
+        summary["dominant_by_group"] = pd.crosstab(labels_here, table["dominant"].to_numpy()).to_dict(orient="index")
+    return table, summary

@@ -128,7 +128,8 @@ def _spatial_scatter(ax, x, y, values, categorical: bool, title: str):
 
 
 def loki_tasks(ctx: Context, model: str, files: dict) -> str:
-    """Loki's tasks on this model's embeddings: annotation maps, retrieval accuracy, PredEx genes and maps."""
+    """Loki's tasks on this model's embeddings: annotation maps, retrieval accuracy, PredEx genes and maps,
+    Tangram proportions."""
     from tissuelens.report.plots import plt
 
     out = ""
@@ -181,6 +182,25 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
                             _spatial_scatter(axes[i, j], s["x"].to_numpy(), s["y"].to_numpy(), s[col].to_numpy(), False, f"{g} {col}")
                     out += ctx.figures.embed(fig, SID, f"loki_predex_{model}", f"PredEx: measured and predicted expression of the best-predicted genes ({model})")
                     pl.close("all")
+    if "decompose.parquet" in files:
+        d = readers.read_json(files["decompose.json"]) if "decompose.json" in files else {}
+        t = readers.read_parquet(files["decompose.parquet"])
+        types = [c for c in d.get("cell_types", []) if c in t]
+        out += h3(f"Cell-type decomposition: Tangram ({model})")
+        out += para(f"Tangram (clusters mode) maps the cells of reference dataset '{esc(str(d.get('reference')))}' "
+                    f"(their OmiCLIP text embeddings, by label) onto the spots' {esc(str(d.get('spot_embedding')))} "
+                    "embeddings; each spot's scores divided by their sum give its proportions.")
+        if types:
+            pl = plt()
+            n = min(len(types), 6)
+            fig, axes = pl.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+            for j, c in enumerate(types[:n]):
+                _spatial_scatter(axes[0, j], t["x"].to_numpy(), t["y"].to_numpy(), t[c].to_numpy(), False, f"{c} proportion")
+            out += ctx.figures.embed(fig, SID, f"loki_decompose_{model}", f"Tangram cell-type proportions per spot ({model})")
+            pl.close("all")
+            out += table([{"cell type": c, "mean proportion": v} for c, v in (d.get("mean_proportions") or {}).items()])
+    elif (ctx.plan.get("loki") or {}).get("status") == "built":
+        out += note(f"{model}: no Tangram decomposition (set embed.loki.decompose.reference to a labelled dataset).", "missing")
     return out
 
 

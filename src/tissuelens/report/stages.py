@@ -129,16 +129,20 @@ def analyze_plan(dataset: str, producible: Callable[[str], bool]) -> dict:
 # files of the Loki tasks per task, relative to results/{dataset}/loki/{model}/
 LOKI_TASK_FILES = {"annotate": ("annotation.parquet", "annotation.json"),
                    "retrieve": ("retrieval.parquet", "retrieval.json"),
-                   "predex": ("predex_genes.csv", "predex_spots.parquet", "predex.json")}
+                   "predex": ("predex_genes.csv", "predex_spots.parquet", "predex.json"),
+                   "decompose": ("decompose.parquet", "decompose.json")}
 
 
 def loki_task_enabled(config: dict, dataset: str, task: str) -> bool:
-    """annotate: when a marker file is set; retrieve / predex: `enabled: true`, or auto on spatial datasets
-    whose embed.loki.image is not false (without an image there the rule writes a skipped note)."""
+    """annotate: when a marker file is set; decompose: when a reference dataset is set; retrieve / predex:
+    `enabled: true`, or auto on spatial datasets whose embed.loki.image is not false (without an image there
+    the rule writes a skipped note)."""
     loki = step_settings(config, dataset, "embed")["loki"]
     settings = loki[task]
     if task == "annotate":
         return bool(settings.get("markers"))
+    if task == "decompose":
+        return bool(settings.get("reference"))
     if settings["enabled"] == "auto":
         return bool(config["datasets"][dataset].get("spatial")) and loki["image"] is not False
     return settings["enabled"] is True
