@@ -155,3 +155,24 @@ def test_task_scripts_import_only_what_the_loki_env_has():
                     third.add(top)
         # decoupler: imported lazily by analyze.markers.score, which the Loki tasks never call
         assert third <= LOKI_ENV_MODULES | {"decoupler", "tangram"}, (script, third - LOKI_ENV_MODULES)
+
+
+def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_path):
+    """The demo config plans the four Loki task jobs; a reference that is not a dataset of the config stops
+    the dry run with one line naming the key; changing a task's settings does not re-embed."""
+    import yaml
+    from scaleout import plan, snakemake, write_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    write_config(tmp_path, config)
+    jobs = {rule for rule, _ in plan(tmp_path, "results/demo/loki/loki_tiny/decompose.json",
+                                     "results/demo/loki/loki_tiny/predex.json", "results/demo/loki/loki_tiny/retrieval.json",
+                                     "results/demo/loki/loki_tiny/annotation.json")}
+    assert {"loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose", "embed_loki"} <= jobs
+    for task in ("retrieve", "decompose"):
+        bad = yaml.safe_load(yaml.safe_dump(config))
+        bad["embed"]["loki"][task] = {"reference": "nope"}
+        write_config(tmp_path, bad)
+        proc = snakemake(tmp_path, "-n", check=False)
+        assert proc.returncode != 0
+        assert f"datasets.demo: embed.loki.{task}.reference names 'nope', which is not a dataset of this config" in proc.stdout

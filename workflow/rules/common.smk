@@ -274,10 +274,14 @@ def loki_task_config(dataset, task):
 
 
 def loki_task_settings(task):
-    """Input function: embed.loki.<task> settings as a JSON string param."""
+    """Input function: embed.loki.<task> settings as a JSON string param (annotate: the marker file resolved
+    as the analyze stage's)."""
 
     def settings(wildcards):
-        return json.dumps(loki_task_config(wildcards.dataset, task), sort_keys=True)
+        values = loki_task_config(wildcards.dataset, task)
+        if task == "annotate":
+            values["markers"] = resolve_marker_file(values["markers"])
+        return json.dumps(values, sort_keys=True)
 
     return settings
 
@@ -293,7 +297,7 @@ def loki_task_targets(dataset):
 
 
 def loki_markers(wildcards):
-    return loki_task_config(wildcards.dataset, "annotate")["markers"] or []
+    return resolve_marker_file(loki_task_config(wildcards.dataset, "annotate")["markers"]) or []
 
 
 def loki_retrieve_reference(dataset):
@@ -482,9 +486,13 @@ REPO_DIR = Path(workflow.basedir).parent
 
 
 def markers_path(dataset):
-    """The marker file: a relative path is looked up in the working directory, then in this repository (so the
-    shipped config/markers/demo.csv serves a demo run from any directory); None when annotation is off."""
-    path = step_settings(config, dataset, "analyze")["markers"].get("path")
+    """The analyze stage's marker file (resolve_marker_file); None when annotation is off."""
+    return resolve_marker_file(step_settings(config, dataset, "analyze")["markers"].get("path"))
+
+
+def resolve_marker_file(path):
+    """A relative marker path is looked up in the working directory, then in this repository (so the
+    shipped config/markers/demo.csv serves a demo run from any directory)."""
     if not path:
         return None
     if not Path(path).is_absolute() and not Path(path).exists() and (REPO_DIR / path).is_file():
