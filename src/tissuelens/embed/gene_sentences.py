@@ -71,13 +71,27 @@ def check_symbols(symbols, where: str) -> None:
         )
 
 
-def _as_csr(x) -> sp.csr_matrix:
-    """float64 CSR with sorted indices and no stored zeros; copies only when it must change something."""
-    csr = sp.csr_matrix(x, dtype=np.float64)
-    if csr is x or not csr.has_sorted_indices or (csr.data == 0).any():
-        csr = csr.copy()
-        csr.eliminate_zeros()
-        csr.sort_indices()
+def _rows(x, lo: int, hi: int) -> sp.csr_matrix:
+    """Rows lo:hi as a float64 CSR with sorted indices and no stored zeros; views into a clean CSR input,
+    copies only when something must change. Checks values (two passes: min and max)."""
+    if sp.isspmatrix_csr(x) or isinstance(x, sp.csr_array):
+        a, b = x.indptr[lo], x.indptr[min(hi, x.shape[0])]
+        csr = sp.csr_matrix((x.data[a:b], x.indices[a:b], x.indptr[lo : hi + 1] - a), shape=(min(hi, x.shape[0]) - lo, x.shape[1]),
+                            copy=False)
+    else:
+        csr = sp.csr_matrix(x[lo:hi])
+    if csr.data.dtype != np.float64:
+        csr = csr.astype(np.float64)
+    if csr.data.size:
+        lo_v, hi_v = csr.data.min(), csr.data.max()
+        if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+            raise InputError("expression has NaN or infinite values")
+        if lo_v < 0:
+            raise InputError("expression has negative values; gene sentences rank non-negative expression")
+        if lo_v == 0 or not csr.has_sorted_indices:  # stored zeros, unsorted columns: clean a copy
+            csr = csr.copy()
+            csr.eliminate_zeros()
+            csr.sort_indices()
     return csr
 
 
@@ -94,22 +108,21 @@ def top_genes(x, n_top: int = N_TOP, keep: np.ndarray | None = None) -> tuple[np
         return out, n_expr
     # blocks of rows bound the working copies at any number of spots
     for lo in range(0, x.shape[0], ROW_BLOCK):
-        csr = _as_csr(x[lo : lo + ROW_BLOCK])
-        if csr.data.size and not np.all(np.isfinite(csr.data)):
-            raise InputError("expression has NaN or infinite values")
-        if csr.data.size and csr.data.min() < 0:
-            raise InputError("expression has negative values; gene sentences rank non-negative expression")
+        csr = _rows(x, lo, lo + ROW_BLOCK)
         if not keep.all():  # dropped genes leave the non-zeros (no column renumbering)
             csr = csr.copy()
             csr.data[~keep[csr.indices]] = 0
             csr.eliminate_zeros()
         nnz = np.diff(csr.indptr)
         block = out[lo : lo + ROW_BLOCK]
-        full = np.flatnonzero(nnz >= k)
-        if full.size:
-            block[full] = _top_expressed(csr if full.size == csr.shape[0] else csr[full], k)
         short = np.flatnonzero(nnz < k)
-        if short.size:  # fewer expressed genes than k: zero-valued kept genes follow in column order
+        if not short.size:
+            block[:] = _top_expressed(csr, k)
+        else:
+            full = np.flatnonzero(nnz >= k)
+            if full.size:
+                block[full] = _top_expressed(csr[full], k)
+            # fewer expressed genes than k: zero-valued kept genes follow in column order
             dense = csr[short].toarray()
             dense[:, ~keep] = -1.0
             block[short] = np.argsort(-dense, axis=1, kind="stable")[:, :k]
@@ -137,9 +150,7 @@ def _top_expressed(csr: sp.csr_matrix, k: int) -> np.ndarray:
     padded = np.full(n * m, -1.0)
     padded[np.arange(csr.data.size) + np.repeat(np.arange(n) * m - csr.indptr[:-1], nnz)] = csr.data
     padded = padded.reshape(n, m)
-    neg = np.negative(padded)
-    neg.partition(k - 1, axis=1)
-    kth = -neg[:, k - 1]
+    kth = np.partition(padded, m - k, axis=1)[:, m - k]
     flat = np.flatnonzero(padded >= kth[:, None])  # row-major: ascending column within a row
     r, p = np.divmod(flat, m)
     val = padded.ravel()[flat]
@@ -165,7 +176,7 @@ def join_symbols(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Sentences (object array) from a (n_rows, k) matrix of gene indices."""
     names = np.asarray(symbols, dtype=object)
     out = np.empty(idx.shape[0], dtype=object)
-    out[:] = [" ".join(row) for row in names[idx].tolist()]
+    out[:] = list(map(" ".join, names[idx].tolist()))
     return out
 
 
