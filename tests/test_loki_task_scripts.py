@@ -159,7 +159,7 @@ def test_task_scripts_import_only_what_the_loki_env_has():
 
 def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_path):
     """The demo config plans the four Loki task jobs; a reference that is not a dataset of the config stops
-    the dry run with one line naming the key; changing a task's settings does not re-embed."""
+    the dry run with one line naming the key."""
     import yaml
     from scaleout import plan, snakemake, write_config
 
