@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from tissuelens.embed import loki_tasks as lt
+from tissuelens.embed.loki import summary as summary_of
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,11 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
         for j, t in enumerate(types):
             table[f"{source}_cos:{t}"] = sim[:, j]
         counts = table[f"{source}_cell_type"].value_counts(sort=False)
-        summary[source] = {"counts": {str(k): int(v) for k, v in counts.items()}, "similarity": lt_summary(best_sim),
-                           "entropy": lt_summary(entropy)}
+        summary[source] = {"counts": {str(k): int(v) for k, v in counts.items()}, "similarity": summary_of(best_sim),
+                           "entropy": summary_of(entropy)}
         if labels is not None:
             summary[source]["by_group"] = pd.crosstab(labels, table[f"{source}_cell_type"].to_numpy()).to_dict(orient="index")
     return table, summary
-
-
-def lt_summary(values) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
 
 # -- retrieve ------------------------------------------------------------------------------------

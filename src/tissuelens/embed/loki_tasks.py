@@ -11,25 +11,22 @@ All three compare L2-normalised embeddings by their dot product (= cosine), as L
   spots' expression, `(S @ X) / S.sum(1)`. Options beyond Loki: keep only each row's top k similarities,
   and weights softmax(S / temperature) instead of the raw similarities; both off by default (Loki's).
 
-Imported by the Loki stack (Python 3.9, numpy 1.25): numpy and pandas only.
+Imported by the Loki stack (Python 3.9, numpy 1.25): numpy and pandas only (decoupler only inside
+`analyze.markers.score`, never called here).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from tissuelens.analyze.markers import softmax_entropy
+from tissuelens.embed.loki import l2_normalise
 from tissuelens.errors import InputError
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
 
 
 def similarity(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(n_query, n_reference) cosine similarities (dot products of L2-normalised rows)."""
-    return unit_rows(query) @ unit_rows(reference).T
+    return l2_normalise(np.asarray(query, dtype=np.float64)) @ l2_normalise(np.asarray(reference, dtype=np.float64)).T
 
 
 # -- annotate ------------------------------------------------------------------------------------
@@ -43,19 +40,6 @@ def marker_sentences(net, top_n: int) -> dict:
         genes = list(dict.fromkeys(rows["target"].astype(str)))[: int(top_n)]
         out[str(cell_type)] = " ".join(genes)
     return out
-
-
-def softmax_entropy(logits: np.ndarray) -> np.ndarray:
-    """Entropy of each row's softmax divided by log(number of columns): 0 certain, 1 uniform."""
-    z = np.asarray(logits, dtype=np.float64)
-    if z.shape[1] < 2:
-        return np.zeros(z.shape[0])
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
-    return h / np.log(z.shape[1])
 
 
 def annotate(spot_emb: np.ndarray, type_emb: np.ndarray, logit_scale: float = 1.0):
