@@ -260,11 +260,11 @@ def section(ctx: Context) -> Section:
     for model, files in units.items():
         parts.append(h3(f"Model: {model}"))
         meta = readers.read_json(files["activations/meta.json"]) if "activations/meta.json" in files else {}
-        if meta.get("untrained"):
+        loki_metrics = readers.read_json(files["metrics.json"]) if "metrics.json" in files else None
+        if meta.get("untrained") or (loki_metrics or {}).get("untrained"):
             parts.append(note(f"{model} ran with untrained (random test) weights: its embedding carries no biological "
                               "meaning; the figures only show that the pipeline works.", "warn"))
         metrics = readers.read_json(files["embedding_metrics.json"]) if "embedding_metrics.json" in files else None
-        loki_metrics = readers.read_json(files["metrics.json"]) if "metrics.json" in files else None
         if metrics is None and loki_metrics is not None:  # the Loki rule's own quality block
             metrics = {k: v for k, v in (loki_metrics.get("quality") or {}).items()}
         flat = readers.scalars(metrics) if metrics else {}
