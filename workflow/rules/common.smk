@@ -158,7 +158,7 @@ def sae_factors_flag(wildcards):
 
 
 # --- report stage ----------------------------------------------------------------------------------
-from tissuelens.report.stages import plan_files, stage_plan
+from tissuelens.report.stages import LOKI_TASK_FILES, loki_task_enabled, plan_files, stage_plan
 
 
 def producible(path):
@@ -232,7 +232,8 @@ def report_narrative_arg(wildcards):
 
 def dataset_targets(dataset):
     """The end target of one dataset: its report, whose inputs pull in every stage enabled for it."""
-    return [f"results/{dataset}/report/index.html"] + embed_kind_targets(dataset, "loki") + embed_kind_targets(dataset, "tahoe") + geneformer_targets(dataset)
+    return ([f"results/{dataset}/report/index.html"] + embed_kind_targets(dataset, "loki") + embed_kind_targets(dataset, "tahoe")
+            + geneformer_targets(dataset) + loki_task_targets(dataset))
 
 
 # --- embed stage: Loki / Tahoe-x1 rules (workflow/rules/embed_loki.smk) ----------------------------
@@ -256,13 +257,91 @@ def embed_kind_targets(dataset, kind):
     return [f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in names if m in kind_models(kind)]
 
 
+LOKI_TASKS = ("annotate", "retrieve", "predex", "decompose")
+
+
 def embed_kind_settings(kind):
-    """Input function: the dataset's embed.<kind> settings as a JSON string param."""
+    """Input function: the dataset's embed.<kind> settings as a JSON string param (the Loki tasks' own
+    settings left out, so that changing them does not re-embed)."""
 
     def settings(wildcards):
-        return json.dumps(step_settings(config, wildcards.dataset, "embed").get(kind) or {}, sort_keys=True)
+        values = step_settings(config, wildcards.dataset, "embed").get(kind) or {}
+        return json.dumps({k: v for k, v in values.items() if k not in LOKI_TASKS}, sort_keys=True)
 
     return settings
+
+
+def loki_task_config(dataset, task):
+    return step_settings(config, dataset, "embed")["loki"][task]
+
+
+def loki_task_settings(task):
+    """Input function: embed.loki.<task> settings as a JSON string param (annotate: the marker file resolved
+    as the analyze stage's)."""
+
+    def settings(wildcards):
+        values = loki_task_config(wildcards.dataset, task)
+        if task == "annotate":
+            values["markers"] = resolve_marker_file(values["markers"])
+        return json.dumps(values, sort_keys=True)
+
+    return settings
+
+
+def loki_task_targets(dataset):
+    models = [m for m in embed_models_of(dataset) if m in kind_models("loki")]
+    if models and loki_task_enabled(config, dataset, "retrieve"):
+        loki_retrieve_reference(dataset)  # a reference that is not a dataset fails before any job
+    if models and loki_task_enabled(config, dataset, "decompose"):
+        loki_decompose_reference(dataset)
+    return [f"results/{dataset}/loki/{m}/{name}" for m in models for task in LOKI_TASKS
+            if loki_task_enabled(config, dataset, task) for name in LOKI_TASK_FILES[task]]
+
+
+def loki_markers(wildcards):
+    return resolve_marker_file(loki_task_config(wildcards.dataset, "annotate")["markers"]) or []
+
+
+def loki_retrieve_reference(dataset):
+    reference = loki_task_config(dataset, "retrieve")["reference"]
+    if reference is not None and reference not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset}: embed.loki.retrieve.reference names '{reference}', which is not a "
+                            f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return reference
+
+
+def loki_retrieve_inputs(wildcards):
+    inputs = {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad"}
+    reference = loki_retrieve_reference(wildcards.dataset)
+    if reference is not None:
+        inputs["reference"] = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
+    return inputs
+
+
+def loki_decompose_reference(dataset):
+    reference = loki_task_config(dataset, "decompose")["reference"]
+    if reference not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset}: embed.loki.decompose.reference names '{reference}', which is not a "
+                            f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return reference
+
+
+def loki_decompose_inputs(wildcards):
+    reference = loki_decompose_reference(wildcards.dataset)
+    return {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad",
+            "reference": f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"}
+
+
+def loki_decompose_reference_name(wildcards):
+    return loki_decompose_reference(wildcards.dataset)
+
+
+def loki_reference_args(wildcards):
+    reference = loki_retrieve_reference(wildcards.dataset)
+    if reference is None:
+        return ""
+    path = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
+    return f"--reference {shlex.quote(path)} --reference-name {shlex.quote(reference)}"
 
 
 
@@ -409,9 +488,13 @@ REPO_DIR = Path(workflow.basedir).parent
 
 
 def markers_path(dataset):
-    """The marker file: a relative path is looked up in the working directory, then in this repository (so the
-    shipped config/markers/demo.csv serves a demo run from any directory); None when annotation is off."""
-    path = step_settings(config, dataset, "analyze")["markers"].get("path")
+    """The analyze stage's marker file (resolve_marker_file); None when annotation is off."""
+    return resolve_marker_file(step_settings(config, dataset, "analyze")["markers"].get("path"))
+
+
+def resolve_marker_file(path):
+    """A relative marker path is looked up in the working directory, then in this repository (so the
+    shipped config/markers/demo.csv serves a demo run from any directory)."""
     if not path:
         return None
     if not Path(path).is_absolute() and not Path(path).exists() and (REPO_DIR / path).is_file():

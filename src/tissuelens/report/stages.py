@@ -18,7 +18,7 @@ MGGP = ("mggp_svgp", "mggp_lcgp")
 # files per unit, by stage: name -> path relative to results/{dataset}/<stage>/<unit>/
 UNIT_FILES = {
     "factorize": ("metrics.json", "factors.npy", "loadings.npy", "elbo.csv", "gene_enrichment.json"),
-    "embed": ("embeddings.h5ad", "embedding_metrics.json", "activations/meta.json", "perturbation.tsv",
+    "embed": ("embeddings.h5ad", "embedding_metrics.json", "metrics.json", "activations/meta.json", "perturbation.tsv",
               "perturbation_genes.parquet"),
     "sae": ("metrics.json", "features.parquet", "feature_genes.parquet", "feature_groups.parquet",
             "feature_factors.parquet", "loss_curve.png", "cell_activations.npz", "dashboard.html"),
@@ -107,6 +107,7 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
             entry["units"] = {u: f for u, f in entry["units"].items() if f}
         plan[stage] = entry
     plan["analyze"] = analyze_plan(dataset, producible)
+    plan["loki"] = loki_plan(config, dataset, producible)
     return plan
 
 
@@ -123,6 +124,48 @@ def analyze_plan(dataset: str, producible: Callable[[str], bool]) -> dict:
         return {"status": "absent", "units": {}, "files": {},
                 "reason": "this workflow has no rule that builds the analyze stage's outputs yet"}
     return {"status": "built", "reason": "", "units": {}, "files": files}
+
+
+# files of the Loki tasks per task, relative to results/{dataset}/loki/{model}/
+LOKI_TASK_FILES = {"annotate": ("annotation.parquet", "annotation.json"),
+                   "retrieve": ("retrieval.parquet", "retrieval.json"),
+                   "predex": ("predex_genes.csv", "predex_spots.parquet", "predex.json"),
+                   "decompose": ("decompose.parquet", "decompose.json")}
+
+
+def loki_task_enabled(config: dict, dataset: str, task: str) -> bool:
+    """annotate: when a marker file is set; decompose: when a reference dataset is set; retrieve / predex:
+    `enabled: true`, or auto on spatial datasets whose embed.loki.image is not false (without an image there
+    the rule writes a skipped note)."""
+    loki = step_settings(config, dataset, "embed")["loki"]
+    settings = loki[task]
+    if task == "annotate":
+        return bool(settings.get("markers"))
+    if task == "decompose":
+        return bool(settings.get("reference"))
+    if settings["enabled"] == "auto":
+        return bool(config["datasets"][dataset].get("spatial")) and loki["image"] is not False
+    return settings["enabled"] is True
+
+
+def loki_models(config: dict, dataset: str) -> list[str]:
+    models = config.get("models") or {}
+    return [m for m in embed_models(config, dataset) if (models.get(m) or {}).get("kind") == "loki"]
+
+
+def loki_plan(config: dict, dataset: str, producible: Callable[[str], bool]) -> dict:
+    """Per Loki model: the files of its enabled tasks (annotate, retrieve, predex)."""
+    units = {}
+    for model in loki_models(config, dataset):
+        base = f"results/{dataset}/loki/{model}"
+        files = {name: f"{base}/{name}" for task, names in LOKI_TASK_FILES.items()
+                 if loki_task_enabled(config, dataset, task) for name in names}
+        files = {k: v for k, v in files.items() if producible(v)}
+        if files:
+            units[model] = files
+    if not units:
+        return {"status": "disabled", "units": {}, "files": {}, "reason": "no Loki task is enabled for this dataset"}
+    return {"status": "built", "reason": "", "units": units, "files": {}}
 
 
 def plan_files(plan: dict) -> list[str]:
