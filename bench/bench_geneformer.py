@@ -1,7 +1,13 @@
-"""Geneformer benchmark: tokenizer throughput (vectorised vs per-cell reference) and extraction throughput.
+"""Geneformer benchmark: tokenizer throughput (vectorised vs per-cell reference), extraction and in-silico
+perturbation (ISP) throughput.
 
     python bench/bench_geneformer.py                      # 20,000 cells x 20,000 genes, 10 % non-zero
     python bench/bench_geneformer.py --cells 5000 --extract-cells 64
+    python bench/bench_geneformer.py --skip-tokenizer --skip-extraction   # ISP only
+
+ISP: delete and overexpress of --isp-genes genes in --isp-cells cells with a tiny random V1 model
+(cell_and_gene, the affected-gene output included); originals and perturbed sequences share batches and
+each original is embedded once for all genes of its cell. cells/s counts cells with all their genes done.
 
 The two tokenizers must give identical tokens (checked, the run fails otherwise); each is timed as the
 best of --repeats runs. Extraction uses a
@@ -102,6 +108,45 @@ def bench_extraction(args) -> list[dict]:
     return rows
 
 
+def bench_perturbation(args) -> list[dict]:
+    import torch
+
+    from tissuelens.embed.geneformer_extract import Encoder
+    from tissuelens.embed.geneformer_perturb import Job, score_jobs
+    from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+    from tissuelens.models.geneformer import build_random, load_checkpoint
+
+    a, ids, medians = synthetic(args.isp_cells, 2000, 0.2, seed=2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_random(tmp, ids, medians, version="V1", n_layers=args.isp_layers, hidden_size=args.isp_hidden, n_heads=2,
+                     intermediate_size=2 * args.isp_hidden, max_input_size=args.isp_input_size)
+        ck = load_checkpoint(tmp)
+        tokens = tokenize(a, GeneVocab.from_checkpoint(ck))
+        genes = np.bincount(tokens.input_ids).argsort()[::-1][: args.isp_genes]  # the most frequent genes
+        layer = ck.n_layers - 1
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for dev in devices:
+            for precision in ("fp32", "bf16"):
+                enc = Encoder(ck, torch.device(dev), precision, upto=layer)
+                for kind in ("delete", "overexpress"):
+                    jobs = [Job(c, (int(g),), kind) for c in range(a.n_obs) for g in genes]
+                    kw = dict(layer=layer, emb_mode="cell_and_gene", max_len=args.isp_input_size, batch_size=args.isp_batch_size)
+                    score_jobs(enc, tokens, jobs[: 2 * len(genes)], **kw)  # warm-up
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    done = score_jobs(enc, tokens, jobs, **kw)
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                    dt = time.perf_counter() - t
+                    n_edits = sum(s is not None for s in done)
+                    rows.append({"device": dev, "precision": precision, "type": kind, "cells": a.n_obs, "genes": len(genes),
+                                 "edits": n_edits, "tokens_per_cell": float(tokens.lengths.mean()), "seconds": dt,
+                                 "cells_per_s": a.n_obs / dt, "edits_per_s": n_edits / dt})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     cols = list(rows[0])
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -127,13 +172,26 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--skip-extraction", action="store_true")
+    ap.add_argument("--skip-tokenizer", action="store_true")
+    ap.add_argument("--skip-perturbation", action="store_true")
+    ap.add_argument("--isp-cells", type=int, default=32)
+    ap.add_argument("--isp-genes", type=int, default=4)
+    ap.add_argument("--isp-input-size", type=int, default=256)
+    ap.add_argument("--isp-layers", type=int, default=2)
+    ap.add_argument("--isp-hidden", type=int, default=64)
+    ap.add_argument("--isp-batch-size", type=int, default=32)
     args = ap.parse_args()
     print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}")
-    print(f"\nTokenizer: {args.cells} cells x {args.genes} genes, {args.density:.0%} non-zero")
-    print(table(bench_tokenizer(args)))
+    if not args.skip_tokenizer:
+        print(f"\nTokenizer: {args.cells} cells x {args.genes} genes, {args.density:.0%} non-zero")
+        print(table(bench_tokenizer(args)))
     if not args.skip_extraction:
         print(f"\nExtraction: random V1-shaped model ({args.layers} layers, width {args.hidden}), up to {args.max_input_size} tokens per cell")
         print(table(bench_extraction(args)))
+    if not args.skip_perturbation:
+        print(f"\nIn-silico perturbation: random V1 model ({args.isp_layers} layers, width {args.isp_hidden}), "
+              f"{args.isp_genes} genes x {args.isp_cells} cells, input size {args.isp_input_size}")
+        print(table(bench_perturbation(args)))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,8 @@ import json
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.datasets.contract import integer_counts
-from tissuelens.io import atomic_path, read_h5ad, to_h5ad, write_json
-from tissuelens.preprocess import preprocess
-
-
-def read_raw(path: Path):
-    adata = read_h5ad(path)
-    adata.X = integer_counts(adata.X, str(path), "X")
-    return adata
+from tissuelens.io import atomic_path, to_h5ad, write_json
+from tissuelens.preprocess import attach_groups, preprocess, read_raw
 
 
 def main(argv=None):
@@ -23,8 +16,16 @@ def main(argv=None):
     parser.add_argument("--settings", required=True, type=cli.settings_arg)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--qc", required=True, type=Path)
+    parser.add_argument("--groups", type=Path, help="domains.parquet whose --group-column supplies obs['group'] "
+                        "(a dataset without group_key, analyze.group_source)")
+    parser.add_argument("--group-column", choices=["spatial_domain", "expr_leiden"])
     args = parser.parse_args(argv)
-    adata, report = preprocess(read_raw(args.raw), args.entry, args.settings, str(args.raw))
+    adata, entry = read_raw(args.raw), args.entry
+    if args.groups is not None:
+        adata = attach_groups(adata, args.groups, args.group_column)
+        entry = {**entry, "group_key": args.group_column}
+    adata, report = preprocess(adata, entry, args.settings, str(args.raw))
+    report["group_source"] = args.group_column if args.groups is not None else ("group_key" if entry.get("group_key") else None)
     report["settings"] = args.settings
     # both outputs appear together: the h5ad is renamed into place only after qc.json is written
     with atomic_path(args.out) as tmp:

@@ -41,6 +41,7 @@ def main(argv=None):
 
     plan = {s: args.plan.get(s, {"status": "absent", "reason": "not in the plan", "units": {}, "files": {}})
             for s in STAGES}
+    plan.update({k: v for k, v in args.plan.items() if k not in plan})  # e.g. the Loki tasks' files
     out = build_report(args.dataset, args.qc, args.preprocessed, plan, args.settings, args.run_config, args.out,
                        figures_dir=args.figures, narrative_path=args.narrative)
     print(json.dumps({"report": str(out), "bytes": out.stat().st_size}))

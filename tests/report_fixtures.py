@@ -43,7 +43,8 @@ def stage_config(**report) -> dict:
     return {
         "datasets": {"demo": {"source": "synthetic", "spatial": True, "group_key": "group"}},
         "factorize": {"variants": ["pnmf", "svgp"]},
-        "embed": {"models": ["geneformer", "loki"]},
+        "models": {"geneformer": {"kind": "geneformer"}, "loki": {"kind": "loki"}},
+        "embed": {"models": ["geneformer", "loki"], "loki": {"annotate": {"markers": "markers.csv"}, "decompose": {"reference": "demo"}}},
         "sae": {"models": ["geneformer"]},
         "report": report,
     }
@@ -83,9 +84,20 @@ def write_stage_files(root: Path, adata) -> dict:
             emb.obsm[key] = (truth @ rng.normal(size=(N_FACTORS, 8)) + rng.normal(scale=0.1, size=(n, 8))).astype(np.float32)
         emb.write_h5ad(d / "embeddings.h5ad")
         metrics = {"silhouette_group": 0.21, "knn_group_accuracy": 0.74, "n_cells": n}
-        if model == "loki":
-            metrics["text_image_agreement"] = {"top1_accuracy": 0.31, "mean_cosine": 0.52}
-        (d / "embedding_metrics.json").write_text(json.dumps(metrics))
+        if model == "loki":  # the Loki rule's own metrics.json (scripts/embed_loki.py's layout)
+            emb.obs["group"] = adata.obs["group"].to_numpy()
+            emb.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
+            emb.obs["loki_text_image_cosine"] = rng.uniform(-0.2, 0.6, n).astype(np.float32)
+            emb.write_h5ad(d / "embeddings.h5ad")
+            (d / "metrics.json").write_text(json.dumps({
+                "model": "loki", "untrained": True, "n_spots": n, "quality": {"X_loki_text": {"labels": metrics}},
+                "image": {"library": "demo", "image_key": "hires", "patch_px": 20, "patch_um": None, "spot_px": 14.2,
+                          "padded_spots": 3, "model_input_px": 32},
+                "text_image_cosine": {"mean": 0.52, "median": 0.5, "min": -0.2, "max": 0.6},
+                "retrieval": {"accuracy": 0.31, "neighbours": 6, "chance": 1 / 7}}))
+            write_loki_tasks(base / "loki" / model, emb, adata)
+        else:
+            (d / "embedding_metrics.json").write_text(json.dumps(metrics))
         (d / "activations" / "meta.json").write_text(json.dumps({
             "model": model, "kind": model, "layers": [1], "d_model": 8, "n_tokens": 10 * n, "n_cells": n,
             "untrained": True, "checkpoint": f"resources/models/{model}"}))
@@ -121,3 +133,41 @@ def write_stage_files(root: Path, adata) -> dict:
         entry["files"] = {k: str(root / v) for k, v in entry["files"].items()}
         entry["units"] = {u: {k: str(root / v) for k, v in f.items()} for u, f in entry["units"].items()}
     return plan
+
+
+def write_loki_tasks(d: Path, emb, adata) -> None:
+    """The Loki task rules' files, computed by their own code (tissuelens.embed.loki_run) on the fixture's
+    embeddings; the annotation from made-up type embeddings (the rule needs the model's text encoder)."""
+    from tissuelens.embed import loki_tasks as lt
+    from tissuelens.embed.loki_run import run_predex, run_retrieve
+    from tissuelens.io import write_json
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    types = ["type_a", "type_b", "type_c"]
+    best, sim, entropy, _ = lt.annotate(emb.obsm["X_loki_image"], rng.normal(size=(3, emb.obsm["X_loki_image"].shape[1])), 14.3)
+    xy = np.asarray(adata.obsm["spatial"])
+    table = pd.DataFrame({"obs_name": emb.obs_names.astype(str), "x": xy[:, 0], "y": xy[:, 1],
+                          "image_cell_type": pd.Categorical(np.asarray(types)[best], categories=types),
+                          "image_similarity": sim, "image_entropy": entropy})
+    table.to_parquet(d / "annotation.parquet")
+    write_json({"cell_types": types, "image": {"counts": table["image_cell_type"].value_counts(sort=False).to_dict()}},
+               d / "annotation.json")
+    retrieval, summary = run_retrieve(emb, {"k": 5, "enabled": "auto"}, "fixture")
+    retrieval.to_parquet(d / "retrieval.parquet")
+    write_json(summary, d / "retrieval.json")
+    genes, spots, summary = run_predex(emb, adata, {"test_fraction": 0.2, "genes": "all", "top_k": 10, "temperature": 0.1,
+                                                    "report_genes": 3}, 0, "fixture")
+    from tissuelens.embed.loki_run import proportions
+
+    props = proportions(rng.gamma(1.0, 1.0, (len(table), 3)))
+    dec = table[["obs_name", "x", "y"]].copy()
+    for j, t in enumerate(types):
+        dec[t] = props[:, j]
+    dec["dominant"] = np.asarray(types)[props.argmax(axis=1)]
+    dec.to_parquet(d / "decompose.parquet")
+    write_json({"reference": "demo", "spot_embedding": "image", "cell_types": types,
+                "mean_proportions": dict(zip(types, props.mean(axis=0).tolist()))}, d / "decompose.json")
+    genes.to_csv(d / "predex_genes.csv", index=False)
+    spots.to_parquet(d / "predex_spots.parquet")
+    write_json(summary, d / "predex.json")

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 
-def write_10x_h5(path: Path, counts, barcodes, gene_ids, symbols, library_id="lib1") -> None:
+def write_10x_h5(path: Path, counts, barcodes, gene_ids, symbols, library_id="lib1", feature_types=None) -> None:
     """10x v3 HDF5: /matrix CSC of genes x barcodes plus /matrix/features."""
     csr = sp.csr_matrix(counts)  # cells x genes CSR == genes x cells CSC
     with h5py.File(path, "w") as f:
@@ -26,7 +26,7 @@ def write_10x_h5(path: Path, counts, barcodes, gene_ids, symbols, library_id="li
         m["shape"] = np.array([csr.shape[1], csr.shape[0]], dtype=np.int32)
         feats = m.create_group("features")
         feats["_all_tag_keys"] = np.array([b"genome"])
-        feats["feature_type"] = np.array([b"Gene Expression"] * csr.shape[1])
+        feats["feature_type"] = np.array([t.encode() for t in (feature_types or ["Gene Expression"] * csr.shape[1])])
         feats["genome"] = np.array([b"GRCh38"] * csr.shape[1])
         feats["id"] = np.array([g.encode() for g in gene_ids])
         feats["name"] = np.array([s.encode() for s in symbols])

@@ -186,13 +186,22 @@ def test_embed_loki_bad_input(tmp_path, preprocessed, model_dir, case, pattern, 
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_embed_loki_small_patches_widened(tmp_path, preprocessed, model_dir, capsys, caplog):
-    """Spots a few pixels wide on the image (a dense grid) still embed: patches take the ViT patch size."""
-    proc, out = _run(tmp_path, preprocessed, model_dir, {"image": True, "patch_scale": 0.3}, capsys)
+def test_embed_loki_small_and_edge_patches(tmp_path, preprocessed, model_dir, capsys):
+    """Patches smaller than the model's ViT patch embed (the transform resizes them); a spot on the image's
+    edge is padded and flagged, not skipped."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(preprocessed)
+    lib = next(iter(adata.uns["spatial"]))
+    adata.obsm["spatial"][0] = [0.0, 0.0]  # the image's corner
+    h5ad = tmp_path / "edge.h5ad"
+    adata.write_h5ad(h5ad)
+    proc, out = _run(tmp_path, h5ad, model_dir, {"image": True, "patch_px": 3}, capsys)
     assert proc.returncode == 0, proc.stderr
     image = json.loads((out / "metrics.json").read_text())["image"]
-    assert image["spot_px"] < image["min_patch_px"] == image["patch_px"] == 8
-    assert "patches widened to the model's ViT patch of 8 px" in caplog.text
+    assert image["patch_px"] == 3 and image["padded_spots"] >= 1 and image["library"] == lib
+    emb = ad.read_h5ad(out / "embeddings.h5ad")
+    assert bool(emb.obs["loki_patch_padded"].iloc[0]) and np.isfinite(emb.obsm["X_loki_image"]).all()
 
 
 LOKI_ENV_MODULES = {"numpy", "scipy", "pandas", "anndata", "h5py", "torch", "torchvision", "open_clip", "PIL", "tqdm",

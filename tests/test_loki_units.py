@@ -53,7 +53,7 @@ def test_row_blocks_give_the_same_sentences(monkeypatch):
     x.data = np.round(x.data * 3)
     symbols = [f"S{j}" for j in range(30)]
     whole = gs.gene_sentences(x, symbols, [], 10)
-    monkeypatch.setattr(gs, "ROW_BLOCK", 7)
+    monkeypatch.setattr(gs, "ROW_BLOCK", 7)  # blocks of 7 rows
     for inp in (x, x.toarray()):
         parts = gs.gene_sentences(inp, symbols, [], 10)
         assert list(parts[0]) == list(whole[0])
@@ -85,12 +85,28 @@ def test_no_symbols_and_negative_values_fail():
         gs.gene_sentences(np.array([[1.0]]), ["MT-CO1"], [])
 
 
-def test_patch_geometry_from_scalefactors():
-    xy = np.array([[100.0, 200.0], [0.0, 0.0]])
-    x0, y0, side, centre = loki.patch_boxes(xy, scale=0.5, spot_diameter_fullres=40.0, patch_scale=1.5)
-    assert side == 30  # 40 * 0.5 * 1.5
-    assert centre.tolist() == [[50.0, 100.0], [0.0, 0.0]]
-    assert (x0.tolist(), y0.tolist()) == ([35, -15], [85, -15])
+def test_patch_geometry_as_loki_segment_patches():
+    """Loki: x1 = round(xcenter - width / 2) (Python round, half to even) on hires pixel coordinates."""
+    xy = np.array([[100.0, 200.0], [0.0, 0.0], [21.0, 43.0]])
+    x0, y0, centre = loki.patch_boxes(xy, scale=0.5, side=20)
+    assert centre.tolist() == [[50.0, 100.0], [0.0, 0.0], [10.5, 21.5]]
+    loki_x1 = [round(c[0] - 20 / 2) for c in centre]  # transcription of segment_patches
+    loki_y1 = [round(c[1] - 20 / 2) for c in centre]
+    assert x0.tolist() == loki_x1 == [40, -10, 0] and y0.tolist() == loki_y1 == [90, -10, 12]
+    assert loki.patch_boxes(xy[:1], scale=0.5, side=7)[0].tolist() == [round(50 - 3.5)]
+
+
+def test_patch_side_px_or_um():
+    im = loki.SpotImage(np.zeros((10, 10, 3), np.uint8), scale=0.2, spot_diameter_fullres=110.0, library="l", key="hires")
+    assert loki.patch_side(im) == 20  # Loki's default
+    assert loki.patch_side(im, patch_px=3) == 3  # small patches are kept: the model's transform resizes
+    assert loki.patch_side(im, patch_um=55.0) == 22  # 55 um = one spot = 110 px full-res = 22 px hires
+    assert loki.patch_side(im, patch_um=0.01) == 1
+
+
+def test_edge_patches_are_flagged():
+    x0, y0 = np.array([0, -1, 5, 5]), np.array([0, 0, 0, 6])
+    assert loki.patch_padded(x0, y0, 5, (10, 10, 3)).tolist() == [False, True, False, True]
 
 
 def test_crop_content_and_white_padding():
@@ -110,15 +126,6 @@ def test_spots_outside_image_fail():
     with pytest.raises(InputError, match="1 spots lie outside the 20x10 H&E image .*'b'"):
         loki.check_patches(centre, (10, 20, 3), ["a", "b"], "d.h5ad")
     loki.check_patches(centre[:1], (10, 20, 3), ["a"], "d.h5ad")
-
-
-def test_small_patches_widen_to_the_vit_patch():
-    """A dense grid on a small image (spots 3 px apart) crops the model's ViT patch around each spot."""
-    xy = np.array([[100.0, 200.0]])
-    x0, y0, side, centre = loki.patch_boxes(xy, scale=0.05, spot_diameter_fullres=60.0, min_side=14)
-    assert side == 14  # 60 * 0.05 = 3 px, widened
-    assert (x0.tolist(), y0.tolist()) == ([5 - 7], [10 - 7])
-    assert loki.patch_boxes(xy, scale=0.5, spot_diameter_fullres=60.0, min_side=14)[2] == 30  # wide enough: kept
 
 
 def test_missing_image_fails(small_synthetic):

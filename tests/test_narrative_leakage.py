@@ -92,7 +92,7 @@ def test_prompt_from_every_stage_is_tissue_blind(stage_inputs):
     assert rec["withheld"] == []
     assert "Best variant by held-out deviance: svgp" in rec["prompt"]
     assert "Moran's I of each factor of svgp: 0.8, 0.6, 0.3" in rec["prompt"]
-    assert "text image agreement top1 accuracy 0.31" in rec["prompt"]
+    assert "retrieval accuracy 0.31" in rec["prompt"] and "text image cosine mean 0.52" in rec["prompt"]  # Loki's metrics.json
     assert "fraction of variance explained 0.81" in rec["prompt"]
     assert "demo" not in text and "domain_" not in text and "SYN0" not in text
     assert not any(n in text for n in ("160", "2000", "2,000"))  # no raw numbers of spots or tokens

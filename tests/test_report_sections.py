@@ -64,6 +64,8 @@ def test_figures_are_embedded_and_saved_for_snakemake_report(built):
                    for p in (built["root"] / "results/demo/report/figures").rglob("*.png"))
     assert len(saved) == len(imgs)
     assert {"dataset/tissue.png", "factorize/elbo.png", "factorize/factors-svgp.png", "embed/umap-loki-x-loki-text.png",
+            "embed/umap-loki-x-loki-image.png", "embed/loki-cosine-loki.png", "embed/loki-annotation-loki.png",
+            "embed/loki-predex-loki.png", "embed/loki-decompose-loki.png",
             "sae/loss-curve-geneformer.png", "narrative/model-input.png"} <= set(saved)
     assert "http://" not in html and "https://" not in html  # nothing fetched: opens offline
 
@@ -74,7 +76,12 @@ def test_section_contents(built):
     assert '<tr class="best"><td>svgp</td>' in fact and "Best model: <b>svgp</b>" in fact
     assert "held-out deviance" in fact and "Moran&#x27;s I (mean)" in fact
     emb = secs["embed"][1]
-    assert "Text-image agreement (Loki)" in emb and "text_image_agreement.top1_accuracy" in emb
+    assert "Text-image agreement (Loki)" in emb and "text-image cosine mean" in emb  # from the Loki rule's metrics.json
+    assert "Image embeddings (loki)" in emb and "padded edge spots" in emb
+    assert "Zero-shot annotation from marker sentences (loki)" in emb and "type_a" in emb
+    assert "Image to transcriptome retrieval (loki)" in emb and "self_at_k" in emb
+    assert "PredEx (loki)" in emb and "held-out spots predicted from" in emb
+    assert "Cell-type decomposition: Tangram (loki)" in emb and "mean proportion" in emb
     assert "untrained (random test) weights" in emb
     sae = secs["sae"][1]
     assert "Most interpretable features" in sae and 'href="../sae/geneformer/dashboard.html"' in sae

@@ -133,7 +133,7 @@ def test_every_stage_built_by_the_workflow_shows_in_the_report(finished_run, tmp
     html_path = run / "results/a/report/index.html"
     html = html_path.read_text()
     assert 'data-status="skipped"' not in html and "was not run for this dataset" not in html
-    for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained"):
+    for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained", "In-silico perturbation (geneformer"):
         assert text in html, text
     # embed.activations.max_cells (80) leaves the other cells out of the SAE: named, and grey on its maps
     assert re.search(r"grey: \d+ cells without exported activations", html)

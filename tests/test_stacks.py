@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
@@ -89,6 +90,33 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)  # L2-normalised, as Loki's
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_spots"] == n and metrics["untrained"] is True and (out / "activations" / "meta.json").exists()
+    # scikit-learn and igraph are in envs/loki.yaml: the shared quality metrics run in the Loki stack itself
+    assert "skipped" not in metrics["quality"], metrics["quality"]
+    assert metrics["quality"]["X_loki_image"]["labels"]["n_cells"] == n
+    assert metrics["image"]["patch_px"] == 20  # Loki's segment_patches size
+    # the Loki task rules (annotate, retrieve, predex) in the same stack, on those embeddings
+    emb_path = out / "embeddings.h5ad"
+    tasks = {
+        "loki_annotate": ["--embeddings", emb_path, "--preprocessed", preprocessed, "--model-dir", model, "--settings",
+                          json.dumps({"markers": str(REPO / "config" / "markers" / "demo.csv"), "format": "csv", "top_n": 50}),
+                          "--out", out / "annotation.parquet", "--summary", out / "annotation.json"],
+        "loki_retrieve": ["--embeddings", emb_path, "--settings", json.dumps({"k": 5}), "--out", out / "retrieval.parquet",
+                          "--summary", out / "retrieval.json"],
+        "loki_predex": ["--embeddings", emb_path, "--preprocessed", preprocessed, "--settings",
+                        json.dumps({"test_fraction": 0.2, "genes": "highly_variable", "report_genes": 3, "top_k": 10, "temperature": 0.1}),
+                        "--genes-out", out / "predex_genes.csv", "--spots-out", out / "predex_spots.parquet", "--summary", out / "predex.json"],
+    }
+    tasks["loki_decompose"] = ["--embeddings", emb_path, "--reference", emb_path, "--reference-name", "demo", "--settings",
+                               json.dumps({"label_key": "group", "spot_embedding": "auto", "num_epochs": 50, "device": "cpu"}),
+                               "--out", out / "decompose.parquet", "--summary", out / "decompose.json"]
+    for script, args in tasks.items():
+        proc = in_stack(loki_python, REPO / "scripts" / f"{script}.py", *args)
+        assert proc.returncode == 0, (script, proc.stderr[-4000:])
+    assert json.loads((out / "annotation.json").read_text())["cell_types"] == ["domain_1", "domain_2", "domain_3", "domain_4"]
+    assert json.loads((out / "retrieval.json").read_text())["n_query"] == n
+    assert json.loads((out / "predex.json").read_text())["n_test"] == 180
+    props = pd.read_parquet(out / "decompose.parquet")[["domain_1", "domain_2", "domain_3", "domain_4"]].to_numpy()
+    np.testing.assert_allclose(props.sum(axis=1), 1.0, atol=1e-6)  # Tangram 1.0.4 under Python 3.9
 
 
 def test_every_h5ad_the_main_stack_writes_reads_in_the_loki_stack(loki_python, finished_run):

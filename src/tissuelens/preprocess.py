@@ -1,6 +1,7 @@
 """Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
 
-Order: missing coordinates/expression/group -> QC cell filters -> small groups -> gene filter.
+Order: missing coordinates/expression/group -> platform QC (transcripts, control share) -> QC cell
+filters -> small groups -> gene filter.
 Every filter records how many cells or genes it removed (returned as the QC report).
 """
 
@@ -49,8 +50,42 @@ def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
     return adata
 
 
+# per-cell QC columns of cell-segmented platforms: decoded gene transcripts (Xenium's cells.parquet; the
+# merscope and cosmx readers sum their gene columns into it) and the counts of control features: Xenium's
+# control probes and control/unassigned codewords, MERSCOPE's Blank-* barcodes, CosMx's negative probes and
+# system controls
+TRANSCRIPTS_COLUMN = "transcript_counts"
+CONTROL_COLUMNS = ("control_probe_counts", "control_codeword_counts", "unassigned_codeword_counts", "blank_counts",
+                   "negative_probe_counts", "system_control_counts")
+
+
+def platform_filter_cells(adata, settings: dict, report: dict):
+    """`min_transcripts` and `max_control_fraction` where the platform's QC columns are in obs (Xenium,
+    MERSCOPE, CosMx); a setting whose column is absent is skipped and logged."""
+    min_tx, max_ctrl = settings.get("min_transcripts"), settings.get("max_control_fraction")
+    if min_tx is not None:
+        if TRANSCRIPTS_COLUMN in adata.obs:
+            keep = adata.obs[TRANSCRIPTS_COLUMN].to_numpy(dtype=np.float64) >= min_tx
+            adata = _drop_cells(adata, keep, report, "min_transcripts")
+        else:
+            log.info("min_transcripts: no obs['%s'] (not a cell-segmented platform's table); skipped", TRANSCRIPTS_COLUMN)
+    if max_ctrl is not None:
+        present = [c for c in CONTROL_COLUMNS if c in adata.obs]
+        if present and TRANSCRIPTS_COLUMN in adata.obs:
+            control = adata.obs[present].to_numpy(dtype=np.float64).sum(axis=1)
+            total = control + adata.obs[TRANSCRIPTS_COLUMN].to_numpy(dtype=np.float64)
+            share = np.divide(control, total, out=np.zeros_like(control), where=total > 0)
+            adata.obs["control_fraction"] = share
+            adata = _drop_cells(adata, share <= max_ctrl, report, "max_control_fraction")
+        else:
+            log.info("max_control_fraction: no control-count columns in obs; skipped")
+    return adata
+
+
 def qc_filter_cells(adata, settings: dict, report: dict):
     import scanpy as sc
+
+    adata = platform_filter_cells(adata, settings, report)
 
     adata.var["mt"] = adata.var_names.str.upper().str.startswith("MT-")
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
@@ -118,6 +153,23 @@ def preprocess(adata, entry: dict, settings: dict, where: str):
         groups={str(k): int(v) for k, v in adata.obs["group"].value_counts(sort=False).items()} if group_key else {},
     )
     return adata, report
+
+
+def read_raw(path):
+    """raw.h5ad with its counts checked to be integers (the download contract)."""
+    from tissuelens.datasets.contract import integer_counts
+    from tissuelens.io import read_h5ad
+
+    adata = read_h5ad(path)
+    adata.X = integer_counts(adata.X, str(path), "X")
+    return adata
+
+
+def attach_groups(adata, groups_path, column: str):
+    """obs[column] from the domains table (cells it lacks get none, so preprocess drops them as missing)."""
+    table = pd.read_parquet(groups_path, columns=[column])
+    adata.obs[column] = table[column].astype(str).reindex(adata.obs_names).to_numpy()
+    return adata
 
 
 def flag_hvg(adata, settings: dict) -> None:

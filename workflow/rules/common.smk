@@ -13,8 +13,10 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH
 
 from tissuelens.config import STEPS, step_settings, validate_config
 from tissuelens.errors import InputError
+from tissuelens.sheet import merge_sheet
 
 try:
+    merge_sheet(config)
     validate_config(config, source="config")
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
@@ -158,7 +160,7 @@ def sae_factors_flag(wildcards):
 
 
 # --- report stage ----------------------------------------------------------------------------------
-from tissuelens.report.stages import plan_files, stage_plan
+from tissuelens.report.stages import LOKI_TASK_FILES, loki_task_enabled, plan_files, stage_plan
 
 
 def producible(path):
@@ -232,7 +234,8 @@ def report_narrative_arg(wildcards):
 
 def dataset_targets(dataset):
     """The end target of one dataset: its report, whose inputs pull in every stage enabled for it."""
-    return [f"results/{dataset}/report/index.html"] + embed_kind_targets(dataset, "loki") + embed_kind_targets(dataset, "tahoe") + geneformer_targets(dataset)
+    return ([f"results/{dataset}/report/index.html"] + embed_kind_targets(dataset, "loki") + embed_kind_targets(dataset, "tahoe")
+            + geneformer_targets(dataset) + loki_task_targets(dataset))
 
 
 # --- embed stage: Loki / Tahoe-x1 rules (workflow/rules/embed_loki.smk) ----------------------------
@@ -256,13 +259,91 @@ def embed_kind_targets(dataset, kind):
     return [f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in names if m in kind_models(kind)]
 
 
+LOKI_TASKS = ("annotate", "retrieve", "predex", "decompose")
+
+
 def embed_kind_settings(kind):
-    """Input function: the dataset's embed.<kind> settings as a JSON string param."""
+    """Input function: the dataset's embed.<kind> settings as a JSON string param (the Loki tasks' own
+    settings left out, so that changing them does not re-embed)."""
 
     def settings(wildcards):
-        return json.dumps(step_settings(config, wildcards.dataset, "embed").get(kind) or {}, sort_keys=True)
+        values = step_settings(config, wildcards.dataset, "embed").get(kind) or {}
+        return json.dumps({k: v for k, v in values.items() if k not in LOKI_TASKS}, sort_keys=True)
 
     return settings
+
+
+def loki_task_config(dataset, task):
+    return step_settings(config, dataset, "embed")["loki"][task]
+
+
+def loki_task_settings(task):
+    """Input function: embed.loki.<task> settings as a JSON string param (annotate: the marker file resolved
+    as the analyze stage's)."""
+
+    def settings(wildcards):
+        values = loki_task_config(wildcards.dataset, task)
+        if task == "annotate":
+            values["markers"] = resolve_marker_file(values["markers"])
+        return json.dumps(values, sort_keys=True)
+
+    return settings
+
+
+def loki_task_targets(dataset):
+    models = [m for m in embed_models_of(dataset) if m in kind_models("loki")]
+    if models and loki_task_enabled(config, dataset, "retrieve"):
+        loki_retrieve_reference(dataset)  # a reference that is not a dataset fails before any job
+    if models and loki_task_enabled(config, dataset, "decompose"):
+        loki_decompose_reference(dataset)
+    return [f"results/{dataset}/loki/{m}/{name}" for m in models for task in LOKI_TASKS
+            if loki_task_enabled(config, dataset, task) for name in LOKI_TASK_FILES[task]]
+
+
+def loki_markers(wildcards):
+    return resolve_marker_file(loki_task_config(wildcards.dataset, "annotate")["markers"]) or []
+
+
+def loki_retrieve_reference(dataset):
+    reference = loki_task_config(dataset, "retrieve")["reference"]
+    if reference is not None and reference not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset}: embed.loki.retrieve.reference names '{reference}', which is not a "
+                            f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return reference
+
+
+def loki_retrieve_inputs(wildcards):
+    inputs = {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad"}
+    reference = loki_retrieve_reference(wildcards.dataset)
+    if reference is not None:
+        inputs["reference"] = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
+    return inputs
+
+
+def loki_decompose_reference(dataset):
+    reference = loki_task_config(dataset, "decompose")["reference"]
+    if reference not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset}: embed.loki.decompose.reference names '{reference}', which is not a "
+                            f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return reference
+
+
+def loki_decompose_inputs(wildcards):
+    reference = loki_decompose_reference(wildcards.dataset)
+    return {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad",
+            "reference": f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"}
+
+
+def loki_decompose_reference_name(wildcards):
+    return loki_decompose_reference(wildcards.dataset)
+
+
+def loki_reference_args(wildcards):
+    reference = loki_retrieve_reference(wildcards.dataset)
+    if reference is None:
+        return ""
+    path = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
+    return f"--reference {shlex.quote(path)} --reference-name {shlex.quote(reference)}"
 
 
 
@@ -360,3 +441,108 @@ def geneformer_targets(dataset):
 
 def all_targets():
     return [t for d in DATASETS for t in dataset_targets(d)]
+
+
+# --- analyze stage (workflow/rules/analyze.smk) -----------------------------------------------------
+from tissuelens.analyze.groups import group_source
+from tissuelens.report.stages import embed_models
+
+# refuse group_source next to group_key before any job runs
+for _dataset in DATASETS:
+    try:
+        group_source(config, _dataset)
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+
+def domains_path(dataset):
+    return f"results/{dataset}/analyze/domains.parquet"
+
+
+def preprocess_groups(wildcards):
+    """domains.parquet when the dataset's groups come from its domains (no group_key), else nothing."""
+    return [domains_path(wildcards.dataset)] if group_source(config, wildcards.dataset) else []
+
+
+def preprocess_groups_arg(wildcards):
+    source = group_source(config, wildcards.dataset)
+    if source is None:
+        return ""
+    return f"--groups {shlex.quote(domains_path(wildcards.dataset))} --group-column {source}"
+
+
+def group_source_arg(wildcards):
+    return group_source(config, wildcards.dataset) or ""
+
+
+def domain_settings(wildcards):
+    return json.dumps(step_settings(config, wildcards.dataset, "analyze")["domains"], sort_keys=True)
+
+
+def analyze_settings(wildcards):
+    """The analyze job's settings: everything but the domain settings and the group source (other rules')."""
+    values = step_settings(config, wildcards.dataset, "analyze")
+    return json.dumps({k: v for k, v in values.items() if k not in ("domains", "group_source")}, sort_keys=True)
+
+
+REPO_DIR = Path(workflow.basedir).parent
+
+
+def markers_path(dataset):
+    """The analyze stage's marker file (resolve_marker_file); None when annotation is off."""
+    return resolve_marker_file(step_settings(config, dataset, "analyze")["markers"].get("path"))
+
+
+def resolve_marker_file(path):
+    """A relative marker path is looked up in the working directory, then in this repository (so the
+    shipped config/markers/demo.csv serves a demo run from any directory)."""
+    if not path:
+        return None
+    if not Path(path).is_absolute() and not Path(path).exists() and (REPO_DIR / path).is_file():
+        return str(REPO_DIR / path)
+    return path
+
+
+def analyze_markers_file(wildcards):
+    path = markers_path(wildcards.dataset)
+    return [path] if path else []
+
+
+def analyze_markers_arg(wildcards):
+    path = markers_path(wildcards.dataset)
+    return f"--markers {shlex.quote(path)}" if path else ""
+
+
+def agreement_factors(dataset):
+    """{variant: factors.npy} of the dataset's PNMF-GP variants (empty when factorize is off)."""
+    variants = factorize_variants(config, dataset)
+    return {v: f"results/{dataset}/factorize/{v}/factors.npy" for v in variants}
+
+
+def agreement_embeddings(dataset):
+    return {m: f"results/{dataset}/embed/{m}/embeddings.h5ad" for m in embed_models(config, dataset)}
+
+
+def agreement_inputs(wildcards):
+    dataset = wildcards.dataset
+    inputs = {"h5ad": f"results/{dataset}/preprocessed.h5ad", "domains": domains_path(dataset),
+              "factors": list(agreement_factors(dataset).values()),
+              "embeddings": list(agreement_embeddings(dataset).values())}
+    if inputs["factors"]:
+        inputs["comparison"] = f"results/{dataset}/factorize/comparison.csv"
+    return inputs
+
+
+def agreement_args(wildcards):
+    """--comparison/--factors/--embeddings arguments ('' parts when a stage is off)."""
+    dataset = wildcards.dataset
+    factors = agreement_factors(dataset)
+    embeddings = agreement_embeddings(dataset)
+    args = []
+    if factors:
+        args.append(f"--comparison {shlex.quote(f'results/{dataset}/factorize/comparison.csv')}")
+        args.append("--factors " + " ".join(shlex.quote(f"{v}={p}") for v, p in factors.items()))
+    if embeddings:
+        args.append("--embeddings " + " ".join(shlex.quote(f"{m}={p}") for m, p in embeddings.items()))
+    return " ".join(args)

@@ -70,14 +70,14 @@ rule embedding_metrics:
 
 
 rule perturb_geneformer:
-    """In-silico deletion / overexpression of configured genes; per-cell effects and per-gene tests."""
+    """In-silico perturbation of configured gene sets (InSilicoPerturber); per-cell, per-set and affected-gene tables."""
     input:
         h5ad="results/{dataset}/preprocessed.h5ad",
         model="resources/models/{model}",
-        embeddings="results/{dataset}/embed/{model}/embeddings.h5ad",
     output:
         tsv="results/{dataset}/embed/{model}/perturbation.tsv",
         cells="results/{dataset}/embed/{model}/perturbation_cells.parquet",
+        genes="results/{dataset}/embed/{model}/perturbation_genes.parquet",
     params:
         script=script("perturb_geneformer"),
         settings=embed_settings("perturb"),
@@ -92,6 +92,6 @@ rule perturb_geneformer:
     conda:
         "../../envs/geneformer.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} --embeddings {input.embeddings:q} "
+        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} "
         "--model {wildcards.model} --settings {params.settings:q} --seed {params.seed} --threads {threads} "
-        "--out {output.tsv:q} --cells {output.cells:q} > {log:q} 2>&1"
+        "--out {output.tsv:q} --cells {output.cells:q} --genes {output.genes:q} > {log:q} 2>&1"

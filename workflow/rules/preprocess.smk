@@ -1,7 +1,8 @@
 rule preprocess:
     """QC filters, group clean-up, highly variable genes and log-normalisation."""
     input:
-        "resources/datasets/{dataset}/raw.h5ad",
+        raw="resources/datasets/{dataset}/raw.h5ad",
+        groups=preprocess_groups,
     output:
         h5ad="results/{dataset}/preprocessed.h5ad",
         qc="results/{dataset}/qc.json",
@@ -9,6 +10,7 @@ rule preprocess:
         script=script("preprocess"),
         entry=dataset_entry,
         settings=settings_of("preprocess"),
+        groups=preprocess_groups_arg,
     log:
         "logs/{dataset}/preprocess.log",
     benchmark:
@@ -16,5 +18,5 @@ rule preprocess:
     conda:
         "../../envs/core.yaml"
     shell:
-        "python {params.script:q} --raw {input:q} --entry {params.entry:q} "
-        "--settings {params.settings:q} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"
+        "python {params.script:q} --raw {input.raw:q} --entry {params.entry:q} "
+        "--settings {params.settings:q} {params.groups} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tissuelens.datasets import contract, readers, remote, synthetic
+from tissuelens.datasets.platforms import PLATFORMS, read_platform
 from tissuelens.errors import InputError
 
 
@@ -25,6 +26,10 @@ def load_dataset(dataset: str, entry: dict, seed: int, cache_dir: Path):
     elif source == "url":
         where = entry["url"]
         adata = remote.load_url(entry["url"], cache_dir, entry.get("sha256"))
+    elif source in PLATFORMS:
+        where = entry["path"]
+        adata = read_platform(source, dataset, entry)
     else:
-        raise InputError(f"datasets.{dataset}.source: unknown source '{source}' (synthetic, local, squidpy, scanpy, url)")
+        known = ", ".join(("synthetic", "local", "squidpy", "scanpy", "url", *PLATFORMS))
+        raise InputError(f"datasets.{dataset}.source: unknown source '{source}' ({known})")
     return contract.finalize(adata, entry, where, dataset, seed)

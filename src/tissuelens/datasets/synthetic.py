@@ -26,6 +26,8 @@ PATTERN_LOG_LEVEL = 1.0  # log-factor +1 on the pattern, −1 off it: a 7.4-fold
 MAX_IMAGE_SIZE = 4096
 IMAGE_BAND_ROWS = 256
 COUNT_BLOCK_ROWS = 4096
+# planted marker genes (opt-in): expected count per spot inside / outside the marker's group, times `depth`
+MARKER_IN, MARKER_OUT = 2.0, 0.1
 
 
 def hex_grid(n_spots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,6 +151,18 @@ def poisson_counts(factors: np.ndarray, loadings: np.ndarray, rng) -> sp.csr_mat
     return sp.vstack(blocks, format="csr")
 
 
+def marker_genes(group_idx: np.ndarray, n_groups: int, per_group: int, depth: float, seed: int, n_genes: int):
+    """Counts (CSR), symbols and ids of `per_group` marker genes per group (`MRK<g>_<j>`, group g = domain_g),
+    drawn from their own random stream so that the other genes, the factors and the image stay as without."""
+    rng = np.random.default_rng([seed, 15])
+    owner = np.repeat(np.arange(n_groups), per_group)
+    rate = np.where(group_idx[:, None] == owner[None, :], MARKER_IN * depth, MARKER_OUT * depth)
+    counts = sp.csr_matrix(rng.poisson(rate).astype(np.int32))
+    symbols = [f"MRK{g + 1}_{j + 1}" for g in range(n_groups) for j in range(per_group)]
+    ids = [f"ENSG{900000000 + n_genes + i:011d}" for i in range(len(symbols))]
+    return counts, symbols, ids
+
+
 def make_synthetic(
     n_spots: int = 900,
     n_genes: int = 200,
@@ -161,6 +175,7 @@ def make_synthetic(
     library_id: str = "demo",
     pattern: str = "smooth",
     n_nonspatial_factors: int = 1,
+    marker_genes_per_group: int = 0,
 ) -> ad.AnnData:
     check_pattern(pattern, n_spots, f"synthetic dataset '{library_id}'")
     rng = np.random.default_rng(seed)
@@ -188,6 +203,11 @@ def make_synthetic(
     groups = pd.Categorical([f"domain_{g + 1}" for g in group_idx], categories=[f"domain_{g + 1}" for g in range(n_groups)])
 
     symbols, ids = gene_names(n_genes)
+    if marker_genes_per_group:
+        mcounts, msymbols, mids = marker_genes(group_idx, n_groups, marker_genes_per_group, depth, seed, n_genes)
+        counts = sp.hstack([counts, mcounts], format="csr")
+        symbols, ids = symbols + msymbols, ids + mids
+        loadings = np.vstack([loadings, np.zeros((len(msymbols), n_factors))])  # not driven by any factor
     obs = pd.DataFrame(
         {"in_tissue": 1, "array_row": array_row, "array_col": array_col, "group": groups},
         index=pd.Index([f"spot_{i:05d}" for i in range(n_spots)], name="barcode"),

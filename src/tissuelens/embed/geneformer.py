@@ -137,99 +137,173 @@ def run_embed(h5ad: str, checkpoint: str, model: str, settings: dict, out_h5ad: 
 # -- perturbation -------------------------------------------------------------------------------
 
 
-def resolve_genes(adata, ckpt, tokens, perturb: dict, gene_id_key: str, where: str) -> list[tuple[str, str]]:
-    """(Ensembl id, symbol) of the genes to perturb: configured ids or symbols, plus `auto_genes`."""
+def resolve_gene_sets(adata, ckpt, tokens, perturb: dict, gene_id_key: str, where: str,
+                      key: str = "embed.perturb.genes") -> list[tuple[tuple, tuple]]:
+    """(Ensembl ids, symbols) of each gene set to perturb: configured ids/symbols or sets of them, plus `auto_genes`."""
     ids = adata.var[gene_id_key].astype(str).str.upper()
     by_symbol = dict(zip(adata.var_names.astype(str), ids))
     symbol_of = dict(zip(ids, adata.var_names.astype(str)))
-    out = []
-    for g in perturb["genes"]:
-        gid = by_symbol.get(g, str(g).upper())
+
+    def one(g, name):
+        gid = by_symbol.get(str(g), str(g).upper())
         if gid not in ckpt.gene_tokens:
-            raise InputError(f"{where}: perturb gene '{g}' is not in the dataset's var or the model's dictionary")
-        out.append((gid, symbol_of.get(gid, gid)))
+            raise InputError(f"{where}: {name}: gene '{g}' is not in the dataset's var or the model's dictionary")
+        return gid, symbol_of.get(gid, gid)
+
+    out = []
+    for i, entry in enumerate(perturb["genes"]):
+        members = [entry] if isinstance(entry, str) else list(entry)
+        if not members:
+            raise InputError(f"{where}: {key}[{i}]: empty gene set")
+        pairs = [one(g, f"{key}[{i}]" if len(perturb["genes"]) > 1 or not isinstance(entry, str) else key) for g in members]
+        out.append((tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)))
     if perturb["auto_genes"]:
         # the genes that appear in the most cells' token sequences
-        id_to_name = ckpt.id_to_name()
-        counts = pd.Series(tokens.input_ids).map(id_to_name).value_counts()
+        counts = pd.Series(tokens.input_ids).map(ckpt.id_to_name()).value_counts()
         counts = counts[counts.index.isin(list(ckpt.gene_tokens))]
         for gid in counts.index[: perturb["auto_genes"]]:
-            if gid not in [o[0] for o in out]:
-                out.append((gid, symbol_of.get(gid, gid)))
+            if (gid,) not in [o[0] for o in out]:
+                out.append(((gid,), (symbol_of.get(gid, gid),)))
     if not out:
         raise InputError(f"{where}: no genes to perturb (set embed.perturb.genes or auto_genes)")
     return out
 
 
-def run_perturb(h5ad: str, checkpoint: str, embeddings: str, model: str, settings: dict, out_tsv: str, out_cells: str, seed: int = 0) -> pd.DataFrame:
+def _group_cells(adata, p: dict, name_key: str, eligible: np.ndarray, where: str) -> np.ndarray | None:
+    """Eligible cells of the group named by perturb[name_key] (None when unset); InputError when it has none."""
+    name = p[name_key]
+    if name is None:
+        return None
+    key = p["group_key"]
+    if key not in adata.obs:
+        raise InputError(f"{where}: obs has no column '{key}' (embed.perturb.group_key)")
+    groups = adata.obs[key].astype(str).to_numpy()
+    cells = eligible[groups[eligible] == str(name)]
+    if not cells.size:
+        have = ", ".join(sorted(set(groups)))
+        raise InputError(f"{where}: embed.perturb.{name_key}: group '{name}' has no cells with genes (obs['{key}'] has: {have})")
+    return cells
+
+
+def _subset(cells: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    if n is not None and cells.size > n:
+        return np.sort(np.random.default_rng(seed).choice(cells, size=n, replace=False))
+    return cells
+
+
+def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv: str, out_cells: str, out_genes: str,
+                seed: int = 0) -> pd.DataFrame:
     from tissuelens.device import resolve_device
-    from tissuelens.embed.geneformer_perturb import TYPES, perturb_cells, random_controls, summarise
+    from tissuelens.embed.geneformer_perturb import TYPES, GeneShiftSums, Job, random_controls, resolve_emb_mode, score_jobs
+    from tissuelens.embed.perturb_stats import combo_columns, gene_table, summarise
     from tissuelens.io import atomic_path
 
     p = settings["perturb"]
     adata = read_h5ad(h5ad)
     ckpt = load_geneformer(checkpoint)
+    emb_mode = resolve_emb_mode(p["emb_mode"], ckpt.special_tokens, p["allow_mean_v2"])
+    for kind in p["types"]:
+        if kind not in TYPES:
+            raise InputError(f"embed.perturb.types: '{kind}' is not one of {', '.join(TYPES)}")
+        if kind in ("inhibit", "activate") and p["rank_shift"] is None:
+            raise InputError(f"embed.perturb.rank_shift: '{kind}' needs a shift of 1, 2 or 3 quartiles")
+    if p["combos"] and p["anchor_gene"] is None:
+        raise InputError("embed.perturb.anchor_gene: combos: 1 needs an anchor gene (as InSilicoPerturber)")
     tokens, vocab = tokenize_dataset(adata, ckpt, settings, h5ad)
-    genes = resolve_genes(adata, ckpt, tokens, p, settings["gene_id_key"], h5ad)
+    sets = resolve_gene_sets(adata, ckpt, tokens, p, settings["gene_id_key"], h5ad)
+    stats = p["stats"] if p["stats"] != "auto" else ("goal_state_shift" if p["goal_group"] is not None else "aggregate_gene_shifts")
+    if stats == "goal_state_shift" and p["goal_group"] is None:
+        raise InputError("embed.perturb.stats: goal_state_shift needs embed.perturb.goal_group")
+    if stats == "vs_null" and p["null_group"] is None:
+        raise InputError("embed.perturb.stats: vs_null needs embed.perturb.null_group")
+
+    eligible = np.flatnonzero(tokens.n_genes > 0)
+    if "filter_pass" in adata.obs:  # Geneformer's tokenizer keeps only filter_pass cells
+        eligible = eligible[adata.obs["filter_pass"].astype(bool).to_numpy()[eligible]]
+    anchor = None
+    if p["anchor_gene"] is not None:
+        anchor = resolve_gene_sets(adata, ckpt, tokens, {"genes": [p["anchor_gene"]], "auto_genes": 0}, settings["gene_id_key"], h5ad,
+                                   key="embed.perturb.anchor_gene")[0]
+        a_tok = ckpt.token_dict[anchor[0][0]]  # upstream perturbs only cells that express the anchor
+        eligible = eligible[[a_tok in tokens.cell(int(c)) for c in eligible]]
+        if p["combos"]:
+            sets = [anchor] + [(anchor[0] + s[0], anchor[1] + s[1]) for s in sets if anchor[0][0] not in s[0]] + sets
+    start = _group_cells(adata, p, "start_group", eligible, h5ad)
+    cells = _subset(eligible if start is None else start, p["max_cells"], seed)
+    null_cells = _subset(_group_cells(adata, p, "null_group", eligible, h5ad), p["max_cells"], seed) if stats == "vs_null" else None
+    if not cells.size:
+        raise InputError(f"{h5ad}: no cells to perturb (none with genes{', filter_pass' if 'filter_pass' in adata.obs else ''}"
+                         f"{' and the anchor gene' if anchor else ''})")
+
     device = resolve_device(settings["device"])
     layer = hidden_index(settings["layer"], ckpt.n_layers, "layer")
-    mode = pooling_mode(settings["pooling"], ckpt.special_tokens)
-    encoder = Encoder(ckpt, device, settings["precision"], upto=layer)
-
-    cells = np.flatnonzero(tokens.n_genes > 0)
+    encoder = Encoder(ckpt, device, p["precision"], upto=layer)
     goal = None
-    if p["start_group"] is not None or p["goal_group"] is not None:
-        key = p["group_key"]
-        if key not in adata.obs:
-            raise InputError(f"{h5ad}: obs has no column '{key}' (embed.perturb.group_key)")
-        groups = adata.obs[key].astype(str).to_numpy()
-        for name in (p["start_group"], p["goal_group"]):
-            if name is not None and name not in set(groups):
-                raise InputError(f"{h5ad}: group '{name}' not in obs['{key}'] (has: {', '.join(sorted(set(groups)))})")
-        if p["start_group"] is not None:
-            cells = cells[groups[cells] == p["start_group"]]
-        if p["goal_group"] is not None:
-            emb = read_h5ad(embeddings).obsm[f"X_{model}"]
-            goal_rows = emb[(groups == p["goal_group"]) & np.isfinite(emb).all(1)]
-            goal = goal_rows.mean(0)
-    if p["max_cells"] is not None and cells.size > p["max_cells"]:
-        cells = np.sort(np.random.default_rng(seed).choice(cells, size=p["max_cells"], replace=False))
+    goal_cells = _group_cells(adata, p, "goal_group", eligible, h5ad)
+    if goal_cells is not None:
+        goal_cells = _subset(goal_cells, p["goal_max_cells"], seed)
+        pooling = "cls" if emb_mode.startswith("cls") else "mean"
+        goal = embed_cells(encoder, tokens, layer=layer, pooling=pooling, batch_size=p["batch_size"], cells=goal_cells, progress=False)[goal_cells].mean(0)
 
-    special = {t for t in (ckpt.cls_id, ckpt.eos_id, ckpt.pad_id) if t is not None}
-    tables = []
-    for gid, symbol in genes:
-        token = ckpt.token_dict[gid]
-        controls = random_controls(tokens, cells, token, special, seed)
+    special = set(encoder.special)
+    label_of = ["+".join(sym) for _, sym in sets]
+    jobs = []
+    for si, (ids, _) in enumerate(sets):
+        toks = tuple(ckpt.token_dict[g] for g in ids)
+        controls = random_controls(tokens, cells, toks, special, seed)
         for kind in p["types"]:
-            if kind not in TYPES:
-                raise InputError(f"embed.perturb.types: '{kind}' is not one of {', '.join(TYPES)}")
-            kw = dict(layer=layer, mode=mode, max_len=vocab.model_input_size, batch_size=p["batch_size"], goal=goal)
-            res = perturb_cells(encoder, tokens, cells, token, kind, **kw)
-            ctrl_rows = []
-            for ctoken in sorted(set(controls.values())):
-                ccells = np.array([c for c, t in controls.items() if t == ctoken and c in set(res["cell"])])
-                if ccells.size:
-                    r = perturb_cells(encoder, tokens, ccells, ctoken, kind, **kw)
-                    ctrl_rows.append(r.assign(control_gene=ckpt.id_to_name()[ctoken]))
-            ctrl_rows = [r for r in ctrl_rows if len(r)]
-            ctrl = pd.concat(ctrl_rows) if ctrl_rows else pd.DataFrame({"cell": pd.Series(dtype=int), "cos_sim": pd.Series(dtype=float), "shift": pd.Series(dtype=float), "control_gene": pd.Series(dtype=str)})
-            ctrl = ctrl.rename(columns={"cos_sim": "control_cos_sim", "shift": "control_shift"})
-            res = res.merge(ctrl, on="cell", how="left")
-            res.insert(1, "obs_name", adata.obs_names[res["cell"].to_numpy(dtype=int)].astype(str))
-            res.insert(2, "gene", gid)
-            res.insert(3, "symbol", symbol)
-            res.insert(4, "perturbation", kind)
-            tables.append(res)
-            log.info("perturbed %s (%s) by %s in %d cells", symbol, gid, kind, len(res))
-    tables = [t for t in tables if len(t)]
-    if not tables:
-        raise InputError(f"{h5ad}: none of the genes to perturb is expressed in the selected cells")
-    cells_table = pd.concat(tables, ignore_index=True)
-    summary = summarise(cells_table)
+            for c in cells:
+                jobs.append(Job(int(c), toks, kind, ("test", si, kind, int(c))))
+                if int(c) in controls:
+                    jobs.append(Job(int(c), (controls[int(c)],), kind, ("control", si, kind, int(c))))
+            for c in (null_cells if null_cells is not None else []):
+                jobs.append(Job(int(c), toks, kind, ("null", si, kind, int(c))))
+    log.info("perturbing %d gene sets x %s in %d cells (%s, %s)", len(sets), "/".join(p["types"]), cells.size, emb_mode, p["precision"])
+    scores = score_jobs(encoder, tokens, jobs, layer=layer, emb_mode=emb_mode, max_len=vocab.model_input_size,
+                        batch_size=p["batch_size"], goal=goal, rank_shift=p["rank_shift"], progress=True, log=log)
+
+    id_to_name = ckpt.id_to_name()
+    shifts = GeneShiftSums(max(ckpt.token_dict.values()) + 1)
+    rows = {"test": [], "control": {}, "null": []}
+    for j, s in zip(jobs, scores):
+        if s is None:
+            continue
+        role, si, kind, c = j.key
+        if role == "control":
+            rows["control"][(si, kind, c)] = (id_to_name[j.tokens[0]], s.cos_sim, s.shift)
+            continue
+        rows[role].append({"cell": c, "perturbed": label_of[si], "genes": ";".join(sets[si][0]), "symbols": ";".join(sets[si][1]),
+                           "perturbation": kind, "cos_sim": s.cos_sim, "shift": s.shift, "_si": si})
+        if role == "test" and s.genes is not None:
+            shifts.add((label_of[si], kind), s.genes, s.gene_cos)
+    if not rows["test"]:
+        raise InputError(f"{h5ad}: none of the gene sets to perturb applies to the selected cells (deletion needs every member expressed)")
+    cells_table = pd.DataFrame(rows["test"])
+    ctrl = [rows["control"].get((r["_si"], r["perturbation"], r["cell"]), (None, np.nan, np.nan)) for r in rows["test"]]
+    cells_table["control_gene"] = [x[0] for x in ctrl]
+    cells_table["control_cos_sim"] = [x[1] for x in ctrl]
+    cells_table["control_shift"] = [x[2] for x in ctrl]
+    cells_table = cells_table.drop(columns="_si")
+    cells_table.insert(1, "obs_name", adata.obs_names[cells_table["cell"].to_numpy(dtype=int)].astype(str))
+    null = pd.DataFrame(rows["null"]).drop(columns="_si") if rows["null"] else pd.DataFrame(columns=["cell", "perturbed", "perturbation", "cos_sim", "shift"])
+
+    summary = summarise(cells_table, stats, goal is not None, null)
+    if p["combos"]:
+        summary = combo_columns(summary, cells_table, label_of[0])
     summary.insert(0, "model", model)
+    summary["emb_mode"] = emb_mode
     summary["untrained"] = ckpt.untrained
+    symbol_of = dict(zip(adata.var[settings["gene_id_key"]].astype(str).str.upper(), adata.var_names.astype(str)))
+    genes_table = gene_table(shifts.table(), id_to_name, symbol_of)
+    if len(null):
+        null.insert(1, "obs_name", adata.obs_names[null["cell"].to_numpy(dtype=int)].astype(str))
+        cells_table = pd.concat([cells_table.assign(population="perturbed"), null.assign(population="null")], ignore_index=True)
+    else:
+        cells_table["population"] = "perturbed"
     with atomic_path(out_cells) as tmp:
         cells_table.to_parquet(tmp, index=False)
+    with atomic_path(out_genes) as tmp:
+        genes_table.to_parquet(tmp, index=False)
     with atomic_path(out_tsv) as tmp:
         summary.to_csv(tmp, sep="\t", index=False)
     return summary

@@ -5,9 +5,10 @@
   tokenizer lower-cases and splits symbols into several tokens and keeps the first `context_length - 2`
   of them, so only a sentence's first genes reach the model: `genes_in_context` counts, per spot, the
   genes whose tokens all fit.
-* Image: a square patch of the H&E image centred on each spot (side = spot diameter x scalefactor x
-  `patch_scale`, in image pixels; parts outside the image are white), through the model's own eval
-  transform and `model.encode_image`, L2-normalised, as `loki.utils.encode_image` does, batched.
+* Image: a square patch of the H&E image centred on each spot, as Loki's `segment_patches` (20 x 20 px
+  of the hires image by default, or `patch_um` microns), through the model's own eval transform (which
+  resizes it to the model's input) and `model.encode_image`, L2-normalised, as `loki.utils.encode_image`
+  does, batched. Loki skips spots whose patch reaches past the image; we pad them white and flag them.
 * Agreement: per-spot cosine of its text and image embeddings; retrieval: does a spot's image embedding
   rank its own sentence first among its own and its `k` nearest spatial neighbours' sentences?
 * Activations for the SAE stage: the text encoder's token outputs at chosen blocks (forward hooks on
@@ -94,20 +95,35 @@ def as_rgb_uint8(img: np.ndarray, where: str) -> np.ndarray:
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def patch_boxes(xy_fullres: np.ndarray, scale: float, spot_diameter_fullres: float, patch_scale: float = 1.0,
-                min_side: int = 1):
-    """Top-left corners (x0, y0) in image pixels and the side of each spot's square patch.
+VISIUM_SPOT_UM = 55.0  # Visium spot diameter: converts patch_um to pixels through spot_diameter_fullres
 
-    The side is the spot's diameter in image pixels x `patch_scale`, widened to `min_side` (the model's
-    ViT patch) where that is smaller: dense grids on a low-resolution image (thousands of spots) give
-    patches of a few pixels, and a wider crop of the spot's surroundings is what Loki's fixed-size
-    crop does anyway. The patch [x0, x0 + side) x [y0, y0 + side) is centred on the spot:
-    x0 = round(x * scale - side / 2).
+
+def patch_side(image: SpotImage, patch_px=20, patch_um=None, spot_um: float = VISIUM_SPOT_UM) -> int:
+    """Patch side in image pixels: `patch_px` (Loki's `segment_patches` crops 20 x 20 px of the hires
+    image), or `patch_um` microns through the spot diameter (`spot_um` microns = spot_diameter_fullres
+    full-resolution pixels). At least 1 px: the model's own transform resizes any patch."""
+    if patch_um is not None:
+        side = float(patch_um) / float(spot_um) * image.spot_diameter_fullres * image.scale
+    else:
+        side = float(patch_px)
+    return max(int(round(side)), 1)
+
+
+def patch_boxes(xy_fullres: np.ndarray, scale: float, side: int):
+    """Top-left corners (x0, y0) in image pixels of each spot's `side` x `side` patch, and the centres.
+
+    As Loki's `segment_patches`: x0 = round(x * scale - side / 2) with round-half-to-even (Python's
+    `round`), the patch is [x0, x0 + side) x [y0, y0 + side).
     """
-    side = max(int(round(spot_diameter_fullres * scale * patch_scale)), int(min_side))
     centre = np.asarray(xy_fullres, dtype=np.float64) * scale
-    corner = np.floor(centre - side / 2.0 + 0.5).astype(np.int64)
-    return corner[:, 0], corner[:, 1], side, centre
+    corner = np.rint(centre - side / 2.0).astype(np.int64)
+    return corner[:, 0], corner[:, 1], centre
+
+
+def patch_padded(x0: np.ndarray, y0: np.ndarray, side: int, shape: tuple) -> np.ndarray:
+    """True where a patch reaches past the image edge (Loki skips such spots; we pad them white)."""
+    h, w = shape[:2]
+    return (x0 < 0) | (y0 < 0) | (x0 + side > w) | (y0 + side > h)
 
 
 def check_patches(centre: np.ndarray, shape: tuple, obs_names, where: str) -> None:
@@ -301,7 +317,9 @@ DEFAULTS = {
     "image": "auto",
     "image_key": "hires",
     "library_id": None,
-    "patch_scale": 1.0,
+    "patch_px": 20,
+    "patch_um": None,
+    "spot_um": VISIUM_SPOT_UM,
     "batch_size": 32,
     "retrieval_neighbours": 6,
     "activations": "tokens",
@@ -362,13 +380,13 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
     if image is not None:
         if "spatial" not in adata.obsm:
             raise InputError(f"{where}: obsm['spatial'] is missing; image patches need spot coordinates")
-        spot_px = image.spot_diameter_fullres * image.scale * float(s["patch_scale"])
-        x0, y0, side, centre = patch_boxes(np.asarray(adata.obsm["spatial"])[:, :2], image.scale, image.spot_diameter_fullres,
-                                           float(s["patch_scale"]), min_side=ckpt.patch_size)
-        if side > round(spot_px):
-            log.warning("%s: spots are %.1f px wide on the H&E image; patches widened to the model's ViT patch of %d px",
-                        where, spot_px, side)
+        side = patch_side(image, s["patch_px"], s["patch_um"], s["spot_um"])
+        x0, y0, centre = patch_boxes(np.asarray(adata.obsm["spatial"])[:, :2], image.scale, side)
         check_patches(centre, image.image.shape, adata.obs_names, where)
+        padded = patch_padded(x0, y0, side, image.image.shape)
+        if padded.any():
+            log.info("%s: %d spots' patches reach past the image edge; padded white and flagged (obs loki_patch_padded)",
+                     where, int(padded.sum()))
     layers = resolve_layers(s["layers"], ckpt.n_layers, f"{where}: embed.loki.layers") if s["activations"] == "tokens" else []
 
     import torch
@@ -435,8 +453,11 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
         hits = retrieval_hits(text, img, neighbours)
         out.obs["loki_text_image_cosine"] = cos.astype(np.float32)
         out.obs["loki_retrieval_hit"] = hits
-        metrics["image"] = {"library": image.library, "image_key": image.key, "patch_px": int(side), "spot_px": round(float(spot_px), 2), "patch_scale": float(s["patch_scale"]),
-                            "min_patch_px": ckpt.patch_size}
+        out.obs["loki_patch_padded"] = padded
+        spot_px = image.spot_diameter_fullres * image.scale
+        metrics["image"] = {"library": image.library, "image_key": image.key, "patch_px": int(side),
+                            "patch_um": s["patch_um"], "spot_px": round(float(spot_px), 2),
+                            "padded_spots": int(padded.sum()), "model_input_px": ckpt.image_size}
         metrics["text_image_cosine"] = summary(cos)
         metrics["retrieval"] = {"accuracy": float(hits.mean()), "neighbours": int(neighbours.shape[1]),
                                 "chance": 1.0 / (neighbours.shape[1] + 1)}

@@ -1,4 +1,4 @@
-"""Section: foundation-model embeddings: UMAP by group and leiden cluster, metrics, Loki agreement."""
+"""Section: foundation-model embeddings: UMAP by group and leiden cluster, metrics, Loki agreement, in-silico perturbation."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from tissuelens.errors import InputError
 from tissuelens.io import read_h5ad
 from tissuelens.report import readers
 from tissuelens.report.context import Context, stage_unavailable
-from tissuelens.report.html import Section, esc, h3, note, table
+from tissuelens.report.html import Section, esc, h3, note, para, table
 
 TITLE = "Embeddings"
 SID = "embed"
 SKIP_KEYS = {"X_umap", "X_pca", "X_tsne", "spatial"}
+LOKI_IMAGE_KEYS = ("X_loki_image",)
 
 
 def representations(adata, model: str) -> list[str]:
@@ -20,6 +21,7 @@ def representations(adata, model: str) -> list[str]:
     keys = [k for k in adata.obsm if k == f"X_{model}" or k.startswith(f"X_{model}_")]
     if not keys:
         keys = [k for k in adata.obsm if k.startswith("X_") and k not in SKIP_KEYS]
+    keys += [k for k in LOKI_IMAGE_KEYS if k in adata.obsm and k not in keys]  # Loki: X_{model} is the text half
     return sorted(keys, key=lambda k: (k != f"X_{model}", k))
 
 
@@ -79,6 +81,175 @@ def _agreement(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if "agree" in k.lower() or ("text" in k.lower() and "image" in k.lower())}
 
 
+def loki_image(ctx: Context, model: str, m: dict, files: dict) -> tuple[str, dict]:
+    """The image half of a Loki model (its rule's metrics.json): patches, text-image cosine, retrieval."""
+    from tissuelens.report.plots import plt
+
+    image = m.get("image")
+    if not image:
+        return note(f"{model}: no H&E image, so no image embeddings (text only).", "missing"), {}
+    rows = {"patch px": image.get("patch_px"), "spot px": image.get("spot_px"), "padded edge spots": image.get("padded_spots")}
+    cos, ret = m.get("text_image_cosine") or {}, m.get("retrieval") or {}
+    rows.update({f"text-image cosine {k}": v for k, v in cos.items()})
+    rows.update({"own sentence ranked first among spatial neighbours": ret.get("accuracy"),
+                 "(chance)": ret.get("chance")})
+    out = h3(f"Image embeddings ({model})") + table([{"metric": k, "value": v} for k, v in rows.items()])
+    if "embeddings.h5ad" in files:
+        adata = read_h5ad(files["embeddings.h5ad"], backed=True)
+        if "loki_text_image_cosine" in adata.obs:
+            pl = plt()
+            fig, ax = pl.subplots(figsize=(4.6, 3.2))
+            ax.hist(adata.obs["loki_text_image_cosine"].to_numpy(dtype=float), bins=40, color="#4c72b0")
+            ax.set_xlabel("cosine(text, image) per spot")
+            ax.set_ylabel("spots")
+            out += ctx.figures.embed(fig, SID, f"loki_cosine_{model}", f"Text-image cosine of every spot ({model})")
+            pl.close("all")
+    return out, {f"text-image cosine {k}": v for k, v in cos.items()} | (
+        {"retrieval accuracy (own sentence vs neighbours)": ret.get("accuracy"), "retrieval chance": ret.get("chance")} if ret else {})
+
+
+def _spatial_scatter(ax, x, y, values, categorical: bool, title: str):
+    import pandas as pd
+
+    if categorical:
+        cats = pd.Categorical(values)
+        for code, name in enumerate(cats.categories):
+            sel = cats.codes == code
+            ax.scatter(x[sel], y[sel], s=6, label=str(name))
+        ax.legend(fontsize=6, frameon=False, markerscale=2, loc="best")
+    else:
+        sc = ax.scatter(x, y, c=values, s=6, cmap="viridis")
+        ax.figure.colorbar(sc, ax=ax, shrink=0.7)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def loki_tasks(ctx: Context, model: str, files: dict) -> str:
+    """Loki's tasks on this model's embeddings: annotation maps, retrieval accuracy, PredEx genes and maps,
+    Tangram proportions."""
+    from tissuelens.report.plots import plt
+
+    out = ""
+    if "annotation.parquet" in files:
+        summary = readers.read_json(files["annotation.json"]) if "annotation.json" in files else {}
+        t = readers.read_parquet(files["annotation.parquet"])
+        out += h3(f"Zero-shot annotation from marker sentences ({model})")
+        out += para("Each cell type's sentence (its marker genes) through the text encoder; every spot's image "
+                    "(and text) embedding gets the type of highest cosine; entropy of the softmax over types "
+                    "(0 certain, 1 uniform).")
+        sources = [s for s in ("image", "text") if f"{s}_cell_type" in t]
+        pl = plt()
+        fig, axes = pl.subplots(1, 2 * len(sources), figsize=(4.2 * 2 * len(sources), 3.8), squeeze=False)
+        for i, src in enumerate(sources):
+            _spatial_scatter(axes[0, 2 * i], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_cell_type"].astype(str).to_numpy(), True,
+                             f"{src}: best type")
+            _spatial_scatter(axes[0, 2 * i + 1], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_entropy"].to_numpy(), False,
+                             f"{src}: entropy")
+        out += ctx.figures.embed(fig, SID, f"loki_annotation_{model}", f"Loki zero-shot annotation maps ({model})")
+        pl.close("all")
+        rows = [{"source": src, "cell type": k, "spots": v} for src in sources for k, v in (summary.get(src) or {}).get("counts", {}).items()]
+        if rows:
+            out += table(rows)
+    if "retrieval.json" in files:
+        r = readers.read_json(files["retrieval.json"])
+        out += h3(f"Image to transcriptome retrieval ({model})")
+        if r.get("skipped"):
+            out += note(f"{model}: retrieval skipped ({r['skipped']}).", "missing")
+        else:
+            out += table([{"metric": k, "value": v} for k, v in r.items()])
+    if "predex.json" in files:
+        p = readers.read_json(files["predex.json"])
+        out += h3(f"Expression predicted from the image: PredEx ({model})")
+        if p.get("skipped"):
+            out += note(f"{model}: PredEx skipped ({p['skipped']}).", "missing")
+        else:
+            out += para(f"{p['n_test']} held-out spots predicted from {p['n_train']} reference spots; per-gene "
+                        f"Pearson r (mean {p['pearson_mean']}, median {p['pearson_median']} over {p['genes_scored']} genes).")
+            genes = readers.read_csv(files["predex_genes.csv"])
+            out += table(frame=genes.head(10))
+            if "predex_spots.parquet" in files:
+                spots = readers.read_parquet(files["predex_spots.parquet"])
+                best = list(dict.fromkeys(spots["gene"]))[:3]
+                if best:
+                    pl = plt()
+                    fig, axes = pl.subplots(2, len(best), figsize=(3.8 * len(best), 6.6), squeeze=False)
+                    for j, g in enumerate(best):
+                        s = spots[spots["gene"] == g]
+                        for i, col in enumerate(("measured", "predicted")):
+                            _spatial_scatter(axes[i, j], s["x"].to_numpy(), s["y"].to_numpy(), s[col].to_numpy(), False, f"{g} {col}")
+                    out += ctx.figures.embed(fig, SID, f"loki_predex_{model}", f"PredEx: measured and predicted expression of the best-predicted genes ({model})")
+                    pl.close("all")
+    if "decompose.parquet" in files:
+        d = readers.read_json(files["decompose.json"]) if "decompose.json" in files else {}
+        t = readers.read_parquet(files["decompose.parquet"])
+        types = [c for c in d.get("cell_types", []) if c in t]
+        out += h3(f"Cell-type decomposition: Tangram ({model})")
+        out += para(f"Tangram (clusters mode) maps the cells of reference dataset '{esc(str(d.get('reference')))}' "
+                    f"(their OmiCLIP text embeddings, by label) onto the spots' {esc(str(d.get('spot_embedding')))} "
+                    "embeddings; each spot's scores divided by their sum give its proportions.")
+        if types:
+            pl = plt()
+            n = min(len(types), 6)
+            fig, axes = pl.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+            for j, c in enumerate(types[:n]):
+                _spatial_scatter(axes[0, j], t["x"].to_numpy(), t["y"].to_numpy(), t[c].to_numpy(), False, f"{c} proportion")
+            out += ctx.figures.embed(fig, SID, f"loki_decompose_{model}", f"Tangram cell-type proportions per spot ({model})")
+            pl.close("all")
+            out += table([{"cell type": c, "mean proportion": v} for c, v in (d.get("mean_proportions") or {}).items()])
+    elif (ctx.plan.get("loki") or {}).get("status") == "built":
+        out += note(f"{model}: no Tangram decomposition (set embed.loki.decompose.reference to a labelled dataset).", "missing")
+    return out
+
+
+PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr",
+                   "control_cos_sim_mean", "control_shift_mean", "control_fdr"]
+
+
+def _perturbation(ctx: Context, model: str, files: dict) -> str:
+    """In-silico perturbation: top gene sets, a volcano-style plot, the most affected genes."""
+    import pandas as pd
+
+    from tissuelens.report.plots import plt
+
+    t = readers.read_csv(files["perturbation.tsv"], sep="\t")
+    if not len(t):
+        return note(f"{model}: the perturbation table is empty.", "missing")
+    goal = t["shift_mean"].notna().any()
+    effect = t["shift_mean"] if goal else 1 - t["cos_sim_mean"]
+    vs_control = "fdr" not in t or t["fdr"].isna().all()  # aggregate_gene_shifts has no test of its own
+    q = t["control_fdr"] if vs_control else t["fdr"]
+    stats = str(t["stats"].iloc[0])
+    out = h3(f"In-silico perturbation ({model}, {t['emb_mode'].iloc[0]}, stats {stats})")
+    out += para("Effect = shift toward the goal state (cos(perturbed, goal) - cos(original, goal))" if goal else
+                "Effect = 1 - cosine similarity of the cell before and after the perturbation")
+    pl = plt()
+    fig, ax = pl.subplots(figsize=(5.2, 3.8))
+    y = -np.log10(np.clip(q.astype(float).fillna(1.0), 1e-300, 1))
+    for kind, rows in t.groupby("perturbation"):
+        ax.scatter(effect[rows.index], y[rows.index], s=18, label=kind)
+    for i in np.argsort(-np.abs(effect.to_numpy()))[:8]:
+        ax.annotate(str(t["perturbed"].iloc[i]), (effect.iloc[i], y.iloc[i]), fontsize=7)
+    ax.axhline(-np.log10(0.05), color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("shift toward goal" if goal else "1 - cosine similarity")
+    ax.set_ylabel("-log10 FDR" + (" (vs random-gene control)" if vs_control else ""))
+    ax.legend(fontsize=7, frameon=False)
+    out += ctx.figures.embed(fig, SID, f"perturbation_{model}", f"Perturbation effects of {model}: effect against -log10 FDR")
+    top = t.assign(_e=effect.abs()).sort_values("_e", ascending=False).head(15)
+    out += table(frame=top[[c for c in PERTURB_COLUMNS if c in top]])
+    if "perturbation_genes.parquet" in files:
+        g = readers.read_parquet(files["perturbation_genes.parquet"])
+        if len(g):
+            top_g = pd.concat([x.head(5) for _, x in g.groupby(["perturbed", "perturbation"], sort=False)])
+            out += (f"<details open><summary>Most affected genes ({esc(model)}: cosine of each gene's embedding "
+                    "before vs after, lowest first)</summary>"
+                    + table(frame=top_g[["perturbed", "perturbation", "affected_symbol", "cos_sim_mean", "cos_sim_std", "n_detections"]])
+                    + "</details>")
+    return out
+
+
 def section(ctx: Context) -> Section:
     skipped = stage_unavailable(ctx, "embed", SID, TITLE)
     if skipped:
@@ -89,10 +260,13 @@ def section(ctx: Context) -> Section:
     for model, files in units.items():
         parts.append(h3(f"Model: {model}"))
         meta = readers.read_json(files["activations/meta.json"]) if "activations/meta.json" in files else {}
-        if meta.get("untrained"):
+        loki_metrics = readers.read_json(files["metrics.json"]) if "metrics.json" in files else None
+        if meta.get("untrained") or (loki_metrics or {}).get("untrained"):
             parts.append(note(f"{model} ran with untrained (random test) weights: its embedding carries no biological "
                               "meaning; the figures only show that the pipeline works.", "warn"))
         metrics = readers.read_json(files["embedding_metrics.json"]) if "embedding_metrics.json" in files else None
+        if metrics is None and loki_metrics is not None:  # the Loki rule's own quality block
+            metrics = {k: v for k, v in (loki_metrics.get("quality") or {}).items()}
         flat = readers.scalars(metrics) if metrics else {}
         row = {"model": model}
         if "embeddings.h5ad" in files:
@@ -112,7 +286,16 @@ def section(ctx: Context) -> Section:
                          + table([{"metric": k, "value": v} for k, v in flat.items()]) + "</details>")
         else:
             parts.append(note(f"No embedding_metrics.json for {model}.", "missing"))
+        if "perturbation.tsv" in files:
+            parts.append(_perturbation(ctx, model, files))
         agreement = _agreement(flat)
+        if loki_metrics is not None:
+            image_html, image_rows = loki_image(ctx, model, loki_metrics, files)
+            parts.append(image_html)
+            agreement.update(image_rows)
+        loki_units = (ctx.plan.get("loki") or {}).get("units") or {}
+        if model in loki_units:
+            parts.append(loki_tasks(ctx, model, loki_units[model]))
         if agreement:
             loki_rows += [{"model": model, "metric": k, "value": v} for k, v in agreement.items()]
         summary.append(row)

@@ -168,9 +168,13 @@ def _embed_lines(b: PromptBuilder, plan: dict) -> None:
         b.add("- Foundation-model embeddings: not run.")
         return
     for model, files in entry["units"].items():
-        if "embedding_metrics.json" not in files:
+        if "embedding_metrics.json" in files:
+            flat = readers.scalars(readers.read_json(files["embedding_metrics.json"]))
+        elif "metrics.json" in files:  # a Loki model: its rule's quality block, text-image cosine, retrieval
+            m = readers.read_json(files["metrics.json"])
+            flat = readers.scalars({k: m[k] for k in ("quality", "text_image_cosine", "retrieval") if m.get(k)})
+        else:
             continue
-        flat = readers.scalars(readers.read_json(files["embedding_metrics.json"]))
         vals = [f"{pretty(k)} {num(v)}" for k, v in flat.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not COUNT_KEY.search(k)]
         if vals:

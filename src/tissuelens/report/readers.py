@@ -10,12 +10,12 @@ from tissuelens.errors import InputError, why
 from tissuelens.io import read_json  # noqa: F401  (re-exported: the report reads every stage's JSON through it)
 
 
-def read_csv(path):
+def read_csv(path, sep: str = ","):
     import pandas as pd
 
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, sep=sep)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:

@@ -1,0 +1,34 @@
+"""Rule `domains`: raw.h5ad -> results/{dataset}/analyze/domains.parquet (expr_leiden, spatial_domain).
+
+Reads the raw data and preprocesses it in memory with the dataset's preprocess settings (the same function
+as rule `preprocess`), so that the domains can supply obs["group"] to `preprocess` without a cycle."""
+
+import argparse
+import json
+from pathlib import Path
+
+from tissuelens import cli
+from tissuelens.analyze.domains import compute_domains
+from tissuelens.io import atomic_path
+from tissuelens.preprocess import preprocess, read_raw
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", required=True, type=Path)
+    parser.add_argument("--entry", required=True, type=json.loads, help="the dataset's config entry as JSON")
+    parser.add_argument("--preprocess-settings", required=True, type=cli.settings_arg)
+    parser.add_argument("--settings", required=True, type=cli.settings_arg, help="analyze.domains settings")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    adata, _ = preprocess(read_raw(args.raw), args.entry, args.preprocess_settings, str(args.raw))
+    domains = compute_domains(adata, args.settings, args.entry.get("spatial", False), args.seed, str(args.raw))
+    with atomic_path(args.out) as tmp:
+        domains.to_parquet(tmp)
+    for column in domains.columns:
+        print(column, domains[column].value_counts(sort=False).to_dict())
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,47 @@
+"""Rule `loki_predex`: expression predicted from the H&E image (Loki's PredEx): each held-out spot's
+image embedding against the training spots' transcriptome (text) embeddings, the similarity-weighted mean
+of their expression, scored by per-gene Pearson against the measured expression.
+
+Writes predex_genes.csv (per gene: Pearson, mean measured and predicted), predex_spots.parquet (held-out
+spots, best genes, measured and predicted) and predex.json. Runs in the main environment or in
+envs/loki.yaml (Python 3.9).
+"""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from tissuelens import cli
+from tissuelens.io import atomic_path, read_h5ad, write_json
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--embeddings", required=True, type=Path)
+    parser.add_argument("--preprocessed", required=True, type=Path)
+    parser.add_argument("--settings", required=True, type=cli.settings_arg, help="embed.loki.predex settings as JSON")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--genes-out", required=True, type=Path, help="predex_genes.csv")
+    parser.add_argument("--spots-out", required=True, type=Path, help="predex_spots.parquet")
+    parser.add_argument("--summary", required=True, type=Path, help="predex.json")
+    args = parser.parse_args(argv)
+
+    from tissuelens.embed.loki_run import run_predex
+
+    genes, spots, summary = run_predex(read_h5ad(args.embeddings), read_h5ad(args.preprocessed), args.settings, args.seed,
+                                       str(args.embeddings))
+    if genes is None:
+        genes = pd.DataFrame(columns=["gene", "pearson", "mean_measured", "mean_predicted"])
+        spots = pd.DataFrame({"obs_name": pd.Series(dtype=str), "gene": pd.Series(dtype=str),
+                              "measured": pd.Series(dtype="float64"), "predicted": pd.Series(dtype="float64")})
+    with atomic_path(args.genes_out) as tmp:
+        genes.to_csv(tmp, index=False)
+    with atomic_path(args.spots_out) as tmp:
+        spots.to_parquet(tmp)
+    write_json(summary, args.summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,1 @@
+"""The analyze stage: spatial domains, marker annotation, doublets, spatial statistics, agreement."""

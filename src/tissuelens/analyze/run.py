@@ -1,0 +1,106 @@
+"""The `analyze` rule's work on one dataset: annotation, doublets, spatial statistics, summary, figures."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from tissuelens.analyze import doublets, markers, spatial_stats
+
+log = logging.getLogger(__name__)
+ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "entropy": "float64"}
+
+
+def domain_key(spatial: bool) -> str:
+    return "spatial_domain" if spatial else "expr_leiden"
+
+
+def load_domains(path, obs_names) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    return table.reindex(pd.Index(obs_names))  # cells preprocess kept (it may drop cells of tiny domains)
+
+
+def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-cell annotation, marker net used); empty frames when no marker file is configured."""
+    m = settings["markers"]
+    if not m.get("path"):
+        empty = pd.DataFrame({k: pd.Series(dtype=v) for k, v in ANNOTATION_COLUMNS.items()},
+                             index=pd.Index([], name="obs_names"))
+        return empty, pd.DataFrame(columns=["source", "target", "weight"])
+    net = markers.match_genes(markers.read_markers(m["path"], m["format"], m.get("species")), adata.var_names,
+                              m["min_markers"], where)
+    scores = markers.score(adata.X, adata.obs_names, adata.var_names, net, m["method"])
+    table = markers.annotate(scores)
+    table.index.name = "obs_names"
+    return table, net
+
+
+def run_spatial_stats(adata, keys: list[str], settings: dict, seed: int) -> dict[str, pd.DataFrame]:
+    s = settings["spatial_stats"]
+    spatial_stats.add_spatial_graph(adata, s["n_neighbors"])
+    nhood, cooc = [], []
+    for key in keys:
+        if adata.obs[key].nunique() < 2:
+            continue
+        adata.obs[key] = adata.obs[key].astype(str).astype("category")
+        nhood.append(spatial_stats.nhood_enrichment(adata, key, s["n_perms"], seed))
+        cooc.append(spatial_stats.co_occurrence(adata, key, s["co_occurrence_intervals"], s["co_occurrence_max_cells"], seed))
+    return {
+        "nhood": pd.concat(nhood, ignore_index=True) if nhood else pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
+        "cooccurrence": pd.concat(cooc, ignore_index=True) if cooc else pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
+        "svg": spatial_stats.moran_genes(adata, s["moran_top"], seed),
+    }
+
+
+def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.DataFrame, stats: dict,
+              dbl: pd.DataFrame, group_source: str | None) -> dict:
+    """Aggregated facts (no cell-type names: the tissue-blind narrative reads this file)."""
+    out = {"group_source": group_source, "n_cells": int(len(domains))}
+    for col in domains.columns:
+        counts = domains[col].dropna().astype(str).value_counts()
+        if len(counts):
+            out[col] = {"n": int(len(counts)), "largest_share": float(counts.iloc[0] / counts.sum()),
+                        "smallest_share": float(counts.iloc[-1] / counts.sum())}
+    if len(annotation):
+        out["annotation"] = {"n_types_called": int(annotation["cell_type"].nunique()),
+                             "mean_entropy": float(np.nanmean(annotation["entropy"])),
+                             "mean_majority_share": float(majority["majority_share"].mean()) if len(majority) else None}
+    if stats.get("svg") is not None and len(stats["svg"]):
+        svg = stats["svg"]
+        out["moran"] = {"n_significant_fdr_0.05": int((svg["pval_fdr_bh"] < 0.05).sum()),
+                        "top_I": float(svg["I"].iloc[0]), "median_top_I": float(svg["I"].median())}
+    nh = stats.get("nhood")
+    if nh is not None and len(nh):
+        dom = nh[nh["key"] == nh["key"].iloc[0]]
+        same = dom[dom["a"] == dom["b"]]["zscore"]
+        out["nhood_enrichment"] = {"key": str(dom["key"].iloc[0]), "mean_self_zscore": float(same.mean()),
+                                   "mean_other_zscore": float(dom[dom["a"] != dom["b"]]["zscore"].mean())}
+    if len(dbl):
+        out["doublets"] = {"n_called": int(dbl["predicted_doublet"].sum()), "rate": float(dbl["predicted_doublet"].mean())}
+    return out
+
+
+def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: int, where: str,
+            group_source: str | None = None) -> dict:
+    """Every analyze output as frames plus the summary dict."""
+    annotation, net = run_annotation(adata, settings, where)
+    key = domain_key(spatial)
+    majority = (markers.domain_majority(annotation["cell_type"], domains.loc[annotation.index, key])
+                if len(annotation) else pd.DataFrame(columns=["domain", "n_cells", "majority_type", "majority_share"]))
+    dbl = pd.DataFrame({"doublet_score": pd.Series(dtype="float64"), "predicted_doublet": pd.Series(dtype=bool)})
+    if not spatial:
+        dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed)
+    stats = {"nhood": pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
+             "cooccurrence": pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
+             "svg": pd.DataFrame(columns=["gene", "I", "pval", "pval_fdr_bh"])}
+    if spatial and settings["spatial_stats"]["enabled"]:
+        adata.obs[key] = domains[key].to_numpy()
+        keys = [key]
+        if len(annotation):
+            adata.obs["cell_type"] = annotation["cell_type"].astype(str).to_numpy()
+            keys.append("cell_type")
+        stats = run_spatial_stats(adata, keys, settings, seed)
+    summary = summarize(domains, annotation, majority, stats, dbl, group_source)
+    return {"annotation": annotation, "net": net, "majority": majority, "doublets": dbl, **stats, "summary": summary}

@@ -1,0 +1,241 @@
+"""A SpatialData object (one table, its shapes, one image) -> AnnData in the raw contract's layout.
+
+Coordinates are the centroids of the table's shapes in one coordinate system (`global` when there is
+one, else the system where the shapes are untransformed), so they keep that system's unit (micrometres
+for Xenium/MERSCOPE/CosMx, full-resolution pixels for Visium HD). The image is stored the scanpy/squidpy
+way, `uns["spatial"][library]["images"]["hires"]` with `tissue_hires_scalef` = image pixels per
+coordinate unit, which Loki's patches and the report's tissue plots read. An image whose pixel grid is
+offset from the coordinates' origin moves the coordinates' origin to the image corner (recorded in
+`uns["coordinates"]["origin"]`): the scanpy convention has no offset.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from tissuelens.errors import InputError
+
+log = logging.getLogger(__name__)
+IMAGE_MAX_PX = 4096  # the finest image level whose longer side fits is kept (the report and Loki need no more)
+
+
+def _names(elements) -> str:
+    return ", ".join(sorted(map(str, elements))) or "none"
+
+
+def pick_table(sdata, table: str | None, where: str) -> str:
+    if table is None:
+        if len(sdata.tables) != 1:
+            raise InputError(f"{where}: has {len(sdata.tables)} tables ({_names(sdata.tables)}); set table:")
+        return next(iter(sdata.tables))
+    if table not in sdata.tables:
+        raise InputError(f"{where}: no table '{table}' (tables: {_names(sdata.tables)})")
+    return table
+
+
+def pick_shapes(sdata, attrs: dict, shapes: str | None, where: str) -> str | None:
+    """The shapes element holding the table's geometry: `shapes`, or the one region the table annotates."""
+    if shapes is not None:
+        if shapes not in sdata.shapes:
+            raise InputError(f"{where}: no shapes '{shapes}' (shapes: {_names(sdata.shapes)})")
+        return shapes
+    region = attrs.get("region")
+    regions = [region] if isinstance(region, str) else list(region or [])
+    found = [r for r in regions if r in sdata.shapes]
+    if len(found) > 1:
+        raise InputError(f"{where}: the table annotates several shapes ({_names(found)}); set shapes:")
+    return found[0] if found else None
+
+
+def affine(element, coordinate_system: str) -> np.ndarray:
+    """3x3 matrix from the element's intrinsic (x, y) to `coordinate_system`."""
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=coordinate_system)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def coordinate_systems(element) -> list[str]:
+    from spatialdata.transformations import get_transformation
+
+    return list(get_transformation(element, get_all=True))
+
+
+def pick_coordinate_system(shape_el, image_el, where: str) -> str:
+    systems = coordinate_systems(shape_el)
+    if image_el is not None:
+        systems = [s for s in systems if s in coordinate_systems(image_el)]
+        if not systems:
+            raise InputError(f"{where}: the image and the shapes share no coordinate system")
+    if "global" in systems:
+        return "global"
+    untransformed = [s for s in systems if np.allclose(affine(shape_el, s), np.eye(3))]
+    return (untransformed or sorted(systems))[0]
+
+
+def shape_geometry(gdf, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids (n, 2) and areas (n,) of shapes (polygons, or points with a `radius`) in the target system."""
+    if "radius" in gdf.columns:
+        centre = np.column_stack([gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()])
+        area = np.pi * gdf["radius"].to_numpy(dtype=np.float64) ** 2
+    else:
+        c = gdf.geometry.centroid
+        centre = np.column_stack([c.x.to_numpy(), c.y.to_numpy()])
+        area = gdf.geometry.area.to_numpy(dtype=np.float64)
+    centre = centre @ matrix[:2, :2].T + matrix[:2, 2]
+    return centre, area * abs(np.linalg.det(matrix[:2, :2]))
+
+
+def image_levels(image_el) -> list:
+    """The image's resolution levels, finest first, as (c, y, x) DataArrays."""
+    from xarray import DataTree
+
+    if isinstance(image_el, DataTree):
+        return [image_el[key]["image"] for key in sorted(image_el.keys(), key=lambda k: int(k.replace("scale", "")))]
+    return [image_el]
+
+
+def to_rgb_uint8(data: np.ndarray) -> np.ndarray:
+    """(y, x, 3) uint8: RGB as it is; any other image (fluorescence, several channels) as its first
+    channel stretched between the 0.5 and 99.5 percentiles, in grey."""
+    if data.shape[0] == 3 and data.dtype == np.uint8:
+        return np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    grey = data[0].astype(np.float64)
+    lo, hi = np.percentile(grey, [0.5, 99.5]) if grey.size else (0.0, 1.0)
+    scaled = np.clip((grey - lo) / max(hi - lo, 1e-12), 0, 1)
+    return np.repeat(np.round(scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def tissue_image(image_el, coordinate_system: str, where: str, channel: str | None = None):
+    """(RGB uint8 image, pixels per coordinate unit, origin of the pixel grid in coordinates); `channel`
+    names the channel shown when the image has several (default the first)."""
+    levels = image_levels(image_el)
+    full = levels[0]
+    level = next((lv for lv in levels if max(lv.sizes["y"], lv.sizes["x"]) <= IMAGE_MAX_PX), levels[-1])
+    down = np.array([full.sizes["x"] / level.sizes["x"], full.sizes["y"] / level.sizes["y"]])
+    m = affine(image_el, coordinate_system) @ np.diag([down[0], down[1], 1.0])
+    if abs(m[0, 1]) > 1e-9 or abs(m[1, 0]) > 1e-9 or m[0, 0] <= 0 or not np.isclose(m[0, 0], m[1, 1], rtol=1e-3):
+        raise InputError(f"{where}: the image's transformation to '{coordinate_system}' is not a uniform scale "
+                         f"and shift ({m[:2].round(4).tolist()}); choose another image or set image: null")
+    if channel is not None:
+        level = level.sel(c=[channel])
+    data = np.asarray(level.transpose("c", "y", "x").values)
+    return to_rgb_uint8(data), 1.0 / m[0, 0], m[:2, 2].copy()
+
+
+def mosaic(image_els: dict, coordinate_system: str, where: str):
+    """Tiles (e.g. CosMx fields of view) placed by their transformations on one canvas of at most
+    IMAGE_MAX_PX a side, nearest-neighbour sampled; a later tile covers an earlier one where they overlap.
+    A transformation fitted to measured positions is a scale and shift up to round-off (1e-3 relative);
+    a tile whose is not is left out and logged. Returns what `tissue_image` returns, or None without tiles."""
+    tiles = []
+    for name, el in image_els.items():
+        level = image_levels(el)[0]
+        m = affine(el, coordinate_system)
+        scale = (m[0, 0] + m[1, 1]) / 2
+        if not (scale > 0 and np.isclose(m[0, 0], m[1, 1], rtol=1e-3) and abs(m[0, 1]) + abs(m[1, 0]) < 1e-3 * scale):
+            log.warning("%s: image '%s' left out: its transformation to '%s' is not a scale and shift (%s)", where,
+                        name, coordinate_system, m[:2].round(4).tolist())
+            continue
+        size = np.array([level.sizes["x"], level.sizes["y"]])
+        tiles.append((level, scale, m[:2, 2], size))
+    if not tiles:
+        return None
+    lo = np.min([t for _, _, t, _ in tiles], axis=0)
+    hi = np.max([t + s * size for _, s, t, size in tiles], axis=0)
+    per_unit = min(min(1 / s for _, s, _, _ in tiles), IMAGE_MAX_PX / float(np.max(hi - lo)))
+    shape = np.maximum(np.floor((hi - lo) * per_unit + 1e-6).astype(int), 1)  # 1e-6: float round-off
+    canvas = np.zeros((shape[1], shape[0], 3), dtype=np.uint8)
+    for level, s, t, size in tiles:
+        first = np.floor((t - lo) * per_unit).astype(int)
+        last = np.minimum(np.ceil((t + s * size - lo) * per_unit).astype(int), shape)
+        # canvas pixel centres -> the tile's pixels
+        cols = np.arange(first[0], last[0])
+        rows = np.arange(first[1], last[1])
+        src_x = np.floor((lo[0] + (cols + 0.5) / per_unit - t[0]) / s).astype(int)
+        src_y = np.floor((lo[1] + (rows + 0.5) / per_unit - t[1]) / s).astype(int)
+        ok_x, ok_y = (src_x >= 0) & (src_x < size[0]), (src_y >= 0) & (src_y < size[1])
+        rgb = to_rgb_uint8(np.asarray(level.transpose("c", "y", "x").values))
+        canvas[np.ix_(rows[ok_y], cols[ok_x])] = rgb[np.ix_(src_y[ok_y], src_x[ok_x])]
+    return canvas, float(per_unit), lo.astype(np.float64)
+
+
+def attach_image(adata, library_id: str, img: np.ndarray, per_unit: float, diameter: float, source: str,
+                 where: str) -> None:
+    """The image the scanpy/squidpy way: `uns["spatial"][library_id]`, hires = `img`, `tissue_hires_scalef` =
+    its pixels per coordinate unit."""
+    adata.uns["spatial"] = {library_id: {
+        "images": {"hires": img},
+        "scalefactors": {"tissue_hires_scalef": float(per_unit), "spot_diameter_fullres": float(diameter)},
+        "metadata": {"source_image": source},
+    }}
+    log.info("%s: image '%s' as hires %dx%d px, %.4g px per coordinate unit", where, source, img.shape[1],
+             img.shape[0], per_unit)
+
+
+def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | None = None,
+               shapes: str | None = None, unit: str, unit_scale: float = 1.0, spot_diameter: float | None = None,
+               keep_area: bool = False):
+    """AnnData of one SpatialData table: its counts and obs, `obsm["spatial"]`, the image in `uns["spatial"]`.
+
+    `unit_scale` converts the coordinate system's unit to `unit` (e.g. Xenium's global system is morphology
+    image pixels: × pixel_size gives µm); `spot_diameter` is in `unit`.
+    """
+    table = pick_table(sdata, table, where)
+    adata = sdata.tables[table].copy()
+    attrs = dict(adata.uns.pop("spatialdata_attrs", {}) or {})
+    if image is not None and image not in sdata.images:
+        raise InputError(f"{where}: no image '{image}' (images: {_names(sdata.images)})")
+    image_el = sdata.images[image] if image is not None else None
+    shapes = pick_shapes(sdata, attrs, shapes, where)
+
+    if shapes is None:
+        if "spatial" not in adata.obsm:
+            raise InputError(f"{where}: table '{table}' annotates no shapes and has no obsm['spatial']; set shapes:")
+        if image_el is not None:
+            raise InputError(f"{where}: table '{table}' annotates no shapes, so its coordinates cannot be placed "
+                             "on the image; set shapes:")
+        coords, area, system = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * unit_scale, None, None
+    else:
+        gdf = sdata.shapes[shapes]
+        system = pick_coordinate_system(gdf, image_el, where)
+        region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+        if region_key in adata.obs and instance_key in adata.obs:
+            rows = (adata.obs[region_key].astype(str) == shapes).to_numpy()
+            if not rows.all():
+                log.info("%s: %d of %d table rows annotate other elements than '%s'; dropped", where,
+                         int((~rows).sum()), adata.n_obs, shapes)
+                adata = adata[rows].copy()
+            ids = adata.obs[instance_key].to_numpy()
+            missing = ~pd.Index(ids).isin(gdf.index)
+            if missing.any():
+                raise InputError(f"{where}: {int(missing.sum())} rows of table '{table}' have no shape in '{shapes}' "
+                                 f"(e.g. {instance_key} {ids[missing][0]!r})")
+            gdf = gdf.loc[ids]
+            default_names = np.array_equal(adata.obs_names.to_numpy(), np.arange(adata.n_obs).astype(str))
+            if default_names and pd.Index(ids).is_unique:  # cell ids name the rows, not their positions
+                adata.obs_names = pd.Index(ids).astype(str)
+        elif len(gdf) != adata.n_obs:
+            raise InputError(f"{where}: table '{table}' ({adata.n_obs} rows) does not annotate shapes '{shapes}' "
+                             f"({len(gdf)} shapes) and their sizes differ")
+        coords, area = shape_geometry(gdf, affine(gdf, system))
+        coords, area = coords * unit_scale, area * unit_scale**2
+        adata.obs.drop(columns=[c for c in (region_key,) if c in adata.obs], inplace=True)
+
+    origin = np.zeros(2)
+    frame = {"unit": unit, "coordinate_system": system or "", "shapes": shapes or "", "table": table}
+    if image_el is not None:
+        img, per_unit, origin = tissue_image(image_el, system, where)
+        per_unit, origin = per_unit / unit_scale, origin * unit_scale
+        diameter = spot_diameter if spot_diameter is not None else float(np.median(2 * np.sqrt(area / np.pi)))
+        attach_image(adata, library_id, img, per_unit, diameter, image, where)
+        frame["image"] = image
+    adata.obsm["spatial"] = coords - origin
+    frame["origin"] = [float(v) for v in origin]
+    if keep_area and area is not None:
+        adata.obs["area"] = area
+    adata.uns["coordinates"] = frame
+    return adata

@@ -1,0 +1,262 @@
+"""The Loki task rules (annotate, retrieve, predex) on a Loki embed rule's embeddings.h5ad.
+
+Each `run_*` checks its inputs, computes, and returns what its script writes (tables and a summary),
+so that a bad input fails before any output exists. Imported by the Loki stack (Python 3.9).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tissuelens.embed import loki_tasks as lt
+from tissuelens.embed.loki import summary as summary_of
+from tissuelens.errors import InputError
+
+log = logging.getLogger(__name__)
+IMAGE, TEXT = "X_loki_image", "X_loki_text"
+
+
+def coordinates(adata) -> tuple:
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] if "spatial" in adata.obsm else np.full((adata.n_obs, 2), np.nan)
+    return xy[:, 0], xy[:, 1]
+
+
+def image_embeddings(emb, enabled, where: str, task: str):
+    """The spots' image embeddings; None (task skipped) when there are none and `enabled` is auto."""
+    if IMAGE in emb.obsm:
+        return np.asarray(emb.obsm[IMAGE], dtype=np.float64)
+    if enabled is True:
+        raise InputError(f"{where}: no image embeddings (obsm['{IMAGE}']): the dataset has no H&E image, which "
+                         f"Loki's {task} needs (set embed.loki.{task}.enabled: auto to skip it)")
+    return None
+
+
+def labels_of(adata, key: str = "group"):
+    if key not in adata.obs:
+        return None
+    values = adata.obs[key]
+    return None if values.isna().any() else values.astype(str).to_numpy()
+
+
+# -- annotate ------------------------------------------------------------------------------------
+
+
+def marker_net(path, fmt: str, species, var_names, min_markers: int, where: str):
+    """The marker table (analyze stage's reader) restricted to genes in the data."""
+    from tissuelens.analyze.markers import match_genes, read_markers
+
+    net = read_markers(path, fmt, species)
+    return match_genes(net, var_names, int(min_markers), f"{where} ({path})")
+
+
+def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
+    """(per-spot table, summary): best type from the image (and the text) embeddings."""
+    import pandas as pd
+    import torch
+
+    from tissuelens.device import resolve_device
+    from tissuelens.embed.loki import encode_texts
+
+    net = marker_net(settings["markers"], settings["format"], settings.get("species"), var_names,
+                     settings.get("min_markers", 1), where)
+    sentences = lt.marker_sentences(net, int(settings["top_n"]))
+    types = list(sentences)
+    device = resolve_device(settings.get("device", "auto"))
+    model, _, tokenizer = ckpt.load_model(device)
+    with torch.no_grad():
+        scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 1.0
+    type_emb = encode_texts(model, tokenizer, [sentences[t] for t in types], device=device, progress=False)
+    x, y = coordinates(emb)
+    table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
+    summary = {"cell_types": types, "sentences": sentences, "logit_scale": scale, "markers": str(settings["markers"]),
+               "top_n": int(settings["top_n"]), "untrained": bool(ckpt.untrained)}
+    labels = labels_of(emb)
+    for source, key in (("image", IMAGE), ("text", TEXT)):
+        if key not in emb.obsm:
+            continue
+        best, best_sim, entropy, sim = lt.annotate(np.asarray(emb.obsm[key]), type_emb, scale)
+        table[f"{source}_cell_type"] = pd.Categorical(np.asarray(types, dtype=object)[best], categories=types)
+        table[f"{source}_similarity"] = best_sim
+        table[f"{source}_entropy"] = entropy
+        for j, t in enumerate(types):
+            table[f"{source}_cos:{t}"] = sim[:, j]
+        counts = table[f"{source}_cell_type"].value_counts(sort=False)
+        summary[source] = {"counts": {str(k): int(v) for k, v in counts.items()}, "similarity": summary_of(best_sim),
+                           "entropy": summary_of(entropy)}
+        if labels is not None:
+            summary[source]["by_group"] = pd.crosstab(labels, table[f"{source}_cell_type"].to_numpy()).to_dict(orient="index")
+    return table, summary
+
+
+# -- retrieve ------------------------------------------------------------------------------------
+
+
+def run_retrieve(emb, settings: dict, where: str, reference=None, reference_name: str | None = None):
+    """(long table: one row per spot and rank, summary) or (None, skipped summary)."""
+    import pandas as pd
+
+    img = image_embeddings(emb, settings.get("enabled", "auto"), where, "retrieve")
+    if img is None:
+        return None, {"skipped": "no H&E image embeddings"}
+    ref = emb if reference is None else reference
+    if TEXT not in ref.obsm:
+        raise InputError(f"{where}: the reference has no text embeddings (obsm['{TEXT}'])")
+    k = lt.check_k(settings["k"], ref.n_obs, f"{where}: embed.loki.retrieve.k")
+    idx, sims = lt.top_matches(lt.similarity(img, np.asarray(ref.obsm[TEXT])), k)
+    q_labels, r_labels = labels_of(emb), labels_of(ref)
+    if reference is not None and r_labels is None:
+        raise InputError(f"{where}: reference dataset '{reference_name}' has no labels (obs['group']); retrieval "
+                         "against a reference is scored by its labels")
+    self_index = np.arange(emb.n_obs) if reference is None else None
+    metrics = lt.retrieval_metrics(idx, self_index, q_labels, r_labels)
+    n = emb.n_obs
+    ref_names = np.asarray(ref.obs_names).astype(str)
+    table = pd.DataFrame({
+        "spot": np.repeat(np.asarray(emb.obs_names).astype(str), k),
+        "rank": np.tile(np.arange(1, k + 1), n),
+        "match": ref_names[idx.ravel()],
+        "similarity": sims.ravel(),
+    })
+    if self_index is not None:
+        table["same_spot"] = (idx == self_index[:, None]).ravel()
+    if q_labels is not None and r_labels is not None:
+        table["label"] = np.repeat(q_labels, k)
+        table["match_label"] = r_labels[idx.ravel()]
+    metrics.update(reference=reference_name or "self", n_reference=int(ref.n_obs),
+                   self_chance=float(k / ref.n_obs) if self_index is not None else None)
+    return table, metrics
+
+
+# -- PredEx --------------------------------------------------------------------------------------
+
+
+def expression(adata, genes: str):
+    """(log-normalised X dense float64 (n, g), gene names) of the highly variable genes or all genes."""
+    import scipy.sparse as sp
+
+    cols = np.ones(adata.n_vars, dtype=bool)
+    if genes == "highly_variable" and "highly_variable" in adata.var:
+        cols = adata.var["highly_variable"].to_numpy(dtype=bool)
+    x = adata.X[:, np.flatnonzero(cols)]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return np.asarray(x, dtype=np.float64), np.asarray(adata.var_names[cols]).astype(str)
+
+
+def run_predex(emb, adata, settings: dict, seed: int, where: str):
+    """(gene table, per-spot long table of the best genes, summary) or (None, None, skipped summary)."""
+    import pandas as pd
+
+    img = image_embeddings(emb, settings.get("enabled", "auto"), where, "predex")
+    if img is None:
+        return None, None, {"skipped": "no H&E image embeddings"}
+    if list(emb.obs_names) != list(adata.obs_names):
+        raise InputError(f"{where}: embeddings.h5ad and preprocessed.h5ad list different spots")
+    x, genes = expression(adata, settings["genes"])
+    test = lt.holdout_split(emb.n_obs, settings["test_fraction"], seed)
+    top = settings.get("top_k")
+    if top is not None:
+        lt.check_k(top, int((~test).sum()), f"{where}: embed.loki.predex.top_k (reference = training spots)")
+    sim = lt.similarity(img[test], np.asarray(emb.obsm[TEXT])[~test])
+    pred = lt.predict_expression(sim, x[~test], top, settings.get("temperature"))
+    r = lt.pearson_per_gene(pred, x[test])
+    table = pd.DataFrame({"gene": genes, "pearson": r, "mean_measured": x[test].mean(axis=0),
+                          "mean_predicted": pred.mean(axis=0)}).sort_values("pearson", ascending=False, na_position="last")
+    best = [g for g in table["gene"].head(int(settings["report_genes"]))]
+    col = {g: j for j, g in enumerate(genes)}
+    xs, ys = coordinates(emb)
+    names = np.asarray(emb.obs_names).astype(str)[test]
+    spots = pd.concat([pd.DataFrame({"obs_name": names, "x": xs[test], "y": ys[test], "gene": g,
+                                     "measured": x[test][:, col[g]], "predicted": pred[:, col[g]]}) for g in best],
+                      ignore_index=True) if best else pd.DataFrame(columns=["obs_name", "x", "y", "gene", "measured", "predicted"])
+    finite = r[np.isfinite(r)]
+    summary = {"n_train": int((~test).sum()), "n_test": int(test.sum()), "n_genes": int(len(genes)),
+               "genes": settings["genes"], "top_k": top, "temperature": settings.get("temperature"),
+               "pearson_mean": float(finite.mean()) if finite.size else None,
+               "pearson_median": float(np.median(finite)) if finite.size else None,
+               "genes_scored": int(finite.size), "best_genes": best}
+    return table, spots, summary
+
+
+# -- decompose (Tangram) -----------------------------------------------------------------------
+
+
+def feature_anndata(x: np.ndarray, obs_names, obs=None):
+    """An AnnData whose 'genes' are the embedding dimensions (Loki's generate_feature_ad)."""
+    import anndata as ad
+    import pandas as pd
+
+    names = [f"omiclip_{j}" for j in range(x.shape[1])]
+    out = ad.AnnData(np.asarray(x, dtype=np.float32), obs=pd.DataFrame(index=np.asarray(obs_names).astype(str)),
+                     var=pd.DataFrame(index=names))
+    if obs is not None:
+        for key, values in obs.items():
+            out.obs[key] = np.asarray(values)
+    return out
+
+
+def proportions(ct_pred) -> np.ndarray:
+    """Tangram's per-spot cell-type scores (tangram_ct_pred) as proportions: each row divided by its sum."""
+    p = np.clip(np.asarray(ct_pred, dtype=np.float64), 0, None)
+    total = p.sum(axis=1, keepdims=True)
+    return p / np.where(total > 0, total, 1.0)
+
+
+def _number(value) -> float | None:
+    """A float from Tangram's training history (numbers, or strings such as 'tensor(-0.99, grad_fn=...)')."""
+    import re
+
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        m = re.search(r"-?\d+(\.\d+)?(e-?\d+)?", str(value))
+        x = float(m.group(0)) if m else float("nan")
+    return x if np.isfinite(x) else None  # unused regularisers are NaN
+
+
+def run_decompose(emb, reference, settings: dict, seed: int, where: str, reference_name: str):
+    """(per-spot table of cell-type proportions, summary): Tangram in clusters mode maps the reference's cells
+    (their OmiCLIP text embeddings, grouped by label) onto the spots' OmiCLIP image (or text) embeddings,
+    with Loki's cell_type_decompose arguments."""
+    import pandas as pd
+    import tangram as tg
+    import torch
+
+    labels = labels_of(reference, settings["label_key"])
+    if labels is None:
+        raise InputError(f"{where}: reference dataset '{reference_name}' has no labels (obs['{settings['label_key']}'])")
+    if TEXT not in reference.obsm:
+        raise InputError(f"{where}: reference dataset '{reference_name}' has no text embeddings (obsm['{TEXT}'])")
+    source = settings["spot_embedding"]
+    if source == "auto":
+        source = "image" if IMAGE in emb.obsm else "text"
+    key = IMAGE if source == "image" else TEXT
+    if key not in emb.obsm:
+        raise InputError(f"{where}: no {source} embeddings (obsm['{key}']); set embed.loki.decompose.spot_embedding: text")
+    sc_ad = feature_anndata(reference.obsm[TEXT], reference.obs_names, {"cell_type": labels})
+    st_ad = feature_anndata(emb.obsm[key], emb.obs_names)
+    torch.manual_seed(seed)
+    tg.pp_adatas(sc_ad, st_ad, genes=None)
+    ad_map = tg.map_cells_to_space(sc_ad, st_ad, mode="clusters", cluster_label="cell_type", device=settings.get("device", "cpu"),
+                                   scale=False, density_prior="uniform", random_state=seed, verbose=False,
+                                   num_epochs=int(settings["num_epochs"]))
+    tg.project_cell_annotations(ad_map, st_ad, annotation="cell_type")
+    pred = st_ad.obsm["tangram_ct_pred"]
+    pred = pred[sorted(pred.columns, key=str)]
+    types = [str(c) for c in pred.columns]
+    props = proportions(pred.to_numpy())
+    x, y = coordinates(emb)
+    table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
+    for j, t in enumerate(types):
+        table[t] = props[:, j]
+    table["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
+    history = ad_map.uns.get("training_history") or {}
+    final = {k: _number(v[-1]) for k, v in history.items() if len(v)}
+    summary = {"reference": reference_name, "spot_embedding": source, "cell_types": types,
+               "n_reference_cells": int(reference.n_obs), "mean_proportions": dict(zip(types, props.mean(axis=0).tolist())),
+               "training_final": final, "num_epochs": int(settings["num_epochs"])}
+    labels_here = labels_of(emb)
+    if labels_here is not None:
+        summary["dominant_by_group"] = pd.crosstab(labels_here, table["dominant"].to_numpy()).to_dict(orient="index")
+    return table, summary

@@ -1,0 +1,152 @@
+"""Units of the analyze stage: marker scoring (decoupler ULM against its arithmetic), entropy, marker files,
+neighbour smoothing, the agreement table, where groups come from, and the planted synthetic markers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy.stats import pearsonr
+
+from tissuelens.analyze import agreement, domains, markers
+from tissuelens.analyze.groups import group_source, has_groups
+from tissuelens.datasets.synthetic import make_synthetic
+from tissuelens.errors import InputError
+from tissuelens.report.stages import factorize_variants
+
+GENES = [f"g{i}" for i in range(8)]
+NET = pd.DataFrame({"source": ["A"] * 3 + ["B"] * 3, "target": GENES[:3] + GENES[3:6], "weight": 1.0})
+
+
+def ulm_by_hand(x_row: np.ndarray, members: np.ndarray) -> float:
+    """decoupler's ULM score: the t-value of the slope of expression on set membership over genes,
+    t = r * sqrt(df / ((1 - r)(1 + r))), df = genes - 2."""
+    r = pearsonr(x_row, members.astype(float))[0]
+    df = x_row.size - 2
+    return r * np.sqrt(df / ((1 - r) * (1 + r)))
+
+
+def test_ulm_scores_match_the_t_value_of_a_univariate_fit():
+    x = np.random.default_rng(0).random((5, 8))
+    scores = markers.score(sp.csr_matrix(x), [f"c{i}" for i in range(5)], GENES, NET)
+    assert list(scores.columns) == ["A", "B"] and scores.shape == (5, 2)
+    for i in range(5):
+        for t, members in (("A", np.arange(8) < 3), ("B", (np.arange(8) >= 3) & (np.arange(8) < 6))):
+            assert scores.loc[f"c{i}", t] == pytest.approx(ulm_by_hand(x[i], members), rel=1e-9)
+
+
+def test_annotation_picks_the_marked_type_and_entropy_reads_certainty():
+    x = np.random.default_rng(1).random((3, 8)) * 0.1  # a little noise: no perfect correlation
+    x[0, :3] += 5.0  # A's markers
+    x[1, 3:6] += 5.0  # B's markers
+    x[2] = [1, 2, 3, 1, 2, 3, 0, 0]  # both sets alike: no preference
+    table = markers.annotate(markers.score(x, ["a", "b", "c"], GENES, NET))
+    assert list(table["cell_type"].astype(str)[:2]) == ["A", "B"]
+    assert table["entropy"].iloc[0] < 0.05 and table["entropy"].iloc[2] == pytest.approx(1.0)
+
+
+def test_softmax_entropy_known_values():
+    h = markers.softmax_entropy(np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [np.log(2), 0.0, 0.0]]))
+    p = np.array([2, 1, 1]) / 4
+    assert h[0] == pytest.approx(1.0) and h[1] == pytest.approx(0.0, abs=1e-12)
+    assert h[2] == pytest.approx(-(p * np.log(p)).sum() / np.log(3))
+
+
+def test_domain_majority_share():
+    out = markers.domain_majority(pd.Series(["A", "A", "B", "B", "B"]), pd.Series(["D1", "D1", "D1", "D2", "D2"]))
+    assert out.to_dict("list") == {"domain": ["D1", "D2"], "n_cells": [3, 2], "majority_type": ["A", "B"],
+                                   "majority_share": [pytest.approx(2 / 3), 1.0]}
+
+
+def test_marker_files_both_formats_and_their_errors(tmp_path):
+    tsv = tmp_path / "panglao.tsv"
+    tsv.write_text("species\tofficial gene symbol\tcell type\torgan\nMm Hs\tCD3E\tT cells\tImmune\n"
+                   "Hs\tMS4A1\tB cells\tImmune\nMm\tCd19\tB cells\tImmune\n")
+    net = markers.read_markers(tsv, "panglaodb", "Hs")
+    assert sorted(zip(net["source"], net["target"])) == [("B cells", "MS4A1"), ("T cells", "CD3E")]
+    with pytest.raises(InputError, match=r"panglao.tsv: no marker for species 'Rn'.*file has: Hs, Mm"):
+        markers.read_markers(tsv, "panglaodb", "Rn")
+    with pytest.raises(InputError, match="not a marker CSV"):
+        markers.read_markers(tsv, "csv", None)
+    csv = tmp_path / "m.csv"
+    csv.write_text("gene,cell_type\ncd3e,T\nMS4A1,B\n")
+    with pytest.raises(InputError, match="not a PanglaoDB TSV"):
+        markers.read_markers(csv, "panglaodb", None)
+    with pytest.raises(InputError, match="missing.csv: marker file not found"):
+        markers.read_markers(tmp_path / "missing.csv", "csv", None)
+    net = markers.read_markers(csv, "csv", None)
+    matched = markers.match_genes(net, ["CD3E", "MS4A1", "X"], 1, "data.h5ad")
+    assert sorted(matched["target"]) == ["CD3E", "MS4A1"]  # case-insensitive, the data's spelling
+    with pytest.raises(InputError, match="data.h5ad: no marker gene of the file is in the data"):
+        markers.match_genes(net, ["X", "Y"], 1, "data.h5ad")
+    with pytest.raises(InputError, match="min_markers=2"):
+        markers.match_genes(net, ["CD3E", "MS4A1"], 2, "data.h5ad")
+
+
+def test_smoothing_averages_each_row_with_its_neighbours():
+    graph = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
+    x = np.array([[0.0, 3.0], [3.0, 6.0], [6.0, 0.0]])
+    np.testing.assert_allclose(domains.smooth(x, graph), [[1.5, 4.5], [3.0, 3.0], [4.5, 3.0]])
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
+    g = domains.spatial_graph(coords, 1).toarray()
+    assert g[0, 1] == 1 and g[2, 3] == 1 and g[0, 2] == 0
+
+
+def test_too_few_cells_for_leiden_is_one_clear_error():
+    import anndata as ad
+
+    adata = ad.AnnData(np.random.default_rng(0).random((5, 10)).astype(np.float32))
+    with pytest.raises(InputError, match=r"x.h5ad: 5 cells .* analyze.domains.n_neighbors=15"):
+        domains.compute_domains(adata, {"n_neighbors": 15, "n_pcs": 3, "resolution": 1.0}, False, 0, "x.h5ad")
+
+
+def test_agreement_table_values_and_missing_cells():
+    idx = pd.Index([f"c{i}" for i in range(6)])
+    a = pd.Series(list("xxyyzz"), index=idx)
+    renamed = pd.Series(list("112233"), index=idx)
+    other = pd.Series(["p", "q", "p", "q", None, None], index=idx)
+    table = agreement.agreement_table({"a": a, "renamed": renamed, "other": other})
+    row = table.set_index(["a", "b"])
+    assert row.loc[("a", "renamed"), "ari"] == pytest.approx(1.0) and row.loc[("a", "renamed"), "nmi"] == pytest.approx(1.0)
+    assert row.loc[("a", "other"), "n_cells"] == 4  # cells without a label in either partition are left out
+    assert row.loc[("a", "other"), "ari"] < 0.01
+    m = agreement.matrix(table, "ari")
+    assert m.loc["renamed", "a"] == m.loc["a", "renamed"] and m.loc["other", "other"] == 1.0
+    f = agreement.factor_argmax(np.array([[0.1, 2.0], [3.0, 1.0]]), ["u", "v"])
+    assert list(f) == ["F2", "F1"]
+
+
+def config_with(entry: dict, analyze: dict | None = None) -> dict:
+    cfg = {"datasets": {"d": {"source": "synthetic", "spatial": True, **entry}},
+           "factorize": {"variants": ["pnmf", "svgp", "mggp_svgp"]}}
+    if analyze is not None:
+        cfg["analyze"] = analyze
+    return cfg
+
+
+def test_group_source_resolution():
+    assert group_source(config_with({}), "d") == "spatial_domain"  # the default
+    assert factorize_variants(config_with({}), "d") == ["pnmf", "svgp", "mggp_svgp"]
+    assert group_source(config_with({"spatial": False}), "d") == "expr_leiden"
+    assert group_source(config_with({}, {"group_source": "expr_leiden"}), "d") == "expr_leiden"
+    none = config_with({}, {"group_source": "none"})
+    assert group_source(none, "d") is None and not has_groups(none, "d")
+    assert factorize_variants(none, "d") == ["pnmf", "svgp"]
+    labelled = config_with({"group_key": "cluster"}, {"group_source": "expr_leiden"})  # top level: labels win
+    assert group_source(labelled, "d") is None and has_groups(labelled, "d")
+    both = config_with({"group_key": "cluster", "analyze": {"group_source": "expr_leiden"}})
+    with pytest.raises(InputError, match=r"datasets.d: analyze.group_source 'expr_leiden' is set together with group_key"):
+        group_source(both, "d")
+
+
+def test_planted_markers_leave_the_other_genes_unchanged():
+    base = make_synthetic(n_spots=120, n_genes=30, n_groups=3, seed=4, image_size=64)
+    marked = make_synthetic(n_spots=120, n_genes=30, n_groups=3, seed=4, image_size=64, marker_genes_per_group=2)
+    assert marked.n_vars == 36 and list(marked.var_names[30:32]) == ["MRK1_1", "MRK1_2"]
+    np.testing.assert_array_equal(marked.X[:, :30].toarray(), base.X.toarray())
+    np.testing.assert_array_equal(marked.obsm["true_factors"], base.obsm["true_factors"])
+    counts = marked.X[:, 30:].toarray()
+    inside = (marked.obs["group"] == "domain_1").to_numpy()
+    assert counts[inside, 0].mean() > 4 * counts[~inside, 0].mean()
+    assert marked.var["gene_ids"].is_unique

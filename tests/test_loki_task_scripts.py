@@ -1,0 +1,178 @@
+"""The Loki task rules' scripts (loki_annotate, loki_retrieve, loki_predex) on a tiny untrained CoCa's
+embeddings of a small synthetic dataset: outputs, and bad input as one error line with no output."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, error_line, run_script
+
+pytest.importorskip("open_clip")
+from tissuelens.models import loki as lm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import scanpy as sc
+
+    from tissuelens.datasets.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("loki_tasks")
+    model = root / "loki_tiny"
+    lm.build_random(model, seed=0)
+    (model / lm.MANIFEST).write_text(json.dumps({"kind": "loki", "source": "random", "untrained": True}))
+    adata = make_synthetic(n_spots=60, n_genes=70, n_spatial_factors=2, n_groups=3, seed=2, image_size=200)
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    adata.var["highly_variable"] = True
+    pre = root / "preprocessed.h5ad"
+    adata.write_h5ad(pre)
+    emb = root / "embed"
+    run_script("embed_loki", "--h5ad", pre, "--model-dir", model, "--model", "loki_tiny", "--settings",
+               json.dumps({"progress": False, "activations": "embeddings"}), "--out", emb / "embeddings.h5ad",
+               "--activations", emb / "activations", "--metrics", emb / "metrics.json", check=True)
+    markers = root / "markers.csv"
+    genes = list(adata.var_names)
+    markers.write_text("gene,cell_type\n" + "".join(f"{g},type_{i % 3}\n" for i, g in enumerate(genes[:12])) + "NOTAGENE,type_9\n")
+    return {"root": root, "model": model, "pre": pre, "emb": emb / "embeddings.h5ad", "markers": markers, "adata": adata}
+
+
+def test_annotate_writes_best_type_similarity_entropy(built, tmp_path):
+    out, summary = tmp_path / "annotation.parquet", tmp_path / "annotation.json"
+    settings = {"markers": str(built["markers"]), "format": "csv", "top_n": 50, "min_markers": 1}
+    run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+               "--settings", json.dumps(settings), "--out", out, "--summary", summary, check=True)
+    t = pd.read_parquet(out)
+    s = json.loads(summary.read_text())
+    assert s["cell_types"] == ["type_0", "type_1", "type_2"]  # type_9's only gene is not in the data
+    assert s["sentences"]["type_0"].split() == [built["adata"].var_names[i] for i in (0, 3, 6, 9)]
+    assert len(t) == 60 and {"image_cell_type", "image_similarity", "image_entropy", "text_cell_type"} <= set(t)
+    cos = t[[f"image_cos:{c}" for c in s["cell_types"]]].to_numpy()
+    np.testing.assert_allclose(t["image_similarity"], cos.max(axis=1))
+    assert ((t["image_entropy"] >= 0) & (t["image_entropy"] <= 1)).all() and s["untrained"] is True
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing", "marker file not found"),
+    ("no_gene", "no marker gene of the file is in the data"),
+])
+def test_annotate_bad_markers(built, tmp_path, case, pattern):
+    markers = tmp_path / "m.csv"
+    if case == "no_gene":
+        markers.write_text("gene,cell_type\nNOTAGENE,t\n")
+    out = tmp_path / "annotation.parquet"
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"markers": str(markers), "format": "csv", "top_n": 5}), "--out", out,
+                      "--summary", tmp_path / "a.json")
+    assert proc.returncode == 2 and pattern in error_line(proc)
+    assert not out.exists() and not (tmp_path / "a.json").exists()
+
+
+def test_retrieve_within_the_dataset_and_k_too_large(built, tmp_path):
+    out, summary = tmp_path / "retrieval.parquet", tmp_path / "retrieval.json"
+    run_script("loki_retrieve", "--embeddings", built["emb"], "--settings", json.dumps({"k": 4, "enabled": "auto"}),
+               "--out", out, "--summary", summary, check=True)
+    t = pd.read_parquet(out)
+    s = json.loads(summary.read_text())
+    assert len(t) == 60 * 4 and t.groupby("spot")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
+    assert 0 <= s["self_at_k"] <= 1 and s["self_chance"] == pytest.approx(4 / 60) and "label_precision_at_k" in s
+    assert t.groupby("spot")["similarity"].apply(lambda v: bool(np.all(np.diff(v.to_numpy()) <= 0))).all()
+    bad = run_script("loki_retrieve", "--embeddings", built["emb"], "--settings", json.dumps({"k": 61}),
+                     "--out", tmp_path / "r2.parquet", "--summary", tmp_path / "r2.json")
+    assert bad.returncode == 2 and "k=61 but there are 60 spots" in error_line(bad)
+    assert not (tmp_path / "r2.parquet").exists()
+
+
+def test_retrieve_against_a_reference_without_labels_fails(built, tmp_path):
+    ref = ad.read_h5ad(built["emb"])
+    del ref.obs["group"]
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    proc = run_script("loki_retrieve", "--embeddings", built["emb"], "--reference", tmp_path / "ref.h5ad", "--reference-name", "sc",
+                      "--settings", json.dumps({"k": 3}), "--out", tmp_path / "r.parquet", "--summary", tmp_path / "r.json")
+    assert proc.returncode == 2 and "reference dataset 'sc' has no labels" in error_line(proc)
+
+
+def test_predex_scores_held_out_spots(built, tmp_path):
+    files = {"--genes-out": tmp_path / "predex_genes.csv", "--spots-out": tmp_path / "predex_spots.parquet",
+             "--summary": tmp_path / "predex.json"}
+    settings = {"test_fraction": 0.25, "top_k": 10, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3}
+    args = [a for kv in files.items() for a in kv]
+    run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--settings", json.dumps(settings),
+               "--seed", 0, *args, check=True)
+    genes = pd.read_csv(files["--genes-out"])
+    s = json.loads(files["--summary"].read_text())
+    assert s["n_test"] == 15 and s["n_train"] == 45 and len(genes) == 70
+    assert genes["pearson"].dropna().between(-1, 1).all() and s["best_genes"] == genes["gene"].head(3).tolist()
+    spots = pd.read_parquet(files["--spots-out"])
+    assert len(spots) == 15 * 3 and {"measured", "predicted", "x", "y"} <= set(spots)
+    again = tmp_path / "again.json"
+    run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--settings", json.dumps(settings),
+               "--seed", 0, "--genes-out", tmp_path / "g2.csv", "--spots-out", tmp_path / "s2.parquet", "--summary", again, check=True)
+    assert json.loads(again.read_text()) == s  # same seed, same numbers
+
+
+def test_image_tasks_without_an_image(built, tmp_path):
+    emb = ad.read_h5ad(built["emb"])
+    del emb.obsm["X_loki_image"]
+    path = tmp_path / "noimage.h5ad"
+    emb.write_h5ad(path)
+    proc = run_script("loki_retrieve", "--embeddings", path, "--settings", json.dumps({"k": 3, "enabled": True}),
+                      "--out", tmp_path / "r.parquet", "--summary", tmp_path / "r.json")
+    assert proc.returncode == 2 and "no image embeddings" in error_line(proc) and not (tmp_path / "r.parquet").exists()
+    run_script("loki_retrieve", "--embeddings", path, "--settings", json.dumps({"k": 3, "enabled": "auto"}),
+               "--out", tmp_path / "r.parquet", "--summary", tmp_path / "r.json", check=True)
+    assert json.loads((tmp_path / "r.json").read_text()) == {"skipped": "no H&E image embeddings"}
+
+
+def test_task_scripts_import_only_what_the_loki_env_has():
+    from test_loki_model import LOKI_ENV_MODULES, _imports  # noqa: F401  (the embed script's check, reused)
+
+    import sys
+    from pathlib import Path
+
+    for script in ("loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose"):
+        seen, todo, third = set(), [REPO / "scripts" / f"{script}.py"], set()
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            for name in _imports(path):
+                top = name.split(".")[0]
+                if top == "tissuelens":
+                    parts = name.split(".")
+                    for i in range(1, len(parts) + 1):
+                        base = REPO / "src" / Path(*parts[:i])
+                        for cand in (base.with_suffix(".py"), base / "__init__.py"):
+                            if cand.is_file():
+                                todo.append(cand)
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    third.add(top)
+        # decoupler: imported lazily by analyze.markers.score, which the Loki tasks never call
+        assert third <= LOKI_ENV_MODULES | {"decoupler", "tangram"}, (script, third - LOKI_ENV_MODULES)
+
+
+def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_path):
+    """The demo config plans the four Loki task jobs; a reference that is not a dataset of the config stops
+    the dry run with one line naming the key."""
+    import yaml
+    from scaleout import plan, snakemake, write_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    write_config(tmp_path, config)
+    jobs = {rule for rule, _ in plan(tmp_path, "results/demo/loki/loki_tiny/decompose.json",
+                                     "results/demo/loki/loki_tiny/predex.json", "results/demo/loki/loki_tiny/retrieval.json",
+                                     "results/demo/loki/loki_tiny/annotation.json")}
+    assert {"loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose", "embed_loki"} <= jobs
+    for task in ("retrieve", "decompose"):
+        bad = yaml.safe_load(yaml.safe_dump(config))
+        bad["embed"]["loki"][task] = {"reference": "nope"}
+        write_config(tmp_path, bad)
+        proc = snakemake(tmp_path, "-n", check=False)
+        assert proc.returncode != 0
+        assert f"datasets.demo: embed.loki.{task}.reference names 'nope', which is not a dataset of this config" in proc.stdout

@@ -1,0 +1,81 @@
+rule domains:
+    """Leiden on the expression PCA and spatial domains on neighbour-smoothed PCA (no labels needed)."""
+    input:
+        "resources/datasets/{dataset}/raw.h5ad",
+    output:
+        "results/{dataset}/analyze/domains.parquet",
+    params:
+        script=script("domains"),
+        entry=dataset_entry,
+        preprocess=settings_of("preprocess"),
+        settings=domain_settings,
+        seed=dataset_seed,
+    log:
+        "logs/{dataset}/analyze/domains.log",
+    benchmark:
+        "benchmarks/{dataset}/analyze/domains.tsv"
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python {params.script:q} --raw {input:q} --entry {params.entry:q} "
+        "--preprocess-settings {params.preprocess:q} --settings {params.settings:q} --seed {params.seed} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
+rule analyze:
+    """Marker annotation (decoupler), doublets (single-cell data), spatial statistics (squidpy), summary."""
+    input:
+        h5ad="results/{dataset}/preprocessed.h5ad",
+        domains="results/{dataset}/analyze/domains.parquet",
+        markers=analyze_markers_file,
+    output:
+        annotation="results/{dataset}/analyze/annotation.parquet",
+        doublets="results/{dataset}/analyze/doublets.parquet",
+        majority="results/{dataset}/analyze/domain_types.csv",
+        net="results/{dataset}/analyze/markers_used.csv",
+        nhood="results/{dataset}/analyze/nhood_enrichment.csv",
+        cooccurrence="results/{dataset}/analyze/co_occurrence.csv",
+        svg="results/{dataset}/analyze/spatially_variable_genes.csv",
+        summary="results/{dataset}/analyze/summary.json",
+    params:
+        script=script("analyze"),
+        entry=dataset_entry,
+        settings=analyze_settings,
+        source=group_source_arg,
+        markers=analyze_markers_arg,
+        seed=dataset_seed,
+        outdir=subpath(output.summary, parent=True),
+    log:
+        "logs/{dataset}/analyze/analyze.log",
+    benchmark:
+        "benchmarks/{dataset}/analyze/analyze.tsv"
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python {params.script:q} --h5ad {input.h5ad:q} --domains {input.domains:q} --entry {params.entry:q} "
+        "--settings {params.settings:q} {params.markers} --group-source '{params.source}' --seed {params.seed} "
+        "--outdir {params.outdir:q} > {log:q} 2>&1"
+
+
+rule agreement:
+    """ARI / NMI between domains, labels, the best PNMF-GP variant's dominant factor and embedding Leiden."""
+    input:
+        unpack(agreement_inputs),
+    output:
+        "results/{dataset}/analyze/agreement.csv",
+    params:
+        script=script("agreement"),
+        settings=domain_settings,
+        source=group_source_arg,
+        args=agreement_args,
+        seed=dataset_seed,
+    log:
+        "logs/{dataset}/analyze/agreement.log",
+    benchmark:
+        "benchmarks/{dataset}/analyze/agreement.tsv"
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python {params.script:q} --h5ad {input.h5ad:q} --domains {input.domains:q} {params.args} "
+        "--settings {params.settings:q} --group-source '{params.source}' --seed {params.seed} "
+        "--out {output:q} > {log:q} 2>&1"
