@@ -1,6 +1,7 @@
 """Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
 
-Order: missing coordinates/expression/group -> QC cell filters -> small groups -> gene filter.
+Order: missing coordinates/expression/group -> QC cell filters -> Scrublet doublets (single-cell data, when
+remove_doublets is on) -> small groups -> gene filter.
 Every filter records how many cells or genes it removed (returned as the QC report).
 """
 
@@ -61,6 +62,22 @@ def qc_filter_cells(adata, settings: dict, report: dict):
     return adata
 
 
+def remove_doublets(adata, expected_rate: float, seed: int, report: dict):
+    """Drop the cells Scrublet calls doublets (scanpy.pp.scrublet on the counts); keep every cell's score in
+    obs['doublet_score'] and the call's summary in report['doublets'] and uns['doublets']."""
+    from tissuelens.analyze.doublets import scrublet
+
+    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed)
+    called = scores["predicted_doublet"].reindex(adata.obs_names, fill_value=False).to_numpy(bool)
+    adata.obs["doublet_score"] = scores["doublet_score"].reindex(adata.obs_names).to_numpy()
+    record = {"n_cells": int(len(called)), "n_called": int(called.sum()), "rate": float(called.sum() / max(len(called), 1)),
+              "threshold": scores.attrs["threshold"], "expected_rate": float(expected_rate)}
+    report["doublets"] = record
+    adata = _drop_cells(adata, ~called, report, "doublets")
+    adata.uns["doublets"] = record
+    return adata
+
+
 def clean_groups(adata, group_key: str, settings: dict, report: dict):
     """Drop groups below the size threshold; obs['group'] = remaining groups, re-encoded."""
     labels = adata.obs[group_key].astype(str)
@@ -74,8 +91,11 @@ def clean_groups(adata, group_key: str, settings: dict, report: dict):
     return adata
 
 
-def preprocess(adata, entry: dict, settings: dict, where: str):
-    """Return (preprocessed AnnData, QC report). InputError if nothing survives."""
+def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: float = 0.05, seed: int = 0):
+    """Return (preprocessed AnnData, QC report). InputError if nothing survives.
+
+    doublet_rate, seed: Scrublet's expected doublet rate and seed, used when settings['remove_doublets'] is on
+    and the data is not spatial (a spot holds several cells by design)."""
     import scanpy as sc
 
     report = {"n_cells_raw": int(adata.n_obs), "n_genes_raw": int(adata.n_vars), "cells_removed": {}, "genes_removed": {}}
@@ -87,6 +107,11 @@ def preprocess(adata, entry: dict, settings: dict, where: str):
 
     adata = drop_missing(adata, group_key, entry["spatial"], report)
     adata = qc_filter_cells(adata, settings, report)
+    if settings.get("remove_doublets"):
+        if entry["spatial"]:
+            log.info("preprocess.remove_doublets applies to single-cell data; %s is spatial, no cell removed", where)
+        else:
+            adata = remove_doublets(adata, doublet_rate, seed, report)
     if group_key is not None:
         adata = clean_groups(adata, group_key, settings, report)
     if adata.n_obs == 0:
