@@ -20,7 +20,7 @@ from conftest import REPO, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 ARTIFACTS = REPO / "test-artifacts"
-SECTION_IDS = ["dataset", "factorize", "embed", "sae", "narrative", "provenance"]
+SECTION_IDS = ["dataset", "analyze", "factorize", "embed", "sae", "narrative", "provenance"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
