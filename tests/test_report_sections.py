@@ -216,3 +216,16 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
     assert ("preprocess removed them" in body) == remove and ("they are kept" in body) == (not remove)
     prompt = build_prompt("cells", {}, qc, adata, plan, has_image=False)["prompt"]
     assert f"- Doublets (Scrublet): rate {100 * rate:.2f}% of cells, {'removed before analysis' if remove else 'kept'}." in prompt
+
+
+def test_script_passes_every_planned_stage_to_the_report(built, tmp_path):
+    """scripts/report.py keeps the analyze stage of the plan (files per stage, no units)."""
+    plan = json.loads(json.dumps(built["plan"]))
+    for stage in ("factorize", "embed", "sae"):  # keeps the test short
+        plan[stage] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}
+    out = tmp_path / "index.html"
+    proc = run_script("report", "--dataset", "demo", "--qc", built["qc"], "--preprocessed", built["h5ad"],
+                      "--plan", json.dumps(plan), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    status, body = sections(out.read_text())["analyze"]
+    assert status == "ok" and "Cross-stage agreement" in body
