@@ -120,6 +120,15 @@ def test_leaky_metric_lines_are_withheld(stage_inputs):
     assert "Embedding loki" in rec["prompt"]
 
 
+def test_groups_from_domains_are_introduced_as_unsupervised(stage_inputs):
+    _, qc, adata, plan = stage_inputs
+    labelled = build_prompt("demo", {}, qc, adata, plan, has_image=False)["prompt"]
+    assert "- Annotated groups: 3 (labels replaced by letters); share of spots: A " in labelled
+    unlabelled = build_prompt("demo", {}, {**qc, "group_source": "spatial_domain"}, adata, plan, has_image=False)["prompt"]
+    assert ("- Groups: 3 unsupervised spatial domains (the sample has no annotation; labels replaced by letters); "
+            "share of spots: A ") in unlabelled and "Annotated groups" not in unlabelled
+
+
 def test_a_cell_type_name_in_an_analyze_line_is_withheld(stage_inputs):
     """Cell-type names of the marker file count as identifiers: a summary naming one loses that line only."""
     root, qc, adata, plan = stage_inputs

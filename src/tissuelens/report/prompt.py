@@ -132,9 +132,10 @@ def _group_lines(b: PromptBuilder, qc: dict, adata) -> dict:
     total = sum(counts.values()) or 1
     shares = ", ".join(f"{mapping[g]} {100 * counts[g] / total:.1f}%" for g in names)
     source = qc.get("group_source")
-    what = (f"Groups: {len(names)} unsupervised {PARTITIONS[source]} (the sample has no annotation)"
-            if source in ("spatial_domain", "expr_leiden") else f"Annotated groups: {len(names)}")
-    b.add(f"- {what} (labels replaced by letters); share of spots: {shares}.")
+    what = (f"Groups: {len(names)} unsupervised {PARTITIONS[source]} (the sample has no annotation; labels "
+            "replaced by letters)" if source in ("spatial_domain", "expr_leiden")
+            else f"Annotated groups: {len(names)} (labels replaced by letters)")
+    b.add(f"- {what}; share of spots: {shares}.")
     return mapping
 
 
