@@ -115,3 +115,38 @@ def test_analyze_scores_doublets_when_they_are_kept(planted):
     summary = res["summary"]["doublets"]
     assert summary["removed"] is False and summary["n_called"] == int(dbl["predicted_doublet"].sum()) > 0
     assert summary["rate"] == pytest.approx(summary["n_called"] / kept.n_obs)
+
+
+def tiny_cells(tmp_path):
+    """40 cells x 25 genes: too small for Scrublet's 30 principal components."""
+    counts = np.random.default_rng(0).poisson(3.0, size=(40, 25)).astype(np.float32)
+    adata = ad.AnnData(counts, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]),
+                       var=pd.DataFrame(index=[f"G{j}" for j in range(25)]))
+    path = tmp_path / "tiny.h5ad"
+    adata.write_h5ad(path)
+    return adata, path
+
+
+def test_data_too_small_for_scrublet_is_one_error_line_and_no_output(tmp_path):
+    import json
+
+    from conftest import error_line, run_script
+
+    _, raw = tiny_cells(tmp_path)
+    out, qc = tmp_path / "out/preprocessed.h5ad", tmp_path / "out/qc.json"
+    proc = run_script("preprocess", "--raw", raw, "--entry", json.dumps({"source": "local", "spatial": False}),
+                      "--settings", json.dumps(settings(True)), "--doublet-rate", "0.05", "--seed", "0",
+                      "--out", out, "--qc", qc)
+    assert proc.returncode == 2
+    assert error_line(proc).startswith(f"error: {raw} (preprocess.remove_doublets): Scrublet cannot score 40 cells x 25 genes (")
+    assert not out.exists() and not qc.exists()
+
+
+def test_analyze_without_doublet_scores_on_data_too_small(tmp_path):
+    adata, _ = tiny_cells(tmp_path)
+    kept, _ = preprocess(adata, {"spatial": False}, settings(False), "tiny.h5ad")
+    domains = pd.DataFrame({"expr_leiden": pd.Categorical(["C1"] * kept.n_obs), "spatial_domain": None},
+                           index=kept.obs_names)
+    res = analyze(kept, domains, step_defaults("analyze"), spatial=False, seed=0, where="tiny.h5ad")
+    assert res["doublets"].empty
+    assert res["summary"]["doublets"]["skipped"].startswith("tiny.h5ad: Scrublet cannot score 40 cells x 25 genes")

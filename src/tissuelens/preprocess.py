@@ -62,12 +62,12 @@ def qc_filter_cells(adata, settings: dict, report: dict):
     return adata
 
 
-def remove_doublets(adata, expected_rate: float, seed: int, report: dict):
+def remove_doublets(adata, expected_rate: float, seed: int, report: dict, where: str):
     """Drop the cells Scrublet calls doublets (scanpy.pp.scrublet on the counts); keep every cell's score in
     obs['doublet_score'] and the call's summary in report['doublets'] and uns['doublets']."""
     from tissuelens.analyze.doublets import scrublet
 
-    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed)
+    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed, where=f"{where} (preprocess.remove_doublets)")
     called = scores["predicted_doublet"].reindex(adata.obs_names, fill_value=False).to_numpy(bool)
     adata.obs["doublet_score"] = scores["doublet_score"].reindex(adata.obs_names).to_numpy()
     record = {"n_cells": int(len(called)), "n_called": int(called.sum()), "rate": float(called.sum() / max(len(called), 1)),
@@ -111,7 +111,7 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         if entry["spatial"]:
             log.info("preprocess.remove_doublets applies to single-cell data; %s is spatial, no cell removed", where)
         else:
-            adata = remove_doublets(adata, doublet_rate, seed, report)
+            adata = remove_doublets(adata, doublet_rate, seed, report, where)
     if group_key is not None:
         adata = clean_groups(adata, group_key, settings, report)
     if adata.n_obs == 0:

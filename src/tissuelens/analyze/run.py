@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from tissuelens.analyze import doublets, markers, spatial_stats
+from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
 ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "entropy": "float64"}
@@ -80,6 +81,8 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
     if "n_called" in dbl.attrs:  # called and removed by preprocess (remove_doublets)
         out["doublets"] = {"n_called": dbl.attrs["n_called"], "rate": dbl.attrs["rate"],
                            "threshold": dbl.attrs.get("threshold"), "removed": True}
+    elif "skipped" in dbl.attrs:
+        out["doublets"] = {"skipped": dbl.attrs["skipped"]}
     elif len(dbl):
         out["doublets"] = {"n_called": int(dbl["predicted_doublet"].sum()), "rate": float(dbl["predicted_doublet"].mean()),
                            "threshold": dbl.attrs.get("threshold"), "removed": False}
@@ -101,7 +104,12 @@ def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: i
                             "predicted_doublet": np.zeros(adata.n_obs, dtype=bool)}, index=adata.obs_names)
         dbl.attrs = dict(adata.uns["doublets"])
     elif not spatial:
-        dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed)
+        try:
+            dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed,
+                                    where)
+        except InputError as exc:  # too small for Scrublet: the rest of the analysis still runs
+            log.warning("doublets not scored: %s", exc)
+            dbl.attrs["skipped"] = str(exc)
     stats = {"nhood": pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
              "cooccurrence": pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
              "svg": pd.DataFrame(columns=["gene", "I", "pval", "pval_fdr_bh"])}

@@ -262,6 +262,8 @@ def _doublets(ctx: Context, files: dict, summary: dict) -> str:
                 f"rate <b>{100 * removed['rate']:.2f}%</b>); preprocess removed them before every other step "
                 "(preprocess.remove_doublets: true). The histogram shows the scores of the cells kept.</p>")
         threshold = removed.get("threshold")
+    elif "skipped" in (summary.get("doublets") or {}):
+        return head + note(f"Doublets were not scored: {summary['doublets']['skipped']}", "warn")
     elif dbl is None or dbl.empty:
         return head + note("No doublet scores were written.", "missing")
     else:

@@ -223,7 +223,7 @@ def _domain_lines(b: PromptBuilder, plan: dict, qc: dict) -> None:
         if pairs:
             b.add("- Agreement between partitions of the spots (ARI / NMI): " + "; ".join(pairs) + ".")
     doublets = qc.get("doublets") or summary.get("doublets")
-    if doublets:
+    if doublets and "rate" in doublets:
         kept = "removed before analysis" if qc.get("doublets") or doublets.get("removed") else "kept"
         b.add(f"- Doublets (Scrublet): rate {100 * doublets['rate']:.2f}% of cells, {kept}.")
 
