@@ -134,7 +134,8 @@ def test_single_cell_doublets_are_removed_and_reported(single_cell, tmp_path):
     kept = ad.read_h5ad(work / "results/cells/preprocessed.h5ad").obs_names
     assert truth[truth.index.difference(kept)].mean() >= 0.8  # the removed cells are the planted doublets
     domains = pd.read_parquet(work / "results/cells/analyze/domains.parquet")
-    assert len(domains) == len(kept) and set(domains.index) == set(kept)  # domains saw the same cells
+    # domains saw the same cells after the doublet filter (preprocess may drop a few more: tiny Leiden groups)
+    assert set(kept) <= set(domains.index) and len(domains) == qc["doublets"]["n_cells"] - qc["doublets"]["n_called"]
     doublets = pd.read_parquet(work / "results/cells/analyze/doublets.parquet")
     assert not doublets["predicted_doublet"].any()  # analyze did not call new doublets among those kept
     html = (work / "results/cells/report/index.html").read_text()

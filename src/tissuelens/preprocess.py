@@ -1,7 +1,9 @@
 """Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
 
-Order: missing coordinates/expression/group -> QC cell filters -> Scrublet doublets (single-cell data, when
-remove_doublets is on) -> small groups -> gene filter.
+Order: missing coordinates/expression -> QC cell filters -> Scrublet doublets (single-cell data, when
+remove_doublets is on) -> missing group -> small groups -> gene filter. Scrublet sees the same cells with or
+without a group column, so rule `domains` (no groups yet) and rule `preprocess` (groups from those domains)
+call the same doublets.
 Every filter records how many cells or genes it removed (returned as the QC report).
 """
 
@@ -34,7 +36,7 @@ def _nonfinite_rows(x) -> np.ndarray:
     return bad
 
 
-def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
+def drop_missing(adata, spatial: bool, report: dict):
     if spatial:
         keep = np.isfinite(adata.obsm["spatial"]).all(axis=1)
         adata = _drop_cells(adata, keep, report, "nan_coordinates")
@@ -43,11 +45,13 @@ def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
         adata = _drop_cells(adata, ~_nonfinite_rows(adata.X), report, "nan_expression")
     else:
         report["cells_removed"]["nan_expression"] = 0
-    if group_key is not None:
-        labels = adata.obs[group_key]
-        missing = labels.isna().to_numpy() | labels.astype(str).str.strip().str.lower().isin(MISSING_GROUP_NAMES).to_numpy()
-        adata = _drop_cells(adata, ~missing, report, "missing_group")
     return adata
+
+
+def drop_missing_groups(adata, group_key: str, report: dict):
+    labels = adata.obs[group_key]
+    missing = labels.isna().to_numpy() | labels.astype(str).str.strip().str.lower().isin(MISSING_GROUP_NAMES).to_numpy()
+    return _drop_cells(adata, ~missing, report, "missing_group")
 
 
 def qc_filter_cells(adata, settings: dict, report: dict):
@@ -105,7 +109,7 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
     if entry["spatial"] and "spatial" not in adata.obsm:
         raise InputError(f"{where}: spatial: true but obsm['spatial'] is missing")
 
-    adata = drop_missing(adata, group_key, entry["spatial"], report)
+    adata = drop_missing(adata, entry["spatial"], report)
     adata = qc_filter_cells(adata, settings, report)
     if settings.get("remove_doublets"):
         if entry["spatial"]:
@@ -113,6 +117,7 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         else:
             adata = remove_doublets(adata, doublet_rate, seed, report, where)
     if group_key is not None:
+        adata = drop_missing_groups(adata, group_key, report)
         adata = clean_groups(adata, group_key, settings, report)
     if adata.n_obs == 0:
         removed = ", ".join(f"{k}: {v}" for k, v in report["cells_removed"].items() if v)
