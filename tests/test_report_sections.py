@@ -214,6 +214,8 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
     assert n_called > 0
     assert f"Scrublet called <b>{n_called:,}</b> of {raw.n_obs:,} cells doublets (doublet rate <b>{100 * rate:.2f}%</b>)" in body
     assert ("preprocess removed them" in body) == remove and ("they are kept" in body) == (not remove)
+    qc_table = sections(out.read_text())["dataset"][1]
+    assert (f"<td>Scrublet doublets (remove_doublets)</td><td>{n_called:,}</td>" in qc_table) == remove
     prompt = build_prompt("cells", {}, qc, adata, plan, has_image=False)["prompt"]
     assert f"- Doublets (Scrublet): rate {100 * rate:.2f}% of cells, {'removed before analysis' if remove else 'kept'}." in prompt
 
