@@ -20,9 +20,12 @@ def main(argv=None):
     parser.add_argument("--preprocess-settings", required=True, type=cli.settings_arg)
     parser.add_argument("--settings", required=True, type=cli.settings_arg, help="analyze.domains settings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--doublet-rate", type=float, default=0.05,
+                        help="Scrublet's expected doublet rate (preprocess.remove_doublets, single-cell data)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    adata, _ = preprocess(read_raw(args.raw), args.entry, args.preprocess_settings, str(args.raw))
+    adata, _ = preprocess(read_raw(args.raw), args.entry, args.preprocess_settings, str(args.raw), args.doublet_rate,
+                          args.seed)
     domains = compute_domains(adata, args.settings, args.entry.get("spatial", False), args.seed, str(args.raw))
     with atomic_path(args.out) as tmp:
         domains.to_parquet(tmp)

@@ -19,12 +19,15 @@ def main(argv=None):
     parser.add_argument("--groups", type=Path, help="domains.parquet whose --group-column supplies obs['group'] "
                         "(a dataset without group_key, analyze.group_source)")
     parser.add_argument("--group-column", choices=["spatial_domain", "expr_leiden"])
+    parser.add_argument("--doublet-rate", type=float, default=0.05,
+                        help="Scrublet's expected doublet rate (settings remove_doublets, single-cell data)")
+    parser.add_argument("--seed", type=int, default=0, help="Scrublet's seed (settings remove_doublets)")
     args = parser.parse_args(argv)
     adata, entry = read_raw(args.raw), args.entry
     if args.groups is not None:
         adata = attach_groups(adata, args.groups, args.group_column)
         entry = {**entry, "group_key": args.group_column}
-    adata, report = preprocess(adata, entry, args.settings, str(args.raw))
+    adata, report = preprocess(adata, entry, args.settings, str(args.raw), args.doublet_rate, args.seed)
     report["group_source"] = args.group_column if args.groups is not None else ("group_key" if entry.get("group_key") else None)
     report["settings"] = args.settings
     # both outputs appear together: the h5ad is renamed into place only after qc.json is written

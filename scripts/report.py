@@ -37,10 +37,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from tissuelens.report.build import build_report
-    from tissuelens.report.stages import STAGES
+    from tissuelens.report.stages import PLAN_STAGES
 
     plan = {s: args.plan.get(s, {"status": "absent", "reason": "not in the plan", "units": {}, "files": {}})
-            for s in STAGES}
+            for s in PLAN_STAGES}
     plan.update({k: v for k, v in args.plan.items() if k not in plan})  # e.g. the Loki tasks' files
     out = build_report(args.dataset, args.qc, args.preprocessed, plan, args.settings, args.run_config, args.out,
                        figures_dir=args.figures, narrative_path=args.narrative)

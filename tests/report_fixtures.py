@@ -32,6 +32,7 @@ def write_preprocessed(root: Path, n_spots: int = 160, n_genes: int = 50, seed: 
                          image_size=96)
     adata, qc = preprocess(raw, {"source": "synthetic", "spatial": True, "group_key": "group"}, defaults, "demo")
     qc["settings"] = defaults
+    qc["group_source"] = "group_key"  # as scripts/preprocess.py records it
     out = root / "results" / "demo"
     out.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out / "preprocessed.h5ad")
@@ -128,6 +129,7 @@ def write_stage_files(root: Path, adata) -> dict:
     fig.savefig(d / "loss_curve.png")
     plt.close(fig)
     (d / "dashboard.html").write_text("<html><body>dashboard</body></html>")
+    write_analyze_files(root, adata, base / "factorize" / "svgp" / "factors.npy")
     plan = stage_plan(stage_config(), "demo", lambda p: (root / p).exists())
     for entry in plan.values():  # absolute paths: the tests run from anywhere
         entry["files"] = {k: str(root / v) for k, v in entry["files"].items()}
@@ -171,3 +173,41 @@ def write_loki_tasks(d: Path, emb, adata) -> None:
     genes.to_csv(d / "predex_genes.csv", index=False)
     spots.to_parquet(d / "predex_spots.parquet")
     write_json(summary, d / "predex.json")
+
+
+def write_analyze_files(root: Path, adata, factors_path: Path) -> None:
+    """The analyze stage's files for dataset `demo`, computed by the real library (domains, decoupler
+    annotation with markers picked from each group's most raised genes, squidpy statistics, agreement)."""
+    from tissuelens.analyze.agreement import agreement_table, factor_argmax
+    from tissuelens.analyze.domains import compute_domains
+    from tissuelens.analyze.run import analyze
+    from tissuelens.config import step_defaults
+    from tissuelens.io import write_json
+
+    base = root / "results" / "demo" / "analyze"
+    base.mkdir(parents=True, exist_ok=True)
+    x = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X)
+    groups = adata.obs["group"].astype(str).to_numpy()
+    rows = []
+    for g in sorted(set(groups)):
+        lift = x[groups == g].mean(axis=0) - x[groups != g].mean(axis=0)
+        rows += [(adata.var_names[i], f"type_{g}") for i in np.argsort(-lift, kind="stable")[:4]]
+    markers = root / "markers.csv"
+    pd.DataFrame(rows, columns=["gene", "cell_type"]).to_csv(markers, index=False)
+    settings = step_defaults("analyze")
+    settings["domains"].update(n_neighbors=10)
+    settings["markers"].update(path=str(markers), min_markers=3)
+    settings["spatial_stats"].update(n_perms=50, moran_top=20)
+    domains = compute_domains(adata.copy(), settings["domains"], True, 0, "demo")
+    domains.to_parquet(base / "domains.parquet")
+    res = analyze(adata.copy(), domains, settings, True, 0, "demo")
+    res["annotation"].to_parquet(base / "annotation.parquet")
+    res["doublets"].to_parquet(base / "doublets.parquet")
+    for name, file in (("majority", "domain_types.csv"), ("net", "markers_used.csv"), ("nhood", "nhood_enrichment.csv"),
+                       ("svg", "spatially_variable_genes.csv")):
+        res[name].to_csv(base / file, index=False)
+    write_json(res["summary"], base / "summary.json")
+    parts = {c: domains[c] for c in ("expr_leiden", "spatial_domain")}
+    parts["labels"] = pd.Series(groups, index=adata.obs_names)
+    parts["factors_svgp"] = factor_argmax(np.load(factors_path), adata.obs_names)
+    agreement_table(parts).to_csv(base / "agreement.csv", index=False)

@@ -50,7 +50,9 @@ def test_domains_supply_the_groups_and_the_mggp_variant_runs(unlabelled):
     assert (groups == domains.loc[adata.obs_names, "spatial_domain"].astype(str)).all()
     metrics = json.loads((unlabelled / "results/demo/factorize/mggp_svgp/metrics.json").read_text())
     assert metrics["variant"] == "mggp_svgp"
-    assert (unlabelled / "results/demo/report/index.html").is_file()
+    html = (unlabelled / "results/demo/report/index.html").read_text()
+    assert "Cell groups are the spatial domains below (analyze.group_source: spatial_domain)" in html
+    assert "<h2>Domains and annotation</h2>" in html and "Cross-stage agreement" in html
 
 
 def test_planted_markers_annotate_the_true_groups(unlabelled):
@@ -99,3 +101,56 @@ def test_labelled_dataset_keeps_its_labels_and_domain_settings_do_not_touch_prep
     proc = run_snakemake(run, "-n", check=False)
     assert proc.returncode != 0
     assert "datasets.demo: analyze.group_source 'expr_leiden' is set together with group_key 'group'" in proc.stderr + proc.stdout
+
+
+def single_cell_config(remove: bool) -> dict:
+    """A non-spatial local dataset (planted doublets, no labels) alone: domains, preprocess, analyze, report."""
+    config = unlabelled_demo_config()
+    config["datasets"] = {"cells": {"source": "local", "path": "cells.h5ad", "spatial": False}}
+    config["preprocess"] = {**config["preprocess"], "remove_doublets": remove}
+    config["factorize"] = {**config["factorize"], "enabled": False}
+    config["analyze"]["markers"] = {"path": None}
+    return config
+
+
+@pytest.fixture(scope="module")
+def single_cell(tmp_path_factory):
+    from test_doublets import planted_doublets
+
+    work = tmp_path_factory.mktemp("cells")
+    adata, is_doublet = planted_doublets()
+    adata.write_h5ad(work / "cells.h5ad")
+    write_config(work, single_cell_config(remove=True))
+    run_snakemake(work)
+    return work, pd.Series(is_doublet, index=adata.obs_names)
+
+
+def test_single_cell_doublets_are_removed_and_reported(single_cell, tmp_path):
+    import anndata as ad
+
+    work, truth = single_cell
+    qc = json.loads((work / "results/cells/qc.json").read_text())
+    assert qc["group_source"] == "expr_leiden" and qc["cells_removed"]["doublets"] == qc["doublets"]["n_called"] > 0
+    kept = ad.read_h5ad(work / "results/cells/preprocessed.h5ad").obs_names
+    assert truth[truth.index.difference(kept)].mean() >= 0.8  # the removed cells are the planted doublets
+    domains = pd.read_parquet(work / "results/cells/analyze/domains.parquet")
+    # domains saw the same cells after the doublet filter (preprocess may drop a few more: tiny Leiden groups)
+    assert set(kept) <= set(domains.index) and len(domains) == qc["doublets"]["n_cells"] - qc["doublets"]["n_called"]
+    doublets = pd.read_parquet(work / "results/cells/analyze/doublets.parquet")
+    assert not doublets["predicted_doublet"].any()  # analyze did not call new doublets among those kept
+    html = (work / "results/cells/report/index.html").read_text()
+    assert "Cell groups are the expression clusters (Leiden) below (analyze.group_source: expr_leiden)" in html
+    assert f"Scrublet called <b>{qc['doublets']['n_called']:,}</b> of {len(truth):,} cells doublets" in html
+    assert "preprocess removed them" in html
+    narrative = json.loads((work / "results/cells/report/narrative.json").read_text())
+    assert f"- Doublets (Scrublet): rate {100 * qc['doublets']['rate']:.2f}% of cells, removed before analysis." in narrative["prompt"]
+
+    # the expected rate reruns domains and preprocess only while doublets are removed ...
+    run = copy_run(work, tmp_path / "run")
+    config = single_cell_config(remove=True)
+    config["analyze"]["doublets"] = {"expected_rate": 0.08}
+    write_config(run, config)
+    assert {"domains", "preprocess", "analyze", "agreement", "report"} <= {rule for rule, _ in plan(run)}
+    # ... and turning removal off reruns them too
+    write_config(run, single_cell_config(remove=False))
+    assert {"domains", "preprocess", "analyze"} <= {rule for rule, _ in plan(run)}

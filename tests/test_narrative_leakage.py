@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -94,7 +95,13 @@ def test_prompt_from_every_stage_is_tissue_blind(stage_inputs):
     assert "Moran's I of each factor of svgp: 0.8, 0.6, 0.3" in rec["prompt"]
     assert "retrieval accuracy 0.31" in rec["prompt"] and "text image cosine mean 0.52" in rec["prompt"]  # Loki's metrics.json
     assert "fraction of variance explained 0.81" in rec["prompt"]
-    assert "demo" not in text and "domain_" not in text and "SYN0" not in text
+    # the analyze stage's aggregated facts, without the cell-type names (type_domain_1, ...) or domain labels
+    assert re.search(r"- Spatial domains \(Leiden on neighbour-smoothed expression\): \d+; share of spots, largest "
+                     r"first: (\d+\.\d%, )+\d+\.\d%\.", rec["prompt"])
+    assert re.search(r"- Marker-based annotation \(cell-type names withheld\): 3 types called; mean normalised entropy", rec["prompt"])
+    assert "Neighbourhood enrichment of the spatial domains: mean z-score with itself" in rec["prompt"]
+    assert "spatial domains vs annotated groups" in rec["prompt"] and "Doublets" not in rec["prompt"]
+    assert "demo" not in text and "domain_" not in text and "SYN0" not in text and "type_" not in text
     assert not any(n in text for n in ("160", "2000", "2,000"))  # no raw numbers of spots or tokens
     assert check_prompt(text, {"demo", *adata.obs_names}, set(adata.var_names)) == []
 
@@ -111,6 +118,31 @@ def test_leaky_metric_lines_are_withheld(stage_inputs):
     assert len(rec["withheld"]) == 1 and "cell-type name" in rec["withheld"][0]
     assert "hepatocyte" not in rec["prompt"] and "Embedding geneformer" not in rec["prompt"]
     assert "Embedding loki" in rec["prompt"]
+
+
+def test_groups_from_domains_are_introduced_as_unsupervised(stage_inputs):
+    _, qc, adata, plan = stage_inputs
+    labelled = build_prompt("demo", {}, qc, adata, plan, has_image=False)["prompt"]
+    assert "- Annotated groups: 3 (labels replaced by letters); share of spots: A " in labelled
+    unlabelled = build_prompt("demo", {}, {**qc, "group_source": "spatial_domain"}, adata, plan, has_image=False)["prompt"]
+    assert ("- Groups: 3 unsupervised spatial domains (the sample has no annotation; labels replaced by letters); "
+            "share of spots: A ") in unlabelled and "Annotated groups" not in unlabelled
+
+
+def test_a_cell_type_name_in_an_analyze_line_is_withheld(stage_inputs):
+    """Cell-type names of the marker file count as identifiers: a summary naming one loses that line only."""
+    root, qc, adata, plan = stage_inputs
+    path = plan["analyze"]["files"]["summary.json"]
+    original = open(path).read()
+    summary = json.loads(original)
+    summary["nhood_enrichment"]["key"] = "type_domain_2"
+    try:
+        open(path, "w").write(json.dumps(summary))
+        rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
+    finally:
+        open(path, "w").write(original)
+    assert rec["withheld"] == ["identifier"] and "type_domain_2" not in rec["prompt"]
+    assert "Neighbourhood enrichment" not in rec["prompt"] and "Marker-based annotation" in rec["prompt"]
 
 
 @pytest.mark.parametrize("shape", [(30, 60, 3), (60, 30, 3), (40, 40)])

@@ -14,7 +14,7 @@ from tissuelens.errors import InputError
 from tissuelens.report.build import build_report
 from tissuelens.report.stages import plan_files, stage_plan
 
-SECTION_IDS = ["dataset", "factorize", "embed", "sae", "narrative", "provenance"]
+SECTION_IDS = ["dataset", "analyze", "factorize", "embed", "sae", "narrative", "provenance"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def built(tmp_path_factory):
     write_json(make_narrative("demo", {"source": "synthetic"}, json.loads(qc.read_text()), adata, plan,
                               {**settings["narrative"], "image_size": 64}), narrative)
     out = root / "results/demo/report/index.html"
-    run_config = {"dataset": "demo", "seed": 0, "entry": {"source": "synthetic"}, "steps": {"report": settings}}
+    run_config = {"dataset": "demo", "seed": 0, "entry": {"source": "synthetic", "group_key": "group"},
+                  "steps": {"report": settings}}
     build_report("demo", qc, h5ad, plan, settings, run_config, out, root / "results/demo/report/figures", narrative)
     return {"root": root, "qc": qc, "h5ad": h5ad, "plan": plan, "narrative": narrative, "html": out.read_text(),
             "out": out, "settings": settings}
@@ -66,7 +67,8 @@ def test_figures_are_embedded_and_saved_for_snakemake_report(built):
     assert {"dataset/tissue.png", "factorize/elbo.png", "factorize/factors-svgp.png", "embed/umap-loki-x-loki-text.png",
             "embed/umap-loki-x-loki-image.png", "embed/loki-cosine-loki.png", "embed/loki-annotation-loki.png",
             "embed/loki-predex-loki.png", "embed/loki-decompose-loki.png",
-            "sae/loss-curve-geneformer.png", "narrative/model-input.png"} <= set(saved)
+            "sae/loss-curve-geneformer.png", "narrative/model-input.png", "analyze/domains.png", "analyze/cell-types.png",
+            "analyze/marker-dotplot.png", "analyze/nhood-enrichment.png", "analyze/agreement.png"} <= set(saved)
     assert "http://" not in html and "https://" not in html  # nothing fetched: opens offline
 
 
@@ -88,6 +90,14 @@ def test_section_contents(built):
     assert "60 of 64 live" in sae
     narr = secs["narrative"][1]
     assert "ready to paste" in narr and "Sample sample-" in narr
+    ana = secs["analyze"][1]
+    assert "Cell groups are the dataset&#x27;s own labels (group_key &#x27;group&#x27;)." in ana
+    assert re.search(r"<h3>Spatial domains: \d+</h3>", ana) and re.search(r"<h3>Expression clusters \(Leiden\): \d+</h3>", ana)
+    assert "type_domain_1" in ana and "majority cell type" in ana  # the report names the cell types
+    for text in ("Marker-based annotation", "Neighbourhood enrichment", "Spatially variable genes", "Cross-stage agreement",
+                 "factors_svgp"):
+        assert text in ana, text
+    assert "Doublets" not in ana  # spatial data: no doublet detection
     prov = secs["provenance"][1]
     assert "untrained (random test) weights" in prov and "resources/models/geneformer" in prov
     assert "scanpy" in prov and "max_points: 50000" in prov
@@ -112,7 +122,7 @@ def test_missing_stages_are_sections_that_say_so(built, tmp_path):
     build_report("demo", built["qc"], built["h5ad"], plan, built["settings"], {}, out)
     secs = sections(out.read_text())
     assert list(secs) == SECTION_IDS
-    for sid in ("factorize", "embed", "sae"):
+    for sid in ("analyze", "factorize", "embed", "sae"):
         assert secs[sid][0] == "skipped" and "has not been built" in secs[sid][1]
     assert secs["narrative"][0] == "skipped" and "turned off" in secs["narrative"][1]
 
@@ -128,16 +138,18 @@ def corrupt(path):
     ("factorize", "pnmf", "elbo.csv", "corrupt CSV"),
     ("embed", "loki", "embeddings.h5ad", "not a readable .h5ad"),
     ("sae", "geneformer", "features.parquet", "corrupt parquet"),
+    ("analyze", None, "domains.parquet", "corrupt parquet"),
+    ("analyze", None, "agreement.csv", "expected columns a, b, ari, nmi"),
 ])
 def test_corrupt_stage_file_is_one_clear_error(built, tmp_path, stage, unit, name, problem):
     import shutil
 
     plan = json.loads(json.dumps(built["plan"]))
-    original = built["plan"][stage]["units"][unit][name]
+    files = plan[stage]["units"][unit] if unit else plan[stage]["files"]  # analyze: files per stage
     bad = tmp_path / name
-    shutil.copy(original, bad)
+    shutil.copy(files[name], bad)
     corrupt(bad)
-    plan[stage]["units"][unit][name] = str(bad)
+    files[name] = str(bad)
     for other in set(plan) - {stage}:  # only the stage under test (keeps the test short)
         plan[other] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}
     with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}: {problem}"):
@@ -164,3 +176,65 @@ def test_factors_not_matching_cells_are_a_note(built, tmp_path):
     out = tmp_path / "index.html"
     build_report("demo", built["qc"], built["h5ad"], plan, built["settings"], {}, out)
     assert "cover 7 cells but the dataset has 160" in out.read_text()
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
+    """Non-spatial data (planted doublets): no maps, the annotation-free section states where groups come from,
+    and Scrublet's doublet rate is shown (kept, or removed by preprocess.remove_doublets), also in the prompt."""
+    from test_doublets import planted_doublets
+
+    from tissuelens.analyze.domains import compute_domains
+    from tissuelens.analyze.run import analyze
+    from tissuelens.config import step_defaults
+    from tissuelens.io import write_h5ad, write_json
+    from tissuelens.preprocess import preprocess
+    from tissuelens.report.prompt import build_prompt
+
+    raw, _ = planted_doublets()
+    settings = {**step_defaults("preprocess"), "remove_doublets": remove}
+    adata, qc = preprocess(raw, {"spatial": False}, settings, "planted.h5ad", doublet_rate=0.05, seed=0)
+    qc["group_source"] = None
+    base = tmp_path / "results/cells"
+    (base / "analyze").mkdir(parents=True)
+    write_h5ad(adata, base / "preprocessed.h5ad")
+    write_json(qc, base / "qc.json")
+    analyze_settings = step_defaults("analyze")
+    domains = compute_domains(adata.copy(), analyze_settings["domains"], False, 0, "cells")
+    res = analyze(adata.copy(), domains, analyze_settings, spatial=False, seed=0, where="cells")
+    files = {"domains.parquet": base / "analyze/domains.parquet", "doublets.parquet": base / "analyze/doublets.parquet",
+             "summary.json": base / "analyze/summary.json"}
+    domains.to_parquet(files["domains.parquet"])
+    res["doublets"].to_parquet(files["doublets.parquet"])
+    write_json(res["summary"], files["summary.json"])
+    plan = {stage: {"status": "disabled", "reason": "test", "units": {}, "files": {}} for stage in ("factorize", "embed", "sae")}
+    plan["analyze"] = {"status": "built", "reason": "", "units": {}, "files": {k: str(v) for k, v in files.items()}}
+    out = tmp_path / "index.html"
+    build_report("cells", base / "qc.json", base / "preprocessed.h5ad", plan, report_defaults(), {"entry": {}}, out,
+                 tmp_path / "figures")
+    body = sections(out.read_text())["analyze"][1]
+    assert "The dataset has no cell groups" in body and "Not a spatial dataset" in body
+    assert re.search(r"<h3>Expression clusters \(Leiden\): \d+</h3>", body) and "Spatial domains:" not in body
+    assert "No marker-based annotation" in body and (tmp_path / "figures/analyze/doublets.png").is_file()
+    rate = qc["doublets"]["rate"] if remove else res["summary"]["doublets"]["rate"]
+    n_called = qc["doublets"]["n_called"] if remove else res["summary"]["doublets"]["n_called"]
+    assert n_called > 0
+    assert f"Scrublet called <b>{n_called:,}</b> of {raw.n_obs:,} cells doublets (doublet rate <b>{100 * rate:.2f}%</b>)" in body
+    assert ("preprocess removed them" in body) == remove and ("they are kept" in body) == (not remove)
+    qc_table = sections(out.read_text())["dataset"][1]
+    assert (f"<td>Scrublet doublets (remove_doublets)</td><td>{n_called:,}</td>" in qc_table) == remove
+    prompt = build_prompt("cells", {}, qc, adata, plan, has_image=False)["prompt"]
+    assert f"- Doublets (Scrublet): rate {100 * rate:.2f}% of cells, {'removed before analysis' if remove else 'kept'}." in prompt
+
+
+def test_script_passes_every_planned_stage_to_the_report(built, tmp_path):
+    """scripts/report.py keeps the analyze stage of the plan (files per stage, no units)."""
+    plan = json.loads(json.dumps(built["plan"]))
+    for stage in ("factorize", "embed", "sae"):  # keeps the test short
+        plan[stage] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}
+    out = tmp_path / "index.html"
+    proc = run_script("report", "--dataset", "demo", "--qc", built["qc"], "--preprocessed", built["h5ad"],
+                      "--plan", json.dumps(plan), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    status, body = sections(out.read_text())["analyze"]
+    assert status == "ok" and "Cross-stage agreement" in body

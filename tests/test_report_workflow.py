@@ -20,7 +20,7 @@ from conftest import REPO, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 ARTIFACTS = REPO / "test-artifacts"
-SECTION_IDS = ["dataset", "factorize", "embed", "sae", "narrative", "provenance"]
+SECTION_IDS = ["dataset", "analyze", "factorize", "embed", "sae", "narrative", "provenance"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
@@ -106,6 +106,9 @@ def test_demo_report_is_the_end_target_and_complete(demo):
     assert 'data-status="skipped"' in html and "was not run for this dataset" in html
     assert (demo / "results/demo/report/narrative.json").is_file()
     assert any((demo / "results/demo/report/figures/dataset").glob("*.png"))
+    assert "Cell groups are the dataset&#x27;s own labels (group_key &#x27;group&#x27;)." in html
+    figures = {p.name for p in (demo / "results/demo/report/figures/analyze").glob("*.png")}
+    assert {"domains.png", "cell-types.png", "marker-dotplot.png", "nhood-enrichment.png", "agreement.png"} <= figures
     dry = run_snakemake(demo, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -133,7 +136,8 @@ def test_every_stage_built_by_the_workflow_shows_in_the_report(finished_run, tmp
     html_path = run / "results/a/report/index.html"
     html = html_path.read_text()
     assert 'data-status="skipped"' not in html and "was not run for this dataset" not in html
-    for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained", "In-silico perturbation (geneformer"):
+    for text in ("Model comparison", "Model: geneformer", "SAE on geneformer", "untrained", "In-silico perturbation (geneformer",
+                 "Cross-stage agreement", "leiden_geneformer"):
         assert text in html, text
     # embed.activations.max_cells (80) leaves the other cells out of the SAE: named, and grey on its maps
     assert re.search(r"grey: \d+ cells without exported activations", html)

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 def test_report_and_every_stage_built(run):
     res = run / "results" / "big"
     html = (res / "report" / "index.html").read_text()
-    for section in ("dataset", "factorize", "embed", "sae", "narrative", "provenance"):
+    for section in ("dataset", "analyze", "factorize", "embed", "sae", "narrative", "provenance"):
         assert f'<section id="{section}"' in html
     assert set(pd.read_csv(res / "factorize" / "comparison.csv")["variant"]) == set(VARIANTS)
     for model in ("geneformer", "loki_tiny"):

@@ -1,7 +1,9 @@
 """Preprocess: drop unusable cells, clean groups, QC filters, highly variable genes, log-normalise.
 
-Order: missing coordinates/expression/group -> platform QC (transcripts, control share) -> QC cell
-filters -> small groups -> gene filter.
+Order: missing coordinates/expression -> platform QC (transcripts, control share) -> QC cell filters -> Scrublet doublets (single-cell data, when
+remove_doublets is on) -> missing group -> small groups -> gene filter. Scrublet sees the same cells with or
+without a group column, so rule `domains` (no groups yet) and rule `preprocess` (groups from those domains)
+call the same doublets.
 Every filter records how many cells or genes it removed (returned as the QC report).
 """
 
@@ -34,7 +36,7 @@ def _nonfinite_rows(x) -> np.ndarray:
     return bad
 
 
-def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
+def drop_missing(adata, spatial: bool, report: dict):
     if spatial:
         keep = np.isfinite(adata.obsm["spatial"]).all(axis=1)
         adata = _drop_cells(adata, keep, report, "nan_coordinates")
@@ -43,10 +45,6 @@ def drop_missing(adata, group_key: str | None, spatial: bool, report: dict):
         adata = _drop_cells(adata, ~_nonfinite_rows(adata.X), report, "nan_expression")
     else:
         report["cells_removed"]["nan_expression"] = 0
-    if group_key is not None:
-        labels = adata.obs[group_key]
-        missing = labels.isna().to_numpy() | labels.astype(str).str.strip().str.lower().isin(MISSING_GROUP_NAMES).to_numpy()
-        adata = _drop_cells(adata, ~missing, report, "missing_group")
     return adata
 
 
@@ -82,6 +80,12 @@ def platform_filter_cells(adata, settings: dict, report: dict):
     return adata
 
 
+def drop_missing_groups(adata, group_key: str, report: dict):
+    labels = adata.obs[group_key]
+    missing = labels.isna().to_numpy() | labels.astype(str).str.strip().str.lower().isin(MISSING_GROUP_NAMES).to_numpy()
+    return _drop_cells(adata, ~missing, report, "missing_group")
+
+
 def qc_filter_cells(adata, settings: dict, report: dict):
     import scanpy as sc
 
@@ -93,6 +97,22 @@ def qc_filter_cells(adata, settings: dict, report: dict):
     adata = _drop_cells(adata, adata.obs["n_genes_by_counts"].to_numpy() >= settings["min_genes"], report, "min_genes")
     if settings.get("max_pct_mt") is not None:
         adata = _drop_cells(adata, adata.obs["pct_counts_mt"].to_numpy() <= settings["max_pct_mt"], report, "max_pct_mt")
+    return adata
+
+
+def remove_doublets(adata, expected_rate: float, seed: int, report: dict, where: str):
+    """Drop the cells Scrublet calls doublets (scanpy.pp.scrublet on the counts); keep every cell's score in
+    obs['doublet_score'] and the call's summary in report['doublets'] and uns['doublets']."""
+    from tissuelens.analyze.doublets import scrublet
+
+    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed, where=f"{where} (preprocess.remove_doublets)")
+    called = scores["predicted_doublet"].reindex(adata.obs_names, fill_value=False).to_numpy(bool)
+    adata.obs["doublet_score"] = scores["doublet_score"].reindex(adata.obs_names).to_numpy()
+    record = {"n_cells": int(len(called)), "n_called": int(called.sum()), "rate": float(called.sum() / max(len(called), 1)),
+              "threshold": scores.attrs["threshold"], "expected_rate": float(expected_rate)}
+    report["doublets"] = record
+    adata = _drop_cells(adata, ~called, report, "doublets")
+    adata.uns["doublets"] = record
     return adata
 
 
@@ -109,8 +129,11 @@ def clean_groups(adata, group_key: str, settings: dict, report: dict):
     return adata
 
 
-def preprocess(adata, entry: dict, settings: dict, where: str):
-    """Return (preprocessed AnnData, QC report). InputError if nothing survives."""
+def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: float = 0.05, seed: int = 0):
+    """Return (preprocessed AnnData, QC report). InputError if nothing survives.
+
+    doublet_rate, seed: Scrublet's expected doublet rate and seed, used when settings['remove_doublets'] is on
+    and the data is not spatial (a spot holds several cells by design)."""
     import scanpy as sc
 
     report = {"n_cells_raw": int(adata.n_obs), "n_genes_raw": int(adata.n_vars), "cells_removed": {}, "genes_removed": {}}
@@ -120,9 +143,15 @@ def preprocess(adata, entry: dict, settings: dict, where: str):
     if entry["spatial"] and "spatial" not in adata.obsm:
         raise InputError(f"{where}: spatial: true but obsm['spatial'] is missing")
 
-    adata = drop_missing(adata, group_key, entry["spatial"], report)
+    adata = drop_missing(adata, entry["spatial"], report)
     adata = qc_filter_cells(adata, settings, report)
+    if settings.get("remove_doublets"):
+        if entry["spatial"]:
+            log.info("preprocess.remove_doublets applies to single-cell data; %s is spatial, no cell removed", where)
+        else:
+            adata = remove_doublets(adata, doublet_rate, seed, report, where)
     if group_key is not None:
+        adata = drop_missing_groups(adata, group_key, report)
         adata = clean_groups(adata, group_key, settings, report)
     if adata.n_obs == 0:
         removed = ", ".join(f"{k}: {v}" for k, v in report["cells_removed"].items() if v)

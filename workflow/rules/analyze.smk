@@ -10,6 +10,7 @@ rule domains:
         preprocess=settings_of("preprocess"),
         settings=domain_settings,
         seed=dataset_seed,
+        doublets=doublet_rate_arg,
     log:
         "logs/{dataset}/analyze/domains.log",
     benchmark:
@@ -19,7 +20,7 @@ rule domains:
     shell:
         "python {params.script:q} --raw {input:q} --entry {params.entry:q} "
         "--preprocess-settings {params.preprocess:q} --settings {params.settings:q} --seed {params.seed} "
-        "--out {output:q} > {log:q} 2>&1"
+        "{params.doublets} --out {output:q} > {log:q} 2>&1"
 
 
 rule analyze:

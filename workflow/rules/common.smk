@@ -472,6 +472,25 @@ def preprocess_groups_arg(wildcards):
     return f"--groups {shlex.quote(domains_path(wildcards.dataset))} --group-column {source}"
 
 
+def removes_doublets(dataset):
+    """preprocess.remove_doublets on a single-cell dataset (spatial data keeps every spot)."""
+    on = step_settings(config, dataset, "preprocess")["remove_doublets"]
+    return bool(on) and not config["datasets"][dataset].get("spatial", False)
+
+
+def doublet_rate_arg(wildcards):
+    """--doublet-rate of the jobs that preprocess ('' unless they remove doublets: the rate reruns nothing else)."""
+    if not removes_doublets(wildcards.dataset):
+        return ""
+    return f"--doublet-rate {step_settings(config, wildcards.dataset, 'analyze')['doublets']['expected_rate']}"
+
+
+def preprocess_doublets_arg(wildcards):
+    """--doublet-rate and --seed of preprocess ('' unless it removes doublets: the seed reruns nothing else)."""
+    rate = doublet_rate_arg(wildcards)
+    return f"{rate} --seed {dataset_seed(wildcards)}" if rate else ""
+
+
 def group_source_arg(wildcards):
     return group_source(config, wildcards.dataset) or ""
 

@@ -11,6 +11,7 @@ rule preprocess:
         entry=dataset_entry,
         settings=settings_of("preprocess"),
         groups=preprocess_groups_arg,
+        doublets=preprocess_doublets_arg,
     log:
         "logs/{dataset}/preprocess.log",
     benchmark:
@@ -19,4 +20,4 @@ rule preprocess:
         "../../envs/core.yaml"
     shell:
         "python {params.script:q} --raw {input.raw:q} --entry {params.entry:q} "
-        "--settings {params.settings:q} {params.groups} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"
+        "--settings {params.settings:q} {params.groups} {params.doublets} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from tissuelens.analyze import doublets, markers, spatial_stats
+from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
 ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "entropy": "float64"}
@@ -77,8 +78,14 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
         same = dom[dom["a"] == dom["b"]]["zscore"]
         out["nhood_enrichment"] = {"key": str(dom["key"].iloc[0]), "mean_self_zscore": float(same.mean()),
                                    "mean_other_zscore": float(dom[dom["a"] != dom["b"]]["zscore"].mean())}
-    if len(dbl):
-        out["doublets"] = {"n_called": int(dbl["predicted_doublet"].sum()), "rate": float(dbl["predicted_doublet"].mean())}
+    if "n_called" in dbl.attrs:  # called and removed by preprocess (remove_doublets)
+        out["doublets"] = {"n_called": dbl.attrs["n_called"], "rate": dbl.attrs["rate"],
+                           "threshold": dbl.attrs.get("threshold"), "removed": True}
+    elif "skipped" in dbl.attrs:
+        out["doublets"] = {"skipped": dbl.attrs["skipped"]}
+    elif len(dbl):
+        out["doublets"] = {"n_called": int(dbl["predicted_doublet"].sum()), "rate": float(dbl["predicted_doublet"].mean()),
+                           "threshold": dbl.attrs.get("threshold"), "removed": False}
     return out
 
 
@@ -90,8 +97,19 @@ def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: i
     majority = (markers.domain_majority(annotation["cell_type"], domains.loc[annotation.index, key])
                 if len(annotation) else pd.DataFrame(columns=["domain", "n_cells", "majority_type", "majority_share"]))
     dbl = pd.DataFrame({"doublet_score": pd.Series(dtype="float64"), "predicted_doublet": pd.Series(dtype=bool)})
-    if not spatial:
-        dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed)
+    if not spatial and "doublets" in adata.uns and "doublet_score" in adata.obs:
+        # preprocess.remove_doublets: Scrublet ran before the called doublets were removed; a second run on
+        # the remaining cells would call new ones at the expected rate
+        dbl = pd.DataFrame({"doublet_score": adata.obs["doublet_score"].to_numpy(np.float64),
+                            "predicted_doublet": np.zeros(adata.n_obs, dtype=bool)}, index=adata.obs_names)
+        dbl.attrs = dict(adata.uns["doublets"])
+    elif not spatial:
+        try:
+            dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed,
+                                    where)
+        except InputError as exc:  # too small for Scrublet: the rest of the analysis still runs
+            log.warning("doublets not scored: %s", exc)
+            dbl.attrs["skipped"] = str(exc)
     stats = {"nhood": pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
              "cooccurrence": pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
              "svg": pd.DataFrame(columns=["gene", "I", "pval", "pval_fdr_bh"])}

@@ -4,6 +4,8 @@ One module per report section, each a function `section(ctx) -> Section` that re
 and returns HTML (figures embedded as base64 PNG, so the page opens offline and can be mailed):
 
 * `dataset`: source, QC filters, counts per group, the tissue image with spots;
+* `analyze`: where the groups came from, domain and cell-type maps, annotation entropy, marker dot plot,
+  neighbourhood enrichment, spatially variable genes, cross-stage agreement, doublets (single-cell data);
 * `factorize`: PNMF-GP variant comparison, factors of the best model, ELBO curves, top genes, groups;
 * `embed`: UMAP per model by group and leiden cluster, embedding metrics, Loki text-image agreement;
 * `sae`: SAE metrics, the most interpretable features, feature-factor correlations, dashboard link;
@@ -16,5 +18,5 @@ Support modules: `html` (page, tables, figures), `readers` (stage files -> objec
 letterbox and the image-text-to-text pipeline).
 
 Adding a stage's section: write `report/<stage>.py` with `section(ctx)`, add it to `build.SECTIONS`,
-and list its files in `stages.candidate_files`.
+and list its files in `stages.UNIT_FILES` / `STAGE_FILES` (the analyze stage: `ANALYZE_FILES`).
 """

@@ -6,12 +6,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tissuelens.io import atomic_path, read_h5ad
-from tissuelens.report import dataset, embed, factorize, narrative, provenance, readers, sae
+from tissuelens.report import analyze, dataset, embed, factorize, narrative, provenance, readers, sae
 from tissuelens.report.context import Context
 from tissuelens.report.html import Figures, page
 
 # order on the page; narrative runs before provenance so provenance can list its checkpoint
-SECTIONS = (dataset, factorize, embed, sae, narrative, provenance)
+SECTIONS = (dataset, analyze, factorize, embed, sae, narrative, provenance)
 
 
 def build_report(dataset_name: str, qc_path, preprocessed_path, plan: dict, settings: dict, run_config: dict,

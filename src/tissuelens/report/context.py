@@ -37,7 +37,8 @@ class Context:
         return None
 
 
-STAGE_TITLES = {"factorize": "spatial factorisation", "embed": "embedding", "sae": "sparse-autoencoder"}
+STAGE_TITLES = {"factorize": "spatial factorisation", "embed": "embedding", "sae": "sparse-autoencoder",
+                "analyze": "analysis (domains and annotation)"}
 
 
 def stage_unavailable(ctx: Context, stage: str, sid: str, title: str) -> Section | None:

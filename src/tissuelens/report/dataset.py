@@ -17,6 +17,7 @@ FILTER_LABELS = {
     "min_counts": "too few counts (min_counts)",
     "min_genes": "too few genes (min_genes)",
     "max_pct_mt": "too many mitochondrial reads (max_pct_mt)",
+    "doublets": "Scrublet doublets (remove_doublets)",
     "small_groups": "group too small",
     "min_cells": "seen in too few cells (min_cells)",
     "mt_genes": "mitochondrial genes dropped",

@@ -1,7 +1,8 @@
 """Tissue-blind prompt from aggregated metrics only.
 
 What goes in: orders of magnitude of spots and genes, the share kept by QC, group proportions under
-letters (A, B, ...), PNMF-GP model comparison, per-factor spatial autocorrelation and the group each
+letters (A, B, ...), the analyze stage's domain counts and shares, annotation certainty, spatial statistics,
+partition agreement and doublet rate (no cell-type names), PNMF-GP model comparison, per-factor spatial autocorrelation and the group each
 factor is enriched in, embedding and SAE summary metrics. What never goes in: tissue or organ words,
 cell-type names, gene symbols, group labels, raw counts, the dataset name or any sample id (the sample
 is named by a hash). Each data line is checked by `leakage.check_prompt`; a line that would leak is
@@ -109,6 +110,18 @@ class PromptBuilder:
             self.lines.append(line)
 
 
+PARTITIONS = {"expr_leiden": "expression clusters", "spatial_domain": "spatial domains", "labels": "annotated groups"}
+
+
+def partition_name(name: str) -> str:
+    """agreement.csv's partition names in words (factors_<variant>, leiden_<model>)."""
+    if name.startswith("factors_"):
+        return f"dominant factor of {name[len('factors_'):]}"
+    if name.startswith("leiden_"):
+        return f"clusters of the {name[len('leiden_'):]} embedding"
+    return PARTITIONS.get(name, name)
+
+
 def _group_lines(b: PromptBuilder, qc: dict, adata) -> dict:
     counts = qc.get("groups") or (adata.obs["group"].value_counts(sort=False).to_dict() if "group" in adata.obs else {})
     if not counts:
@@ -118,7 +131,11 @@ def _group_lines(b: PromptBuilder, qc: dict, adata) -> dict:
     mapping = dict(zip(names, letters(len(names))))
     total = sum(counts.values()) or 1
     shares = ", ".join(f"{mapping[g]} {100 * counts[g] / total:.1f}%" for g in names)
-    b.add(f"- Annotated groups: {len(names)} (labels replaced by letters); share of spots: {shares}.")
+    source = qc.get("group_source")
+    what = (f"Groups: {len(names)} unsupervised {PARTITIONS[source]} (the sample has no annotation; labels "
+            "replaced by letters)" if source in ("spatial_domain", "expr_leiden")
+            else f"Annotated groups: {len(names)} (labels replaced by letters)")
+    b.add(f"- {what}; share of spots: {shares}.")
     return mapping
 
 
@@ -160,6 +177,55 @@ def _factor_lines(b: PromptBuilder, plan: dict, adata, mapping: dict) -> None:
                 g = int(np.argmax(lfc))
                 parts.append(f"factor {k + 1} highest in group {mapping.get(cats[g], '?')} (log2 enrichment {num(lfc[g])})")
             b.add("  - Factor-group association: " + "; ".join(parts) + ".")
+
+
+def _domain_lines(b: PromptBuilder, plan: dict, qc: dict) -> None:
+    """Unsupervised domains, marker annotation (no cell-type names), spatial statistics, agreement, doublets."""
+    entry = plan.get("analyze", {})
+    if entry.get("status") != "built":
+        b.add("- Unsupervised domains and marker annotation: not run.")
+        return
+    files = entry["files"]
+    summary = readers.read_json(files["summary.json"]) if "summary.json" in files else {}
+    if "markers_used.csv" in files:  # cell-type names count as identifiers: a line naming one is withheld
+        net = readers.read_csv(files["markers_used.csv"])
+        b.identifiers |= set(net["source"].astype(str)) if "source" in net else set()
+    if "domains.parquet" in files:
+        domains = readers.read_parquet(files["domains.parquet"])
+        for col, what in (("spatial_domain", "Spatial domains (Leiden on neighbour-smoothed expression)"),
+                          ("expr_leiden", "Expression clusters (Leiden)")):
+            values = domains[col].dropna().astype(str) if col in domains else []
+            if len(values):
+                shares = values.value_counts(normalize=True)
+                b.add(f"- {what}: {len(shares)}; share of spots, largest first: "
+                      + ", ".join(f"{100 * v:.1f}%" for v in shares) + ".")
+    ann = summary.get("annotation")
+    if ann:
+        line = (f"- Marker-based annotation (cell-type names withheld): {ann['n_types_called']} types called; mean "
+                f"normalised entropy of the call {num(ann['mean_entropy'])} (0 certain, 1 uniform)")
+        if ann.get("mean_majority_share") is not None:
+            line += f"; mean share of each domain's most frequent type {num(ann['mean_majority_share'])}"
+        b.add(line + ".")
+    moran = summary.get("moran")
+    if moran and "spatially_variable_genes.csv" in files:
+        n = len(readers.read_csv(files["spatially_variable_genes.csv"]))
+        b.add(f"- Spatially variable genes (Moran's I): among the most autocorrelated genes, a share of "
+              f"{num(moran['n_significant_fdr_0.05'] / max(n, 1))} is significant at FDR 0.05; highest I "
+              f"{num(moran['top_I'])}, median {num(moran['median_top_I'])}.")
+    nhood = summary.get("nhood_enrichment")
+    if nhood:
+        b.add(f"- Neighbourhood enrichment of the {PARTITIONS.get(nhood['key'], nhood['key'])}: mean z-score "
+              f"with itself {num(nhood['mean_self_zscore'])}, between different ones {num(nhood['mean_other_zscore'])}.")
+    if "agreement.csv" in files:
+        table = readers.read_csv(files["agreement.csv"])
+        pairs = [f"{partition_name(r.a)} vs {partition_name(r.b)} {num(r.ari)} / {num(r.nmi)}"
+                 for r in table.itertuples()]
+        if pairs:
+            b.add("- Agreement between partitions of the spots (ARI / NMI): " + "; ".join(pairs) + ".")
+    doublets = qc.get("doublets") or summary.get("doublets")
+    if doublets and "rate" in doublets:
+        kept = "removed before analysis" if qc.get("doublets") or doublets.get("removed") else "kept"
+        b.add(f"- Doublets (Scrublet): rate {100 * doublets['rate']:.2f}% of cells, {kept}.")
 
 
 def _embed_lines(b: PromptBuilder, plan: dict) -> None:
@@ -223,6 +289,7 @@ def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, has_ima
         line += f"; quality filters kept {100 * n_cells / n_raw:.1f}% of spots and {100 * n_genes / g_raw:.1f}% of genes"
     b.add(line + ".")
     mapping = _group_lines(b, qc, adata)
+    _domain_lines(b, plan, qc)
     _factor_lines(b, plan, adata, mapping)
     _embed_lines(b, plan)
     _sae_lines(b, plan)

@@ -26,6 +26,7 @@ UNIT_FILES = {
 # files per stage (not per unit), relative to results/{dataset}/<stage>/
 STAGE_FILES = {"factorize": ("comparison.csv",), "embed": (), "sae": ()}
 STAGES = tuple(UNIT_FILES)
+PLAN_STAGES = (*STAGES, "analyze")  # every stage a plan lists (the analyze stage has files, no units)
 
 
 def _as_list(value) -> list[str]:
