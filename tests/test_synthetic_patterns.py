@@ -31,14 +31,17 @@ def test_quilt_deals_every_tile_to_exactly_one_factor():
     assert len(np.unique(xy[:, 0])) == len(np.unique(xy[:, 1])) == 36  # a square grid, not hexagonal
 
 
-def test_blocks_are_one_rectangle_per_factor():
+def test_blocks_are_one_rectangle_per_factor_in_its_own_cell():
     a = make_synthetic(n_spots=20 * 20, n_genes=30, n_spatial_factors=3, seed=5, pattern="blocks")
-    for f in range(3):
-        on = _grid(a, f) > 0
+    ons = [_grid(a, f) > 0 for f in range(3)]
+    for f, on in enumerate(ons):
         rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
         assert on[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # a filled rectangle
         assert on.sum() == len(rows) * len(cols)
-        assert 5 <= len(rows) <= 10 and 5 <= len(cols) <= 10  # a quarter to a half of the side
+        assert 5 <= len(rows) <= 10 and 5 <= len(cols) <= 10  # half to all of a 10 x 10 layout cell
+        r0, c0 = (f // 2) * 10, (f % 2) * 10  # 3 factors: a 2 x 2 layout of 10 x 10 cells
+        assert rows.min() >= r0 and rows.max() < r0 + 10 and cols.min() >= c0 and cols.max() < c0 + 10
+    assert not (ons[0] & ons[1]).any() and not (ons[1] & ons[2]).any()  # no overlap
 
 
 def test_smooth_is_still_the_demo():

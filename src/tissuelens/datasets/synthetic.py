@@ -71,13 +71,17 @@ def quilt_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.nda
 
 
 def block_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.ndarray:
-    """±1 fields: one axis-aligned block per factor, a quarter to a half of the grid's side on each axis,
-    placed at random (blocks of different factors may overlap)."""
+    """±1 fields: one axis-aligned block per factor, each inside its own cell of a ⌈√F⌉ x ⌈√F⌉ layout of
+    the grid (so blocks never overlap and every factor is identifiable), half to all of the cell's side on
+    each axis, placed at random within it."""
     side = int(row.max()) + 1
+    per = math.ceil(math.sqrt(n_fields))
+    cell = side // per
     out = np.empty((row.size, n_fields))
     for f in range(n_fields):
-        h, w = rng.integers(side // 4, side // 2 + 1, size=2)
-        top, left = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+        top0, left0 = (f // per) * cell, (f % per) * cell
+        h, w = rng.integers(cell // 2, cell + 1, size=2)
+        top, left = top0 + rng.integers(0, cell - h + 1), left0 + rng.integers(0, cell - w + 1)
         inside = (row >= top) & (row < top + h) & (col >= left) & (col < left + w)
         out[:, f] = np.where(inside, 1.0, -1.0) * PATTERN_LOG_LEVEL
     return out
