@@ -129,6 +129,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--patterns", action="store_true", help="recovery on the quilt and blocks simulations")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--pattern-names", nargs="+", default=["quilt", "blocks"], choices=["quilt", "blocks", "smooth"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="factorize settings for --patterns")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--n", type=int, default=10_000)
@@ -144,7 +145,7 @@ def main():
         torch.set_num_threads(args.threads)
     if args.patterns:
         overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-        table = pattern_recovery(("quilt", "blocks"), args.variants, overrides)
+        table = pattern_recovery(args.pattern_names, args.variants, overrides)
         print(f"\n36 x 36 grid, 200 genes, L=4, defaults + {overrides or 'nothing'}, torch threads={torch.get_num_threads()}")
         print(table.to_markdown(index=False))
         return
