@@ -220,12 +220,12 @@ def _imports(path: Path) -> set:
     return names
 
 
-def test_loki_script_imports_only_what_the_loki_env_has():
-    """Everything embed_loki.py reaches in tissuelens parses as Python 3.9 and imports only envs/loki.yaml
-    packages (scanpy/sklearn/pynndescent appear only behind the ImportError guard of the shared metrics)."""
+def third_party_imports(script: Path) -> set:
+    """Top-level third-party modules imported by `script` and every tissuelens module it reaches (each file
+    parsed as Python 3.9)."""
     import sys
 
-    seen, todo, third = set(), [REPO / "scripts" / "embed_loki.py"], set()
+    seen, todo, third = set(), [script], set()
     while todo:
         path = todo.pop()
         if path in seen:
@@ -242,6 +242,13 @@ def test_loki_script_imports_only_what_the_loki_env_has():
                             todo.append(cand)
             elif top not in sys.stdlib_module_names and top != "__future__":
                 third.add(top)
+    return third
+
+
+def test_loki_script_imports_only_what_the_loki_env_has():
+    """Everything embed_loki.py reaches in tissuelens parses as Python 3.9 and imports only envs/loki.yaml
+    packages (scanpy/sklearn/pynndescent appear only behind the ImportError guard of the shared metrics)."""
+    third = third_party_imports(REPO / "scripts" / "embed_loki.py")
     assert third <= LOKI_ENV_MODULES, third - LOKI_ENV_MODULES
     pins = "\n".join(str(x) for x in __import__("yaml").safe_load((REPO / "envs" / "loki.yaml").read_text())["dependencies"])
     assert "pyarrow" in pins and "python=3.9" in pins

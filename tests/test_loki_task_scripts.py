@@ -130,29 +130,10 @@ def test_image_tasks_without_an_image(built, tmp_path):
 
 
 def test_task_scripts_import_only_what_the_loki_env_has():
-    from test_loki_model import LOKI_ENV_MODULES, _imports  # noqa: F401  (the embed script's check, reused)
-
-    import sys
-    from pathlib import Path
+    from test_loki_model import LOKI_ENV_MODULES, third_party_imports  # the embed script's check, reused
 
     for script in ("loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose"):
-        seen, todo, third = set(), [REPO / "scripts" / f"{script}.py"], set()
-        while todo:
-            path = todo.pop()
-            if path in seen:
-                continue
-            seen.add(path)
-            for name in _imports(path):
-                top = name.split(".")[0]
-                if top == "tissuelens":
-                    parts = name.split(".")
-                    for i in range(1, len(parts) + 1):
-                        base = REPO / "src" / Path(*parts[:i])
-                        for cand in (base.with_suffix(".py"), base / "__init__.py"):
-                            if cand.is_file():
-                                todo.append(cand)
-                elif top not in sys.stdlib_module_names and top != "__future__":
-                    third.add(top)
+        third = third_party_imports(REPO / "scripts" / f"{script}.py")
         # decoupler: imported lazily by analyze.markers.score, which the Loki tasks never call
         assert third <= LOKI_ENV_MODULES | {"decoupler", "tangram"}, (script, third - LOKI_ENV_MODULES)
 
