@@ -82,3 +82,22 @@ def test_best_matched_pearson_finds_the_permutation():
     r = metrics.best_matched_pearson(truth, est)
     np.testing.assert_allclose(r, [1.0, 1.0, 1.0], atol=1e-3)
     assert metrics.best_matched_pearson(truth, -est[:, [2, 3, 0]]).max() < 0.5  # sign matters
+
+
+def test_recovery_scores_training_cells_as_nsf_and_held_out_cells_apart():
+    """NSF's benchmark scores factors on the training cells: held-out cells of `pnmf` only get the prior
+    and must not count. 0/1 truth (the patterned simulations) has no log-space score."""
+    from tissuelens.factorize.analysis import recovery
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((200, 2)) < 0.4).astype(float)
+    est = truth[:, ::-1] * 3.0 + 0.01  # permuted and rescaled: exact on every cell
+    train, val = np.arange(150), np.arange(150, 200)
+    est[val] = 1.0 + 0.1 * rng.random((50, 2))  # the held-out cells carry noise only
+    rec = recovery(truth, None, est, np.log(est), train, val)
+    np.testing.assert_allclose(rec["pearson_spatial"], [1.0, 1.0], atol=1e-9)
+    assert rec["spatial_min"] == pytest.approx(1.0)
+    assert max(np.abs(rec["pearson_spatial_val"])) < 0.5
+    assert rec["pearson_spatial_log"] is None
+    positive = recovery(np.exp(truth), np.array([True, False]), np.exp(truth), truth, train, val)
+    assert positive["pearson_spatial_log"] == pytest.approx([1.0]) and len(positive["pearson_all"]) == 2

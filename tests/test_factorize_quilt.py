@@ -1,5 +1,6 @@
-"""A sharp-edged quilt simulation through the factorize rule steps with the committed config (no
-lengthscale set: every factor's kernel is learned from the default start), recovery asserted."""
+"""A sharp-edged quilt simulation (NSF's benchmark count model) through the factorize rule steps with the
+committed config (no lengthscale set: every factor's kernel is learned from the default start), recovery
+asserted."""
 
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from tissuelens.factorize.run import analyse_variant, train_variant
 from tissuelens.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-# measured 0.906 (min over the 4 factors) with the committed config; NSF reaches >= 0.995 on 36 x 36 quilts
-# with many more inducing points and iterations than a CI test affords (README, bench table)
-MIN_QUILT_PEARSON = 0.85
+# min over the 4 factors on the training cells (NSF's benchmark score and count model), committed config:
+# svgp with its 150 inducing points smooths the sharp edges (measured 0.942); lcgp, every cell an inducing
+# point, measured 0.996. svgp with every training spot as an inducing point (the schema default on a grid
+# this small) also reaches >= 0.99 on 36 x 36 quilts, at a cost a CI test does not afford (README, bench)
+MIN_SVGP_PEARSON = 0.92
+MIN_LCGP_PEARSON = 0.99
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def quilt_metrics(tmp_path_factory):
     root = tmp_path_factory.mktemp("quilt")
     out = {}
     with torch_threads(2):
-        for variant in ("pnmf", "svgp"):
+        for variant in ("pnmf", "svgp", "lcgp"):
             vdir = root / variant
             train_variant(adata, variant, dict(s), vdir / "model", vdir / "elbo.csv", "quilt")
             out[variant] = analyse_variant(adata, variant, dict(s), vdir / "model", vdir / "elbo.csv", vdir, "quilt")
@@ -42,8 +46,15 @@ def quilt_metrics(tmp_path_factory):
 def test_svgp_recovers_every_quilt_factor(quilt_metrics):
     rec = quilt_metrics["svgp"]["recovery"]
     assert len(rec["pearson_spatial"]) == 4
-    assert rec["spatial_min"] >= MIN_QUILT_PEARSON, rec
+    assert rec["spatial_min"] >= MIN_SVGP_PEARSON, rec
     assert quilt_metrics["svgp"]["converged"] == "plateau"
+
+
+def test_lcgp_recovers_the_sharp_edges(quilt_metrics):
+    rec = quilt_metrics["lcgp"]["recovery"]
+    assert rec["spatial_min"] >= MIN_LCGP_PEARSON, rec
+    assert min(rec["pearson_spatial_val"]) > 0.7  # held-out cells predicted from their neighbours
+    assert quilt_metrics["lcgp"]["val_nsf_deviance"] < quilt_metrics["pnmf"]["val_nsf_deviance"]
 
 
 def test_svgp_learns_its_kernels_and_beats_pnmf_on_held_out_cells(quilt_metrics):

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from tissuelens.datasets.synthetic import QUILT_TILES, make_synthetic
+from tissuelens.datasets.synthetic import QUILT_TILES, make_synthetic, pattern_counts
 from tissuelens.errors import InputError
 
 
 def _grid(adata, column):
     side = int(np.sqrt(adata.n_obs))
     out = np.empty((side, side))
-    out[adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()] = np.log(adata.obsm["true_factors"][:, column])
+    out[adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()] = adata.obsm["true_factors"][:, column]
     return out
 
 
@@ -18,9 +18,9 @@ def test_quilt_deals_every_tile_to_exactly_one_factor():
     a = make_synthetic(n_spots=36 * 36, n_genes=50, n_spatial_factors=4, seed=2, pattern="quilt", n_nonspatial_factors=2)
     assert a.obsm["true_factors"].shape == (1296, 6)
     assert a.uns["true_factors_spatial"].tolist() == [True] * 4 + [False] * 2
-    logs = np.stack([_grid(a, f) for f in range(4)])
-    np.testing.assert_allclose(np.abs(logs), 1.0, rtol=1e-6)  # two levels only: sharp edges
-    on = logs > 0
+    fields = np.stack([_grid(a, f) for f in range(4)])
+    assert set(np.unique(fields)) == {0.0, 1.0}  # two levels only: sharp edges
+    on = fields > 0
     assert (on.sum(0) == 1).all()  # each spot belongs to one factor
     tile = 36 // QUILT_TILES
     for f in range(4):
@@ -42,6 +42,28 @@ def test_blocks_are_one_rectangle_per_factor_in_its_own_cell():
         r0, c0 = (f // 2) * 10, (f % 2) * 10  # 3 factors: a 2 x 2 layout of 10 x 10 cells
         assert rows.min() >= r0 and rows.max() < r0 + 10 and cols.min() >= c0 and cols.max() < c0 + 10
     assert not (ons[0] & ons[1]).any() and not (ons[1] & ons[2]).any()  # no overlap
+
+
+def test_pattern_counts_follow_nsfs_benchmark_model():
+    """Each gene owned by one factor; mean background + expression_mean where it is on, negative
+    binomial variance μ + μ²/shape (checked on many spots at one on- and one off-level)."""
+    rng = np.random.default_rng(0)
+    factors = np.repeat([[1.0, 0.0], [0.0, 1.0]], 20000, axis=0)
+    counts, loadings = pattern_counts(factors, rng, n_genes=6, expression_mean=20.0, background=0.2, nb_shape=10.0)
+    assert ((loadings > 0).sum(1) == 1).all() and set(np.unique(loadings)) == {0.0, 20.0}
+    y = counts.toarray().astype(float)
+    gene = int(np.flatnonzero(loadings[:, 0])[0])
+    on, off = y[:20000, gene], y[20000:, gene]
+    assert on.mean() == pytest.approx(20.2, rel=0.02) and on.var() == pytest.approx(20.2 + 20.2**2 / 10, rel=0.05)
+    assert off.mean() == pytest.approx(0.2, rel=0.05)
+
+
+def test_non_spatial_pattern_factors_are_sparse_indicators():
+    a = make_synthetic(n_spots=36 * 36, n_genes=40, n_spatial_factors=4, seed=3, pattern="blocks", n_nonspatial_factors=2)
+    ns = a.obsm["true_factors"][:, 4:]
+    assert set(np.unique(ns)) == {0.0, 1.0}
+    assert np.all(np.abs(ns.mean(0) - 0.2) < 0.04)
+    assert np.asarray(a.X.sum()) > 0 and a.X.dtype == np.int32
 
 
 def test_smooth_is_still_the_demo():

@@ -1,11 +1,14 @@
 """The demo dataset: Poisson counts from known spatial factors, with a synthetic H&E image.
 
 `pattern: smooth` (the demo): factors are exp of Gaussian-process draws (random Fourier features of an
-RBF kernel, so the cost is linear in the number of spots) on a hexagonal grid. `quilt` and `blocks`:
-piecewise-constant factors with sharp edges on a square grid, in the spirit of the NSF paper's
-simulations (written here from their description): a quilt of square tiles, each tile owned by one
-factor; or one solid block per factor. Every pattern adds non-spatial log-normal factors. Loadings are
-sparse and non-negative. Truth is stored in `obsm["true_factors"]` / `varm["true_loadings"]`.
+RBF kernel, so the cost is linear in the number of spots) on a hexagonal grid, plus non-spatial
+log-normal factors; Poisson counts with sparse non-negative loadings at `depth`. `quilt` and `blocks`:
+piecewise-constant 0/1 factors with sharp edges on a square grid (a quilt of square tiles, each tile owned
+by one factor; or one solid block per factor), plus non-spatial Bernoulli(0.2) factors, with the count
+model of the NSF paper's benchmark (Townes & Engelhardt 2023, written here from its description): each
+gene belongs to one factor, its mean is `background` + `expression_mean` where the factor is on, and the
+counts are negative binomial with shape `nb_shape`. Truth is in `obsm["true_factors"]` /
+`varm["true_loadings"]`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ N_FOURIER = 256
 PATTERNS = ("smooth", "quilt", "blocks")
 QUILT_TILES = 6  # tiles per side: 36 tiles of 6 x 6 spots on NSF's 36 x 36 grid
 MIN_PATTERN_SIDE = {"quilt": 2 * QUILT_TILES, "blocks": 8}
-PATTERN_LOG_LEVEL = 1.0  # log-factor +1 on the pattern, −1 off it: a 7.4-fold step at every edge
+NONSPATIAL_ON_PROBABILITY = 0.2  # patterns: each non-spatial 0/1 factor is on at a fifth of the spots
 MAX_IMAGE_SIZE = 4096
 IMAGE_BAND_ROWS = 256
 COUNT_BLOCK_ROWS = 4096
@@ -62,16 +65,16 @@ def check_pattern(pattern: str, n_spots: int, where: str) -> None:
 
 
 def quilt_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.ndarray:
-    """±1 fields: the grid cut into QUILT_TILES² square tiles, dealt to the factors in equal shares at
+    """0/1 fields: the grid cut into QUILT_TILES² square tiles, dealt to the factors in equal shares at
     random, so every factor is a patchwork of sharp-edged squares and every tile belongs to one factor."""
     side = int(row.max()) + 1
     tile = (row * QUILT_TILES // side) * QUILT_TILES + col * QUILT_TILES // side
     owner = rng.permutation(np.arange(QUILT_TILES**2) % n_fields)
-    return np.where(owner[tile][:, None] == np.arange(n_fields)[None], 1.0, -1.0) * PATTERN_LOG_LEVEL
+    return (owner[tile][:, None] == np.arange(n_fields)[None]).astype(np.float64)
 
 
 def block_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.ndarray:
-    """±1 fields: one axis-aligned block per factor, each inside its own cell of a ⌈√F⌉ x ⌈√F⌉ layout of
+    """0/1 fields: one axis-aligned block per factor, each inside its own cell of a ⌈√F⌉ x ⌈√F⌉ layout of
     the grid (so blocks never overlap and every factor is identifiable), half to all of the cell's side on
     each axis, placed at random within it."""
     side = int(row.max()) + 1
@@ -83,7 +86,7 @@ def block_fields(row: np.ndarray, col: np.ndarray, n_fields: int, rng) -> np.nda
         h, w = rng.integers(cell // 2, cell + 1, size=2)
         top, left = top0 + rng.integers(0, cell - h + 1), left0 + rng.integers(0, cell - w + 1)
         inside = (row >= top) & (row < top + h) & (col >= left) & (col < left + w)
-        out[:, f] = np.where(inside, 1.0, -1.0) * PATTERN_LOG_LEVEL
+        out[:, f] = inside
     return out
 
 
@@ -146,6 +149,21 @@ def he_image(xy_px: np.ndarray, field: np.ndarray, size: int, rng) -> tuple[np.n
     return out, scale
 
 
+def pattern_counts(factors: np.ndarray, rng, n_genes: int, expression_mean: float, background: float,
+                   nb_shape: float) -> tuple[sp.csr_matrix, np.ndarray]:
+    """NSF's benchmark count model on 0/1 factors: every gene owned by one factor at random, mean
+    `background` + `expression_mean` × factor, negative binomial with shape `nb_shape` (variance
+    μ + μ²/shape). Returns (counts CSR, loadings (genes, factors)); drawn in blocks of rows."""
+    owner = rng.integers(factors.shape[1], size=n_genes)
+    loadings = np.zeros((n_genes, factors.shape[1]))
+    loadings[np.arange(n_genes), owner] = expression_mean
+    blocks = []
+    for lo in range(0, factors.shape[0], COUNT_BLOCK_ROWS):
+        mean = background + factors[lo : lo + COUNT_BLOCK_ROWS] @ loadings.T
+        blocks.append(sp.csr_matrix(rng.negative_binomial(nb_shape, nb_shape / (mean + nb_shape)).astype(np.int32)))
+    return sp.vstack(blocks, format="csr"), loadings
+
+
 def poisson_counts(factors: np.ndarray, loadings: np.ndarray, rng) -> sp.csr_matrix:
     """Poisson(factors @ loadings.T) as CSR, drawn in blocks of rows (never a dense spots x genes matrix);
     the draws are the same as one call on the whole rate matrix."""
@@ -180,6 +198,9 @@ def make_synthetic(
     pattern: str = "smooth",
     n_nonspatial_factors: int = 1,
     marker_genes_per_group: int = 0,
+    expression_mean: float = 20.0,
+    background: float = 0.2,
+    nb_shape: float = 10.0,
 ) -> ad.AnnData:
     check_pattern(pattern, n_spots, f"synthetic dataset '{library_id}'")
     rng = np.random.default_rng(seed)
@@ -187,19 +208,20 @@ def make_synthetic(
     unit = (xy - xy.min(0)) / np.ptp(xy, axis=0).max()
 
     if pattern == "smooth":
-        log_spatial = smooth_fields(unit, n_spatial_factors, lengthscale, rng)
+        spatial = smooth_fields(unit, n_spatial_factors, lengthscale, rng)
+        factors = np.exp(np.hstack([spatial, rng.normal(scale=0.5, size=(n_spots, n_nonspatial_factors))]))
+        # each gene loads strongly on one factor and weakly on the others
+        loadings = rng.gamma(0.3, 0.2, size=(n_genes, factors.shape[1]))
+        owner = rng.integers(factors.shape[1], size=n_genes)
+        loadings[np.arange(n_genes), owner] += rng.gamma(2.0, 1.0, size=n_genes)
+        loadings *= depth / (factors.mean(0) @ loadings.mean(0))  # mean of factors @ loadings.T, without forming it
+        counts = poisson_counts(factors, loadings, rng)
     else:
-        log_spatial = (quilt_fields if pattern == "quilt" else block_fields)(array_row, array_col, n_spatial_factors, rng)
-    log_nonspatial = rng.normal(scale=0.5, size=(n_spots, n_nonspatial_factors))
-    factors = np.exp(np.hstack([log_spatial, log_nonspatial]))
+        spatial = (quilt_fields if pattern == "quilt" else block_fields)(array_row, array_col, n_spatial_factors, rng)
+        nonspatial = rng.random((n_spots, n_nonspatial_factors)) < NONSPATIAL_ON_PROBABILITY
+        factors = np.hstack([spatial, nonspatial]).astype(np.float64)
+        counts, loadings = pattern_counts(factors, rng, n_genes, expression_mean, background, nb_shape)
     n_factors = factors.shape[1]
-
-    # each gene loads strongly on one factor and weakly on the others
-    loadings = rng.gamma(0.3, 0.2, size=(n_genes, n_factors))
-    owner = rng.integers(n_factors, size=n_genes)
-    loadings[np.arange(n_genes), owner] += rng.gamma(2.0, 1.0, size=n_genes)
-    loadings *= depth / (factors.mean(0) @ loadings.mean(0))  # mean of factors @ loadings.T, without forming it
-    counts = poisson_counts(factors, loadings, rng)
 
     # spatially coherent groups: Voronoi cells of random domain centres
     centres = unit[rng.choice(n_spots, size=n_groups, replace=False)]
@@ -223,7 +245,7 @@ def make_synthetic(
     adata.varm["true_loadings"] = loadings.astype(np.float32)
     adata.uns["true_factors_spatial"] = np.array([True] * n_spatial_factors + [False] * n_nonspatial_factors)
 
-    hires, hires_scale = he_image(xy, log_spatial[:, 0], image_size or auto_image_size(n_spots), rng)
+    hires, hires_scale = he_image(xy, spatial[:, 0], image_size or auto_image_size(n_spots), rng)
     lowres = hires[::2, ::2].copy()
     adata.uns["spatial"] = {
         library_id: {
