@@ -4,8 +4,9 @@ patterned simulations.
     python bench/bench_factorize.py            # N=10000, D=500, L=10, M=1000 on CPU (+ CUDA when present)
     python bench/bench_factorize.py --quick    # fewer iterations
     python bench/bench_factorize.py --patterns [--variants svgp pnmf] [--set n_inducing=300 ...]
-        # quilt and blocks (36 x 36 square grid, 200 genes, 4 true spatial factors), L = 4, the schema's
-        # default settings (plus --set overrides): best-matched Pearson per true factor, held-out
+        # quilt and blocks (36 x 36 square grid, 200 genes, 4 true spatial factors and --nonspatial others,
+        # NSF's benchmark count model), L = 4, the schema's default settings (plus --set overrides):
+        # best-matched Pearson per true factor on training cells (NSF's score) and held-out cells, held-out
         # nsf_deviance and training seconds per variant
 
 Peak memory: CUDA from torch.cuda.max_memory_allocated; CPU as the rise of the process's peak RSS
