@@ -148,3 +148,19 @@ def test_final_loadings_do_not_depend_on_the_minibatch_path(small):
     second = a.model.w.detach().clone()
     assert torch.linalg.vector_norm(b_w - w_trained) / torch.linalg.vector_norm(w_trained) > 0.2
     torch.testing.assert_close(first, second, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["svgp", "lcgp"])
+def test_kernel_moves_only_on_its_steps_and_other_steps_take_no_kernel_gradient(small, variant):
+    t = _trainer(small, variant, kernel_every=3, learning_rate=0.05)
+    kernel = t.model.prior.kernel if variant == "lcgp" else t.model.prior.covar_module
+    before = kernel.raw_lengthscales.detach().clone()
+    moved = []
+    for _ in range(6):
+        t.step()
+        now = kernel.raw_lengthscales.detach().clone()
+        moved.append(not torch.equal(now, before))
+        before = now
+        assert kernel.raw_lengthscales.requires_grad and kernel.raw_amplitudes.requires_grad  # restored
+    assert moved == [True, False, False, True, False, False]  # iterations 0 and 3 step the kernel
+    assert kernel.raw_lengthscales.grad is None  # the last step (iteration 5) computed no kernel gradient

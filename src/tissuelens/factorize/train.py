@@ -109,6 +109,7 @@ class Trainer:
         kernel_ids = {id(p) for m in model.modules() if isinstance(m, FactorKernel) for p in m.parameters()}
         params = [p for p in model.parameters() if p.requires_grad and id(p) not in kernel_ids]
         kernel_params = [p for p in model.parameters() if p.requires_grad and id(p) in kernel_ids]
+        self.kernel_params = kernel_params
         self.opt = torch.optim.Adam(params, lr=settings["learning_rate"])
         kernel_lr = settings["learning_rate"] * settings["kernel_lr_multiplier"]
         self.kernel_opt = torch.optim.Adam(kernel_params, lr=kernel_lr) if kernel_params else None
@@ -145,6 +146,11 @@ class Trainer:
         if s["ell"] == "expanded":
             eps = torch.randn(s["mc_samples"], len(cells), L, generator=self.gen).to(self.device)
         cells_d, genes_d = cells.to(self.device), genes.to(self.device)
+        # steps that leave the kernel alone take no kernel gradient: no backward through the kernel's
+        # factorisations (the costliest part of a GP step's backward pass)
+        stepping_kernel = self.kernel_opt is not None and self.iteration % s["kernel_every"] == 0
+        for p in self.kernel_params:
+            p.requires_grad_(stepping_kernel)
         y = self.counts.batch(cells, genes)
         nu = self.nu[cells_d]
         prior = self.model.prior
@@ -164,9 +170,11 @@ class Trainer:
         if self.kernel_opt is not None:
             self.kernel_opt.zero_grad(set_to_none=True)
         loss.backward()
+        for p in self.kernel_params:
+            p.requires_grad_(True)
         self.opt.step()
         _advance(self.sched)
-        if self.kernel_opt is not None and self.iteration % s["kernel_every"] == 0:
+        if stepping_kernel:
             self.kernel_opt.step()
             _advance(self.kernel_sched)
         if multiplicative:
