@@ -149,28 +149,33 @@ def he_image(xy_px: np.ndarray, field: np.ndarray, size: int, rng) -> tuple[np.n
     return out, scale
 
 
+def counts_in_blocks(factors: np.ndarray, draw) -> sp.csr_matrix:
+    """`draw(rows of factors)` for blocks of COUNT_BLOCK_ROWS rows, stacked as int32 CSR: never a dense
+    spots x genes matrix, and the draws are the same as one call on all rows."""
+    blocks = [sp.csr_matrix(draw(factors[lo : lo + COUNT_BLOCK_ROWS]).astype(np.int32))
+              for lo in range(0, factors.shape[0], COUNT_BLOCK_ROWS)]
+    return sp.vstack(blocks, format="csr")
+
+
 def pattern_counts(factors: np.ndarray, rng, n_genes: int, expression_mean: float, background: float,
                    nb_shape: float) -> tuple[sp.csr_matrix, np.ndarray]:
     """NSF's benchmark count model on 0/1 factors: every gene owned by one factor at random, mean
     `background` + `expression_mean` × factor, negative binomial with shape `nb_shape` (variance
-    μ + μ²/shape). Returns (counts CSR, loadings (genes, factors)); drawn in blocks of rows."""
+    μ + μ²/shape). Returns (counts CSR, loadings (genes, factors))."""
     owner = rng.integers(factors.shape[1], size=n_genes)
     loadings = np.zeros((n_genes, factors.shape[1]))
     loadings[np.arange(n_genes), owner] = expression_mean
-    blocks = []
-    for lo in range(0, factors.shape[0], COUNT_BLOCK_ROWS):
-        mean = background + factors[lo : lo + COUNT_BLOCK_ROWS] @ loadings.T
-        blocks.append(sp.csr_matrix(rng.negative_binomial(nb_shape, nb_shape / (mean + nb_shape)).astype(np.int32)))
-    return sp.vstack(blocks, format="csr"), loadings
+
+    def draw(rows):
+        mean = background + rows @ loadings.T
+        return rng.negative_binomial(nb_shape, nb_shape / (mean + nb_shape))
+
+    return counts_in_blocks(factors, draw), loadings
 
 
 def poisson_counts(factors: np.ndarray, loadings: np.ndarray, rng) -> sp.csr_matrix:
-    """Poisson(factors @ loadings.T) as CSR, drawn in blocks of rows (never a dense spots x genes matrix);
-    the draws are the same as one call on the whole rate matrix."""
-    blocks = []
-    for lo in range(0, factors.shape[0], COUNT_BLOCK_ROWS):
-        blocks.append(sp.csr_matrix(rng.poisson(factors[lo : lo + COUNT_BLOCK_ROWS] @ loadings.T).astype(np.int32)))
-    return sp.vstack(blocks, format="csr")
+    """Poisson(factors @ loadings.T) as CSR, drawn in blocks of rows."""
+    return counts_in_blocks(factors, lambda rows: rng.poisson(rows @ loadings.T))
 
 
 def marker_genes(group_idx: np.ndarray, n_groups: int, per_group: int, depth: float, seed: int, n_genes: int):

@@ -108,11 +108,10 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(settings["seed"])
         kernel_ids = {id(p) for m in model.modules() if isinstance(m, FactorKernel) for p in m.parameters()}
         params = [p for p in model.parameters() if p.requires_grad and id(p) not in kernel_ids]
-        kernel_params = [p for p in model.parameters() if p.requires_grad and id(p) in kernel_ids]
-        self.kernel_params = kernel_params
+        self.kernel_params = [p for p in model.parameters() if p.requires_grad and id(p) in kernel_ids]
         self.opt = torch.optim.Adam(params, lr=settings["learning_rate"])
         kernel_lr = settings["learning_rate"] * settings["kernel_lr_multiplier"]
-        self.kernel_opt = torch.optim.Adam(kernel_params, lr=kernel_lr) if kernel_params else None
+        self.kernel_opt = torch.optim.Adam(self.kernel_params, lr=kernel_lr) if self.kernel_params else None
         self.sched = self.kernel_sched = None
         if settings["lr_schedule"] == "one_cycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=settings["learning_rate"],
