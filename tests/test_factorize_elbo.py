@@ -38,28 +38,79 @@ def test_pnmf_kl_is_the_normal_closed_form():
     torch.testing.assert_close(kl_normal(mu, sd**2, loc, scale), kl_divergence(Normal(mu, sd), Normal(loc, scale)))
 
 
+def _factor_kernel(lengthscales, amplitudes=None):
+    amplitudes = amplitudes or (1.0,) * len(lengthscales)
+    kernel = make_kernel(8.0, n_factors=len(lengthscales))
+    with torch.no_grad():
+        kernel.raw_lengthscales.copy_(torch.tensor([inverse_softplus(v) for v in lengthscales]))
+        kernel.raw_amplitudes.copy_(torch.tensor([inverse_softplus(v) for v in amplitudes]))
+    return kernel
+
+
+def _svgp(z, kernel, beta, mean, lu, jitter):
+    prior = SVGPPrior(z, len(beta), kernel, jitter=jitter, learn_mean=True).double()
+    with torch.no_grad():
+        prior.prior_mean.copy_(beta)
+    prior.init_variational(mean, lu)
+    return prior
+
+
 def test_svgp_kl_equals_kl_of_u_against_the_gp_prior():
     gen = torch.Generator().manual_seed(0)
     z = torch.rand(7, 2, generator=gen) * 20
-    kernel = make_kernel(8.0, n_factors=3)
-    with torch.no_grad():
-        kernel.raw_lengthscales.copy_(torch.tensor([inverse_softplus(v) for v in (3.0, 8.0, 20.0)]))
-        kernel.raw_amplitudes.copy_(torch.tensor([inverse_softplus(v) for v in (0.5, 1.0, 2.0)]))
-    prior = SVGPPrior(z, 3, kernel, jitter=1e-6).double()
+    kernel = _factor_kernel((3.0, 8.0, 20.0), (0.5, 1.0, 2.0))
+    beta = torch.tensor([0.5, -1.0, 0.0])
     mean = torch.randn(3, 7, generator=gen)
-    chol = torch.randn(3, 7, 7, generator=gen).tril(-1) * 0.1 + torch.diag_embed(torch.rand(3, 7, generator=gen) + 0.2)
-    prior.init_variational(mean, chol)
+    lu = torch.randn(3, 7, 7, generator=gen).tril(-1) * 0.1 + torch.diag_embed(torch.rand(3, 7, generator=gen) + 0.2)
+    prior = _svgp(z, kernel, beta, mean, lu, 1e-6)
     kzz = dense(kernel, z, z) + 1e-6 * torch.eye(7)  # (3, 7, 7): one kernel per factor
-    lk = torch.linalg.cholesky(kzz)
-    lu = lk @ chol  # u = L_K ũ
     expected = sum(
-        kl_divergence(MultivariateNormal(lk[l] @ mean[l], scale_tril=lu[l]), MultivariateNormal(torch.zeros(7), kzz[l]))
+        kl_divergence(MultivariateNormal(mean[l], scale_tril=lu[l]), MultivariateNormal(beta[l].expand(7), kzz[l]))
         for l in range(3))
     got = prior.kl(torch.arange(4), n_total=100, kl_scaling="elbo")
-    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     # the reference's weighting multiplies by N/M
-    assert prior.kl(torch.arange(4), 100, "reference").item() == pytest.approx(expected.item() * 100 / 7, rel=1e-4)
-    torch.testing.assert_close(prior.u_space_cholesky(), lu, atol=1e-5, rtol=1e-4)
+    assert prior.kl(torch.arange(4), 100, "reference").item() == pytest.approx(expected.item() * 100 / 7, rel=1e-6)
+
+
+def _svgp_posterior_marginals(kernel, z, x, beta, mean, lu, jitter):
+    """q(f(x)) of the SVGP, densely: μ = β + k_xZ K⁻¹(m − β), σ² = k_xx − k_xZ K⁻¹ k_Zx + k_xZ K⁻¹ S K⁻¹ k_Zx."""
+    kzz = dense(kernel, z, z) + jitter * torch.eye(len(z))
+    kzx = dense(kernel, z, x)
+    w = torch.linalg.solve(kzz, kzx)  # K⁻¹ K_Zx (L, M, B)
+    s = lu @ lu.transpose(-1, -2)
+    mu = beta[:, None] + (w * (mean - beta[:, None]).unsqueeze(-1)).sum(-2)
+    kxx = torch.stack([dense(kernel, x, x)[l].diagonal() for l in range(len(beta))])
+    var = kxx - (kzx * w).sum(-2) + (w * (s @ w)).sum(-2)
+    return mu.T, var.T
+
+
+def test_svgp_marginals_are_the_posterior_at_inducing_points_and_between_them():
+    """Cells sitting on inducing points read q(u) directly; other points take the general formula. Both
+    must equal the dense SVGP posterior, and kernel gradients must reach the general path."""
+    gen = torch.Generator().manual_seed(1)
+    z = torch.rand(9, 2, generator=gen) * 20
+    kernel = _factor_kernel((4.0, 11.0))
+    beta = torch.tensor([0.4, -1.2])
+    mean = torch.randn(2, 9, generator=gen)
+    lu = torch.randn(2, 9, 9, generator=gen).tril(-1) * 0.2 + torch.diag_embed(torch.rand(2, 9, generator=gen) + 0.3)
+    cells = torch.tensor([4, 0, 4, 8, 2])  # shuffled, one location twice
+    for x, shortcut in ((z[cells], True), (z[cells] + 0.5, False)):
+        prior = _svgp(z, kernel, beta, mean, lu, 1e-9)
+        prior.set_inputs(x)
+        assert (prior.cell_rows is not None) == shortcut
+        if shortcut:
+            assert prior.cell_rows.tolist() == cells.tolist()
+        mu, var = prior.marginals(torch.arange(len(x)))
+        want_mu, want_var = _svgp_posterior_marginals(kernel, z, x, beta, mean, lu, 1e-9)
+        torch.testing.assert_close(mu, want_mu, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(var, want_var, atol=1e-6, rtol=1e-6)
+        pred_mu, pred_var = prior.predict(x, None, None, chunk_size=2)  # chunked general formula
+        torch.testing.assert_close(pred_mu, want_mu, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(pred_var, want_var, atol=1e-6, rtol=1e-6)
+        if not shortcut:
+            (mu.sum() + var.sum()).backward()
+            assert prior.kernel.raw_lengthscales.grad.abs().min() > 0
 
 
 def test_lcgp_conditional_kl_is_the_chain_rule_difference():

@@ -153,7 +153,7 @@ def test_final_loadings_do_not_depend_on_the_minibatch_path(small):
 @pytest.mark.parametrize("variant", ["svgp", "lcgp"])
 def test_kernel_moves_only_on_its_steps_and_other_steps_take_no_kernel_gradient(small, variant):
     t = _trainer(small, variant, kernel_every=3, learning_rate=0.05)
-    kernel = t.model.prior.kernel if variant == "lcgp" else t.model.prior.covar_module
+    kernel = t.model.prior.kernel
     before = kernel.raw_lengthscales.detach().clone()
     moved = []
     for _ in range(6):
@@ -164,3 +164,24 @@ def test_kernel_moves_only_on_its_steps_and_other_steps_take_no_kernel_gradient(
         assert kernel.raw_lengthscales.requires_grad and kernel.raw_amplitudes.requires_grad  # restored
     assert moved == [True, False, False, True, False, False]  # iterations 0 and 3 step the kernel
     assert kernel.raw_lengthscales.grad is None  # the last step (iteration 5) computed no kernel gradient
+
+
+def test_svgp_reuses_its_kernel_factor_only_while_the_kernel_is_unchanged(small):
+    """Steps that do not step the kernel reuse chol(K) (as NSF caches Kuu_chol); the step after a kernel
+    update must factorise the new kernel, and a reused factor gives the KL a fresh one gives."""
+    t = _trainer(small, "svgp", kernel_every=3, learning_rate=0.05, n_inducing=1000)  # every cell on Z
+    prior = t.model.prior
+    assert prior.cell_rows is not None
+    calls = []
+    matrix = prior.kernel.matrix
+    prior.kernel.matrix = lambda *a, **k: calls.append(t.iteration) or matrix(*a, **k)
+    for _ in range(6):
+        t.step()
+    assert calls == [0, 1, 3, 4]  # kernel steps 0 and 3; steps 1 and 4 see a kernel those steps changed
+    idx = torch.arange(4)
+    with torch.no_grad():
+        cached = prior.kl(idx, 10, "elbo")
+        prior._kernel_cache = None
+        fresh = prior.kl(idx, 10, "elbo")
+    assert cached.item() == pytest.approx(fresh.item(), rel=1e-6)
+    assert len(calls) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -92,24 +93,24 @@ def initial_values(data: FactorData, settings: dict, gen: torch.Generator):
 
 
 def _svgp_init(prior: SVGPPrior, logf, x_train, settings, gen):
-    """Whitened q(ũ): mean L_K⁻¹u with u the 10-NN average of the initial log-factors at Z (nmf), or
-    N(0, 1) (random); Cholesky lower-triangular, diagonal U(0, 1), off-diagonal 0.01·N(0, 1)."""
+    """q(u): mean at each inducing point the average of the initial log-factors of its max(2, ⌈N/M⌉)
+    nearest training cells, as NSF initialises it (nmf), or N(0, 1) (random); Cholesky lower-triangular,
+    diagonal 0.5 (nmf) or U(0, 1) (random), off-diagonal 0.01·N(0, 1)."""
     z = prior.inducing
     L, m = logf.shape[1], len(z)
     if settings["init"] == "nmf":
         from sklearn.neighbors import KNeighborsRegressor
 
-        u = KNeighborsRegressor(n_neighbors=min(10, len(x_train))).fit(x_train[:, :2].numpy(), logf.numpy())
-        u = torch.as_tensor(u.predict(z[:, :2].numpy()), dtype=torch.float32).T  # (L, M)
-        kzz = prior.covar_module.matrix(z, z) + settings["jitter"] * torch.eye(m)
-        mean = torch.linalg.solve_triangular(torch.linalg.cholesky(kzz), u.unsqueeze(-1), upper=False).squeeze(-1)
+        k = min(max(2, math.ceil(len(x_train) / m)), len(x_train))
+        u = KNeighborsRegressor(n_neighbors=k).fit(x_train[:, :2].numpy(), logf.numpy())
+        mean = torch.as_tensor(u.predict(z[:, :2].numpy()), dtype=torch.float32).T  # (L, M)
         diag = torch.full((L, m), 0.5)
     else:
         mean = torch.randn(L, m, generator=gen)
         diag = torch.rand(L, m, generator=gen)
     chol = 0.01 * torch.randn(L, m, m, generator=gen)
     chol = chol.tril(-1) + torch.diag_embed(diag)
-    prior.init_variational(mean.detach(), chol)
+    prior.init_variational(mean, chol)
 
 
 def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -> FactorModel:

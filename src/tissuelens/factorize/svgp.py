@@ -1,74 +1,116 @@
-"""`svgp` / `mggp_svgp`: a batch of L sparse variational GPs, one kernel and constant mean per factor (gpytorch).
+"""`svgp` / `mggp_svgp`: L sparse variational GPs, one kernel and constant mean per factor.
 
-Whitened Cholesky q(ũ) = N(m̃, S̃) with u = β + L_K ũ; fixed inducing points (k-means, plus their group
-column for MGGP). The KL is global, so the minibatch ELBO needs it once (×N/M only in reference mode).
+q(u_ℓ) = N(m_ℓ, Lu_ℓ Lu_ℓᵀ) in u-space (unwhitened, as NSF and the spec parameterise it) at fixed inducing
+points Z (k-means, plus their group column for MGGP); p(u_ℓ) = N(β_ℓ, K_ℓ + jitter·I), K_ℓ = L_ℓ L_ℓᵀ.
+With A = L⁻¹K_ZX, b = L⁻¹(m − β) and C = L⁻¹Lu, the marginals of f at x are
+
+    μ = β + Aᵀb,   σ² = k_xx − ‖A_x‖² + ‖(AᵀC)_x‖²,   KL = ½ Σ_ℓ [‖C‖² + ‖b‖² − M + log|K| − log|Lu Luᵀ|].
+
+A cell sitting on an inducing point has f = u there, so its marginal is read off q(u) directly (μ = m_j,
+σ² = ‖(Lu)_j‖²): with inducing points at every training location (n_inducing at or above their number,
+the default on datasets up to that size) the likelihood involves no kernel at all and only the KL
+factorises K. The KL is global, so the minibatch ELBO needs it once (×N/M only in reference mode).
 """
 
 from __future__ import annotations
 
-import gpytorch
 import torch
-from gpytorch.variational import CholeskyVariationalDistribution, VariationalStrategy
+from torch import nn
 
 
-class SVGPPrior(gpytorch.models.ApproximateGP):
+class SVGPPrior(nn.Module):
     kind = "svgp"
 
     def __init__(self, inducing: torch.Tensor, n_factors: int, kernel, jitter: float, learn_mean: bool = False):
+        super().__init__()
         m = inducing.shape[0]
-        dist = CholeskyVariationalDistribution(m, batch_shape=torch.Size([n_factors]))
-        strategy = VariationalStrategy(self, inducing, dist, learn_inducing_locations=False, jitter_val=jitter)
-        super().__init__(strategy)
-        self.mean_module = gpytorch.means.ConstantMean(batch_shape=torch.Size([n_factors]))
-        self.mean_module.constant.requires_grad_(learn_mean)  # frozen at 0: the reference's zero mean
-        self.covar_module = kernel
-        self.register_buffer("train_inputs_", torch.empty(0))  # set by set_inputs
-
-    def forward(self, x):
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+        self.kernel = kernel
+        self.jitter = jitter
+        self.register_buffer("inducing", inducing)  # (M, 2), or (M, 3) with the group column
+        self.register_buffer("train_inputs", torch.empty(0))  # set by set_inputs
+        self.mean = nn.Parameter(torch.zeros(n_factors, m))  # m (L, M)
+        self.chol = nn.Parameter(torch.eye(m).repeat(n_factors, 1, 1))  # Lu (L, M, M), lower triangle used
+        self.prior_mean = nn.Parameter(torch.zeros(n_factors), requires_grad=learn_mean)  # β, frozen at 0 = reference
+        self.cell_rows: torch.Tensor | None = None  # each training cell's inducing row, when all have one
+        self._memo = None
+        self._kernel_cache = None
 
     def set_inputs(self, x: torch.Tensor) -> None:
         """Kernel inputs of the training cells (coordinates, plus group column for MGGP)."""
-        self.train_inputs_ = x
+        self.train_inputs = x
+        self.cell_rows = inducing_rows(self.inducing, x)
 
     def init_variational(self, mean: torch.Tensor, chol: torch.Tensor) -> None:
-        """Set q(ũ) (mean (L, M), lower Cholesky (L, M, M)) and stop gpytorch re-initialising it."""
-        dist = self.variational_strategy._variational_distribution
+        """Set q(u): mean (L, M) and lower Cholesky factor (L, M, M) of its covariance."""
         with torch.no_grad():
-            dist.variational_mean.copy_(mean)
-            dist.chol_variational_covar.copy_(chol)
-        self.variational_strategy.variational_params_initialized.fill_(1)
+            self.mean.copy_(mean)
+            self.chol.copy_(chol)
 
-    @property
-    def inducing(self) -> torch.Tensor:
-        return self.variational_strategy.inducing_points
+    def _kernel_factor(self) -> torch.Tensor:
+        """L = chol(K + jitter·I) (L, M, M). Steps that leave the kernel alone (kernel_every > 1) take no
+        kernel gradient, so they reuse the last factor, as NSF caches its Kuu_chol between kernel updates."""
+        params = list(self.kernel.parameters())
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if not needs_grad and self._kernel_cache is not None and self._kernel_cache[0] == key:
+            return self._kernel_cache[1]
+        z = self.inducing
+        with torch.set_grad_enabled(needs_grad):
+            eye = torch.eye(len(z), device=z.device, dtype=z.dtype)
+            chol_k = torch.linalg.cholesky(self.kernel.matrix(z, z) + self.jitter * eye)
+        self._kernel_cache = None if needs_grad else (key, chol_k)
+        return chol_k
+
+    def _whitened(self):
+        """(L, b, C, Lu) of the current parameters. Kept from `marginals` for the `kl` of the same step, so a
+        step solves against K once."""
+        key = tuple((p.data_ptr(), p._version, p.requires_grad) for p in self.parameters()) + (torch.is_grad_enabled(),)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
+        chol_k, lu = self._kernel_factor(), self.chol.tril()
+        b = torch.linalg.solve_triangular(chol_k, (self.mean - self.prior_mean[:, None]).unsqueeze(-1), upper=False)
+        c = torch.linalg.solve_triangular(chol_k, lu, upper=False)
+        out = (chol_k, b.squeeze(-1), c, lu)
+        self._memo = (key, out)
+        return out
+
+    def _marginals_at(self, x: torch.Tensor):
+        """(μ, σ²) (B, L) at inputs x (B, d) from the general formula."""
+        chol_k, b, c, _ = self._whitened()
+        a = torch.linalg.solve_triangular(chol_k, self.kernel.matrix(self.inducing, x), upper=False)  # (L, M, B)
+        mu = self.prior_mean[:, None] + (a * b.unsqueeze(-1)).sum(-2)
+        var = self.kernel.matrix(x, x, diag=True) - a.pow(2).sum(-2) + (c.transpose(-1, -2) @ a).pow(2).sum(-2)
+        return mu.T, var.clamp(1e-10, 100.0).T
 
     def marginals(self, idx: torch.Tensor):
-        out = self(self.train_inputs_[idx])
-        return out.mean.T, out.variance.clamp(1e-10, 100.0).T
+        if self.cell_rows is None:
+            return self._marginals_at(self.train_inputs[idx])
+        rows = self.cell_rows.to(idx.device)[idx]
+        var = self._whitened()[3].pow(2).sum(-1)  # (L, M) first: gathering rows of Lu would copy (L, B, M) and scatter it back
+        return self.mean[:, rows].T, var[:, rows].clamp(1e-10, 100.0).T
 
     def kl(self, idx: torch.Tensor, n_total: int, kl_scaling: str) -> torch.Tensor:
-        kl = self.variational_strategy.kl_divergence().sum()
-        return kl * (n_total / self.inducing.shape[0]) if kl_scaling == "reference" else kl
+        chol_k, b, c, _ = self._whitened()
+        self._memo = None  # a step's KL is its last use; the next step has new parameters
+        m = self.inducing.shape[0]
+        logdet_k = 2.0 * torch.log(torch.diagonal(chol_k, dim1=-2, dim2=-1)).sum()
+        logdet_s = 2.0 * torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1).abs()).sum()
+        kl = 0.5 * (c.pow(2).sum() + b.pow(2).sum() - m * b.shape[0] + logdet_k - logdet_s)
+        return kl * (n_total / m) if kl_scaling == "reference" else kl
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, g, train_pos, chunk_size: int):
-        """Predictive marginals at any points, chunked: memory (L, chunk, M), never N × M at once."""
-        was_training = self.training
-        self.eval()
+        """Predictive marginals at any points, chunked: memory (L, M, chunk), never N × M at once."""
         mus, vs = [], []
         for start in range(0, x.shape[0], chunk_size):
-            out = self(x[start : start + chunk_size])
-            mus.append(out.mean.T)
-            vs.append(out.variance.clamp(1e-10, 100.0).T)
-        self.train(was_training)
+            mu, var = self._marginals_at(x[start : start + chunk_size])
+            mus.append(mu)
+            vs.append(var)
         return torch.cat(mus), torch.cat(vs)
 
-    def u_space_cholesky(self) -> torch.Tensor:
-        """Lu (L, M, M) with S = Lu Luᵀ the covariance of u (unwhitened), as the reference saves it."""
-        with torch.no_grad():
-            z = self.inducing
-            kzz = self.covar_module.matrix(z, z) + self.variational_strategy.jitter_val * torch.eye(len(z), device=z.device)
-            chol = torch.linalg.cholesky(kzz)
-            s_tilde = self.variational_strategy._variational_distribution.chol_variational_covar.tril()
-            return chol @ s_tilde
+
+def inducing_rows(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """For each row of x, the index of the identical row of z; None unless every row of x has one."""
+    index = {tuple(row): i for i, row in enumerate(z.tolist())}
+    rows = [index.get(tuple(row)) for row in x.tolist()]
+    return None if any(r is None for r in rows) else torch.tensor(rows, dtype=torch.long)
