@@ -9,7 +9,7 @@ from tissuelens.factorize.elbo import expected_loglik, loadings_fixed_point, mul
 from tissuelens.factorize.kernels import FactorKernel, inverse_softplus
 from tissuelens.factorize.lcgp import conditional_kl, knn_excluding_self
 from tissuelens.factorize.pnmf import kl_normal
-from tissuelens.factorize.svgp import SVGPPrior
+from tissuelens.factorize.svgp import SVGPPrior, solve_lower_by_lower
 
 
 def make_kernel(lengthscale, n_factors=1):
@@ -111,6 +111,20 @@ def test_svgp_marginals_are_the_posterior_at_inducing_points_and_between_them():
         if not shortcut:
             (mu.sum() + var.sum()).backward()
             assert prior.kernel.raw_lengthscales.grad.abs().min() > 0
+
+
+@pytest.mark.parametrize("m", [7, 301, 600])
+def test_solving_by_halves_equals_one_triangular_solve_with_its_gradients(m):
+    gen = torch.Generator().manual_seed(m)
+    a = torch.randn(2, m, m, generator=gen)
+    k = (a @ a.transpose(-1, -2) + m * torch.eye(m)).requires_grad_(True)
+    raw = torch.randn(2, m, m, generator=gen, requires_grad=True)
+    results = []
+    for solve in (solve_lower_by_lower, lambda l, u: torch.linalg.solve_triangular(l, u, upper=False)):
+        c = solve(torch.linalg.cholesky(k), raw.tril())
+        results.append((c, *torch.autograd.grad(c.pow(2).sum() + c.sum(), (k, raw))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_lcgp_conditional_kl_is_the_chain_rule_difference():

@@ -14,7 +14,7 @@ from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
 from tissuelens.factorize.model import FactorModel, build_model
 from tissuelens.io import atomic_path, read_json
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: svgp q(u) in u-space
 
 
 def inducing_of(model: FactorModel) -> torch.Tensor:

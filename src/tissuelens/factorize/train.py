@@ -31,7 +31,7 @@ from tissuelens.io import atomic_path
 from tissuelens.progress import Progress
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 3  # 3: svgp q(u) in u-space
 # settings that do not change the numbers a run produces
 NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every"}
 
