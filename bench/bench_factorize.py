@@ -155,7 +155,7 @@ def main():
         print(f"\n36 x 36 grid, 200 genes, L=4, defaults + {overrides or 'nothing'}, torch threads={torch.get_num_threads()}")
         print(table.to_markdown(index=False))
         return
-    iters = 5 if args.quick else 30
+    iters = 10 if args.quick else 30  # whole cycles of kernel_every (10): kernel steps cost more than the others
     adata = synthetic(args.n, args.d, groups=8)
     s = complete_settings({"n_factors": args.factors, "n_inducing": args.inducing, "batch_size": args.batch,
                            "gene_batch_size": None, "n_neighbors": args.neighbors, "kmeans_n_init": 1,
