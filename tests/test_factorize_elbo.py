@@ -1,5 +1,6 @@
 """KL terms against closed forms, and the expected log-likelihood estimator's expectation."""
 
+import gpytorch
 import numpy as np
 import pytest
 import torch
@@ -50,7 +51,7 @@ def _factor_kernel(lengthscales, amplitudes=None):
 def _svgp(z, kernel, beta, mean, lu, jitter):
     prior = SVGPPrior(z, len(beta), kernel, jitter=jitter, learn_mean=True).double()
     with torch.no_grad():
-        prior.prior_mean.copy_(beta)
+        prior.mean_module.raw_constant.copy_(beta)
     prior.init_variational(mean, lu)
     return prior
 
@@ -87,7 +88,8 @@ def _svgp_posterior_marginals(kernel, z, x, beta, mean, lu, jitter):
 
 def test_svgp_marginals_are_the_posterior_at_inducing_points_and_between_them():
     """Cells sitting on inducing points read q(u) directly; other points take the general formula. Both
-    must equal the dense SVGP posterior, and kernel gradients must reach the general path."""
+    must equal the dense SVGP posterior and gpytorch's own call, and kernel gradients must reach the
+    general path."""
     gen = torch.Generator().manual_seed(1)
     z = torch.rand(9, 2, generator=gen) * 20
     kernel = _factor_kernel((4.0, 11.0))
@@ -111,6 +113,11 @@ def test_svgp_marginals_are_the_posterior_at_inducing_points_and_between_them():
         if not shortcut:
             (mu.sum() + var.sum()).backward()
             assert prior.kernel.raw_lengthscales.grad.abs().min() > 0
+        prior.eval()  # gpytorch's own call of its unwhitened strategy gives the same posterior
+        with torch.no_grad(), gpytorch.settings.max_cholesky_size(10**6):
+            out = prior(x)
+        torch.testing.assert_close(out.mean.T, want_mu, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out.variance.T, want_var, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("m", [7, 301, 600])

@@ -1,39 +1,55 @@
-"""`svgp` / `mggp_svgp`: L sparse variational GPs, one kernel and constant mean per factor.
+"""`svgp` / `mggp_svgp`: L sparse variational GPs, one kernel and constant mean per factor (gpytorch).
 
-q(u_ℓ) = N(m_ℓ, Lu_ℓ Lu_ℓᵀ) in u-space (unwhitened, as NSF and the spec parameterise it) at fixed inducing
-points Z (k-means, plus their group column for MGGP); p(u_ℓ) = N(β_ℓ, K_ℓ + jitter·I), K_ℓ = L_ℓ L_ℓᵀ.
-With A = L⁻¹K_ZX, b = L⁻¹(m − β) and C = L⁻¹Lu, the marginals of f at x are
+q(u_ℓ) = N(m_ℓ, Lu_ℓ Lu_ℓᵀ) in u-space (gpytorch's unwhitened strategy, as NSF and the spec parameterise
+it) at fixed inducing points Z (k-means, plus their group column for MGGP); p(u_ℓ) = N(β_ℓ, K_ℓ + jitter·I),
+K_ℓ = L_ℓ L_ℓᵀ. With A = L⁻¹K_ZX, b = L⁻¹(m − β) and C = L⁻¹Lu, the marginals of f at x are
 
     μ = β + Aᵀb,   σ² = k_xx − ‖A_x‖² + ‖(AᵀC)_x‖²,   KL = ½ Σ_ℓ [‖C‖² + ‖b‖² − M + log|K| − log|Lu Luᵀ|].
 
+These closed forms are computed here from the strategy's parameters rather than through gpytorch's call,
+which forms the kernel over [Z; X], switches to conjugate gradients above 800 inducing points and gives
+its KL a different jitter (1e-3) from its predictions; a test checks them against gpytorch's own call.
 A cell sitting on an inducing point has f = u there, so its marginal is read off q(u) directly (μ = m_j,
-σ² = ‖(Lu)_j‖²): with inducing points at every training location (n_inducing at or above their number,
-the default on datasets up to that size) the likelihood involves no kernel at all and only the KL
-factorises K. The KL is global, so the minibatch ELBO needs it once (×N/M only in reference mode).
+σ² = ‖(Lu)_j‖², as gpytorch's strategy does for x = Z): with inducing points at every training location
+(n_inducing at or above their number, the default on datasets up to that size) the likelihood involves
+no kernel at all and only the KL factorises K. The KL is global, so the minibatch ELBO needs it once
+(×N/M only in reference mode).
 """
 
 from __future__ import annotations
 
+import gpytorch
 import torch
-from torch import nn
+from gpytorch.variational import CholeskyVariationalDistribution, UnwhitenedVariationalStrategy
 
 
-class SVGPPrior(nn.Module):
+class SVGPPrior(gpytorch.models.ApproximateGP):
     kind = "svgp"
 
     def __init__(self, inducing: torch.Tensor, n_factors: int, kernel, jitter: float, learn_mean: bool = False):
-        super().__init__()
         m = inducing.shape[0]
-        self.kernel = kernel
+        dist = CholeskyVariationalDistribution(m, batch_shape=torch.Size([n_factors]))
+        strategy = UnwhitenedVariationalStrategy(self, inducing, dist, learn_inducing_locations=False, jitter_val=jitter)
+        super().__init__(strategy)
+        self.mean_module = gpytorch.means.ConstantMean(batch_shape=torch.Size([n_factors]))
+        self.mean_module.raw_constant.requires_grad_(learn_mean)  # frozen at 0: the reference's zero mean
+        self.covar_module = kernel
         self.jitter = jitter
-        self.register_buffer("inducing", inducing)  # (M, 2), or (M, 3) with the group column
         self.register_buffer("train_inputs", torch.empty(0))  # set by set_inputs
-        self.mean = nn.Parameter(torch.zeros(n_factors, m))  # m (L, M)
-        self.chol = nn.Parameter(torch.eye(m).repeat(n_factors, 1, 1))  # Lu (L, M, M), lower triangle used
-        self.prior_mean = nn.Parameter(torch.zeros(n_factors), requires_grad=learn_mean)  # β, frozen at 0 = reference
         self.cell_rows: torch.Tensor | None = None  # each training cell's inducing row, when all have one
         self._memo = None
         self._kernel_cache = None
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    @property
+    def kernel(self):
+        return self.covar_module
+
+    @property
+    def inducing(self) -> torch.Tensor:
+        return self.variational_strategy.inducing_points
 
     def set_inputs(self, x: torch.Tensor) -> None:
         """Kernel inputs of the training cells (coordinates, plus group column for MGGP)."""
@@ -41,10 +57,18 @@ class SVGPPrior(nn.Module):
         self.cell_rows = inducing_rows(self.inducing, x)
 
     def init_variational(self, mean: torch.Tensor, chol: torch.Tensor) -> None:
-        """Set q(u): mean (L, M) and lower Cholesky factor (L, M, M) of its covariance."""
+        """Set q(u): mean (L, M) and lower Cholesky factor (L, M, M) of its covariance, and stop gpytorch
+        re-initialising it."""
+        dist = self.variational_strategy._variational_distribution
         with torch.no_grad():
-            self.mean.copy_(mean)
-            self.chol.copy_(chol)
+            dist.variational_mean.copy_(mean)
+            dist.chol_variational_covar.copy_(chol)
+        self.variational_strategy.variational_params_initialized.fill_(1)
+
+    def _q(self):
+        """(m (L, M), raw Cholesky (L, M, M), β (L,)); the Cholesky's upper triangle is not used."""
+        dist = self.variational_strategy._variational_distribution
+        return dist.variational_mean, dist.chol_variational_covar, self.mean_module.constant
 
     def _kernel_factor(self) -> torch.Tensor:
         """L = chol(K + jitter·I) (L, M, M). Steps that leave the kernel alone (kernel_every > 1) take no
@@ -67,8 +91,9 @@ class SVGPPrior(nn.Module):
         key = tuple((p.data_ptr(), p._version, p.requires_grad) for p in self.parameters()) + (torch.is_grad_enabled(),)
         if self._memo is not None and self._memo[0] == key:
             return self._memo[1]
-        chol_k, lu = self._kernel_factor(), self.chol.tril()
-        b = torch.linalg.solve_triangular(chol_k, (self.mean - self.prior_mean[:, None]).unsqueeze(-1), upper=False)
+        mean, raw_chol, beta = self._q()
+        chol_k, lu = self._kernel_factor(), raw_chol.tril()
+        b = torch.linalg.solve_triangular(chol_k, (mean - beta[:, None]).unsqueeze(-1), upper=False)
         c = solve_lower_by_lower(chol_k, lu)
         out = (chol_k, b.squeeze(-1), c, lu)
         self._memo = (key, out)
@@ -78,7 +103,7 @@ class SVGPPrior(nn.Module):
         """(μ, σ²) (B, L) at inputs x (B, d) from the general formula."""
         chol_k, b, c, _ = self._whitened()
         a = torch.linalg.solve_triangular(chol_k, self.kernel.matrix(self.inducing, x), upper=False)  # (L, M, B)
-        mu = self.prior_mean[:, None] + (a * b.unsqueeze(-1)).sum(-2)
+        mu = self.mean_module.constant[:, None] + (a * b.unsqueeze(-1)).sum(-2)
         var = self.kernel.matrix(x, x, diag=True) - a.pow(2).sum(-2) + (c.transpose(-1, -2) @ a).pow(2).sum(-2)
         return mu.T, var.clamp(1e-10, 100.0).T
 
@@ -87,14 +112,14 @@ class SVGPPrior(nn.Module):
             return self._marginals_at(self.train_inputs[idx])
         rows = self.cell_rows.to(idx.device)[idx]
         var = self._whitened()[3].pow(2).sum(-1)  # (L, M) first: gathering rows of Lu would copy (L, B, M) and scatter it back
-        return self.mean[:, rows].T, var[:, rows].clamp(1e-10, 100.0).T
+        return self._q()[0][:, rows].T, var[:, rows].clamp(1e-10, 100.0).T
 
     def kl(self, idx: torch.Tensor, n_total: int, kl_scaling: str) -> torch.Tensor:
         chol_k, b, c, _ = self._whitened()
         self._memo = None  # a step's KL is its last use; the next step has new parameters
         m = self.inducing.shape[0]
         logdet_k = 2.0 * torch.log(torch.diagonal(chol_k, dim1=-2, dim2=-1)).sum()
-        logdet_s = 2.0 * torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1).abs()).sum()
+        logdet_s = 2.0 * torch.log(torch.diagonal(self._q()[1], dim1=-2, dim2=-1).abs()).sum()
         kl = 0.5 * (c.pow(2).sum() + b.pow(2).sum() - m * b.shape[0] + logdet_k - logdet_s)
         return kl * (n_total / m) if kl_scaling == "reference" else kl
 
