@@ -111,7 +111,8 @@ class SVGPPrior(gpytorch.models.ApproximateGP):
         if self.cell_rows is None:
             return self._marginals_at(self.train_inputs[idx])
         rows = self.cell_rows.to(idx.device)[idx]
-        var = self._whitened()[3].pow(2).sum(-1)  # (L, M) first: gathering rows of Lu would copy (L, B, M) and scatter it back
+        # every inducing point's variance (L, M) first: gathering rows of Lu would copy (L, B, M) and scatter it back
+        var = self._whitened()[3].pow(2).sum(-1)
         return self._q()[0][:, rows].T, var[:, rows].clamp(1e-10, 100.0).T
 
     def kl(self, idx: torch.Tensor, n_total: int, kl_scaling: str) -> torch.Tensor:
