@@ -34,7 +34,6 @@ class SVGPPrior(gpytorch.models.ApproximateGP):
         self.mean_module = gpytorch.means.ConstantMean(batch_shape=torch.Size([n_factors]))
         self.mean_module.raw_constant.requires_grad_(learn_mean)  # frozen at 0: the reference's zero mean
         self.covar_module = kernel
-        self.jitter = jitter
         self.register_buffer("train_inputs", torch.empty(0))  # set by set_inputs
         self.cell_rows: torch.Tensor | None = None  # each training cell's inducing row, when all have one
         self._memo = None
@@ -81,7 +80,7 @@ class SVGPPrior(gpytorch.models.ApproximateGP):
         z = self.inducing
         with torch.set_grad_enabled(needs_grad):
             eye = torch.eye(len(z), device=z.device, dtype=z.dtype)
-            chol_k = torch.linalg.cholesky(self.kernel.matrix(z, z) + self.jitter * eye)
+            chol_k = torch.linalg.cholesky(self.kernel.matrix(z, z) + self.variational_strategy.jitter_val * eye)
         self._kernel_cache = None if needs_grad else (key, chol_k)
         return chol_k
 
@@ -116,11 +115,11 @@ class SVGPPrior(gpytorch.models.ApproximateGP):
         return self._q()[0][:, rows].T, var[:, rows].clamp(1e-10, 100.0).T
 
     def kl(self, idx: torch.Tensor, n_total: int, kl_scaling: str) -> torch.Tensor:
-        chol_k, b, c, _ = self._whitened()
+        chol_k, b, c, lu = self._whitened()
         self._memo = None  # a step's KL is its last use; the next step has new parameters
         m = self.inducing.shape[0]
         logdet_k = 2.0 * torch.log(torch.diagonal(chol_k, dim1=-2, dim2=-1)).sum()
-        logdet_s = 2.0 * torch.log(torch.diagonal(self._q()[1], dim1=-2, dim2=-1).abs()).sum()
+        logdet_s = 2.0 * torch.log(torch.diagonal(lu, dim1=-2, dim2=-1).abs()).sum()
         kl = 0.5 * (c.pow(2).sum() + b.pow(2).sum() - m * b.shape[0] + logdet_k - logdet_s)
         return kl * (n_total / m) if kl_scaling == "reference" else kl
 
