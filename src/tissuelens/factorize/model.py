@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
-from tissuelens.factorize.inducing import kmeans_centres, mggp_inducing
+from tissuelens.factorize.inducing import inducing_count, kmeans_centres, mggp_inducing
 from tissuelens.factorize.kernels import make_kernel
 from tissuelens.factorize.lcgp import LCGPPrior
 from tissuelens.factorize.pnmf import PNMFPrior
@@ -157,13 +157,15 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
 
 
 def _select_inducing(variant, data, settings, groups):
+    from tissuelens.device import resolve_device
+
     xy = data.coords[data.train_idx]
-    m = settings["n_inducing"]
+    m = inducing_count(settings["n_inducing"], len(np.unique(xy, axis=0)), resolve_device(settings["device"]).type)
+    if groups is None:
+        return kmeans_centres(xy, m, settings["seed"], settings["kmeans_n_init"])
     if m > len(xy):
         log.info("n_inducing=%d clamped to the %d training cells", m, len(xy))
         m = len(xy)
-    if groups is None:
-        return kmeans_centres(xy, m, settings["seed"], settings["kmeans_n_init"])
     z, gz = mggp_inducing(xy, data.groups[data.train_idx], groups, m, settings["inducing_allocation"],
                           settings["seed"], settings["kmeans_n_init"])
     return np.column_stack([z, gz])
