@@ -92,7 +92,7 @@ def demo_fit_seconds(variant: str) -> float:
 
 
 def pattern_recovery(patterns, variants, overrides: dict, seed: int = 0, nonspatial: int = 0, side: int = 36,
-                     genes: int = 200) -> pd.DataFrame:
+                     genes: int = 200, device: str = "cpu") -> pd.DataFrame:
     from tissuelens.config import step_defaults
     from tissuelens.datasets.synthetic import make_synthetic
     from tissuelens.factorize.analysis import analyse
@@ -106,15 +106,15 @@ def pattern_recovery(patterns, variants, overrides: dict, seed: int = 0, nonspat
                               step_defaults("preprocess"), pattern)
         truth = np.asarray(adata.obsm["true_factors"], dtype=np.float64)
         for variant in variants:
-            s = complete_settings({"n_factors": 4, "log_every": 0, "checkpoint_every": 0, "device": "cpu", **overrides}, seed)
+            s = complete_settings({"n_factors": 4, "log_every": 0, "checkpoint_every": 0, "device": device, **overrides}, seed)
             data = load_factor_data(adata, s, variant, seed, pattern)
             model = build_model(variant, data, s)
             start = time.perf_counter()
-            result = Trainer(model, data, s, variant, torch.device("cpu")).fit()
+            result = Trainer(model, data, s, variant, torch.device(device)).fit()
             seconds = time.perf_counter() - start
             res = analyse(model, data, variant, s, {"iterations": result.iterations}, truth, adata.uns["true_factors_spatial"])
             r = res.metrics["recovery"]["pearson_spatial"]
-            rows.append({"pattern": pattern, "variant": variant, **{f"r{i + 1}": round(v, 3) for i, v in enumerate(r)},
+            rows.append({"device": device, "pattern": pattern, "variant": variant, **{f"r{i + 1}": round(v, 3) for i, v in enumerate(r)},
                          "min r": round(min(r), 3),
                          "min r held-out": round(min(res.metrics["recovery"].get("pearson_spatial_val", [np.nan])), 3),
                          "val nsf_deviance": round(res.metrics["val_nsf_deviance"], 3),
@@ -140,6 +140,7 @@ def main():
                    help="non-spatial factors in the pattern simulations (NSF's benchmark has none)")
     p.add_argument("--side", type=int, default=36, help="grid side of the pattern simulations (spots = side²)")
     p.add_argument("--genes", type=int, default=200, help="genes of the pattern simulations")
+    p.add_argument("--device", default="cpu", help="device of the pattern fits (cpu, cuda)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="factorize settings for --patterns")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--n", type=int, default=10_000)
@@ -156,7 +157,7 @@ def main():
     if args.patterns:
         overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
         table = pattern_recovery(args.pattern_names, args.variants, overrides, nonspatial=args.nonspatial,
-                                 side=args.side, genes=args.genes)
+                                 side=args.side, genes=args.genes, device=args.device)
         print(f"\n{args.side} x {args.side} grid, {args.genes} genes, L=4, defaults + {overrides or 'nothing'}, torch threads={torch.get_num_threads()}")
         print(table.to_markdown(index=False))
         return
