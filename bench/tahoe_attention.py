@@ -24,8 +24,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=64)
     ap.add_argument("--tol", type=float, default=0.03, help="max |flash - torch| of bf16 L2-normalised embeddings")
+    ap.add_argument("--impls", default="flash,torch", help="attention implementations to compare (torch alone: a CPU dry run)")
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
-    missing = [m for m in ("torch", "tahoe_x1", "flash_attn") if importlib.util.find_spec(m) is None]
+    impls = args.impls.split(",")
+    missing = [m for m in ("torch", "tahoe_x1") + (("flash_attn",) if "flash" in impls else ()) if importlib.util.find_spec(m) is None]
     if missing:
         print(f"skipped: {', '.join(missing)} not importable by {sys.executable}")
         return 0
@@ -33,7 +36,7 @@ def main(argv=None) -> int:
     import scipy.sparse as sp
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("skipped: no CUDA device")
         return 0
     from tissuelens.embed.tahoe import embed_cells, prepare_cells
@@ -46,9 +49,9 @@ def main(argv=None) -> int:
         ckpt = load_checkpoint(build_random(Path(tmp) / "tiny", genes, n_layers=2, d_model=64, n_heads=4, seed=0))
         ids = np.array([ckpt.vocab[g] for g in genes])
         prepared = prepare_cells(counts, ids, cls_id=ckpt.vocab["<cls>"], max_length=256)
-        device = torch.device("cuda")
+        device = torch.device(args.device)
         emb = {}
-        for impl in ("flash", "torch"):
+        for impl in impls:
             model = ckpt.load_model(device, impl)
             for bs in (16, 1):
                 emb[impl, bs] = embed_cells(model, prepared, pad_token_id=0, pad_value=-2, layers=[1], device=device,
