@@ -225,7 +225,7 @@ def build_random(out, genes: list[str], *, n_layers: int = 2, d_model: int = 32,
     model_cfg, coll_cfg = tiny_configs(len(vocab), n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                                        expansion_ratio=expansion_ratio, cell_emb_style=cell_emb_style)
     build_cfg = om.create(model_cfg)
-    build_cfg["attn_config"]["attn_impl"] = "torch"  # the saved config says flash, as the Hub's do
+    build_cfg["attn_config"]["attn_impl"] = "torch"  # built without flash-attn; the saved config says flash (tahoe-x1 trains with it)
     torch.manual_seed(seed)
     model = ComposerTX(model_config=build_cfg, collator_config=om.create(coll_cfg))
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
