@@ -2,9 +2,10 @@
 
 The stack is envs/tahoe_cpu.yaml (llm-foundry 0.22.0 without its [gpu] extra, torch 2.7.0) plus its
 post-deploy script (tahoe-x1 1.0.0 with --no-deps), built as a virtual environment by tests/stacks.py and
-cached by the two files' hash (about 4 minutes and 3.5 GB the first time, then reused). The model is a
-tiny untrained ComposerTX of tahoe-x1's own classes, written in the Hub's layout by download_model and
-loaded back through the loader a Hub checkpoint goes through. Code that needs the stack runs there as a
+cached by the two files' hash (about 4-5 minutes and 7.5 GB the first time: PyPI has only the CUDA
+build of torch 2.7.0; then reused). The model is a tiny untrained ComposerTX of tahoe-x1's own classes,
+written in the Hub's layout by download_model and loaded back through the loader a Hub checkpoint goes
+through. Code that needs the stack runs there as a
 subprocess (tests/tahoe_probe.py, the rule scripts); the values are checked here.
 """
 
