@@ -1,5 +1,6 @@
-"""Check every CUDA path in one short run (`make gpu-check`): the CUDA-marked tests, then the factorize,
-Geneformer and SAE benches with their CUDA rows, then Tahoe-x1's flash attention against its torch path
+"""Check every CUDA path in one short run (`make gpu-check`): the CUDA-marked tests, then the factorize
+benches (throughput, and the blocks simulation at the schema defaults to its plateau), Geneformer and SAE
+benches with their CUDA rows, then Tahoe-x1's flash attention against its torch path
 (bench/tahoe_attention.py, run by --tahoe-python: an interpreter with tahoe-x1 and flash-attn, e.g. the
 Tahoe container's; skipped, and said so, where it has neither). Prints one table; at most about 10 minutes.
 
@@ -25,10 +26,13 @@ PY = sys.executable
 
 # (name, command, share of the budget); sizes keep each step to a minute or two on one GPU
 STEPS = [
-    ("CUDA tests", [PY, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"], 0.35),
-    ("factorize bench", [PY, "bench/bench_factorize.py", "--quick", "--no-demo"], 0.2),
+    ("CUDA tests", [PY, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"], 0.3),
+    ("factorize bench", [PY, "bench/bench_factorize.py", "--quick", "--no-demo"], 0.15),
+    # the scale bench's rows at the schema defaults (n_factors 4), trained to the plateau on the GPU
+    ("factorize at the defaults", [PY, "bench/bench_factorize.py", "--patterns", "--device", "cuda", "--pattern-names",
+                                   "blocks", "--variants", "pnmf", "svgp", "--side", "100", "--genes", "500"], 0.15),
     ("Geneformer bench", [PY, "bench/bench_geneformer.py", "--cells", "4000", "--genes", "20000", "--repeats", "1",
-                          "--extract-cells", "256", "--batch-sizes", "32", "128"], 0.2),
+                          "--extract-cells", "256", "--batch-sizes", "32", "128"], 0.15),
     ("SAE bench", [PY, "bench/bench_sae.py", "--device", "cuda", "--tokens", "200000", "--steps", "30"], 0.15),
     ("Tahoe flash vs torch", ["{tahoe_python}", "bench/tahoe_attention.py"], 0.1),
 ]
