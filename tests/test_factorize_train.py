@@ -137,7 +137,7 @@ def _lonely_group(ad):
 
 @pytest.mark.parametrize("variant,change,overrides,message", [
     ("pnmf", _zero_gene, {}, r"1 modelled genes have no counts \(e.g. 'SYN"),
-    ("pnmf", _zero_cell, {}, r"1 cells have no counts .*'spot_\d+'.*min_counts"),
+    ("pnmf", _zero_cell, {"size_factors": True}, r"1 cells have no counts .*'spot_\d+'.*size factor is 0.*min_counts"),
     ("svgp", _nan_coord, {}, r"obsm\['spatial'\] has 1 cells with non-finite coordinates"),
     ("mggp_svgp", _lonely_group, {}, r"obs\['group'\] 'alone' has 1 cell; MGGP needs at least 2"),
     ("mggp_lcgp", lambda ad: ad.obs.drop(columns="group", inplace=True), {}, r"needs obs\['group'\]"),
@@ -204,3 +204,15 @@ def test_schema_defaults_train_at_a_constant_rate_to_a_plateau():
 
     d = step_defaults("factorize")
     assert (d["lr_schedule"], d["learning_rate"], d["tol_window"], d["n_inducing"]) == ("constant", 0.01, 50, "auto")
+
+
+def test_a_cell_without_counts_in_the_modelled_genes_is_modelled(small):
+    """Sparse platforms (Slide-seq) have such cells among the highly variable genes: y = 0 is a valid
+    Poisson observation, so without size factors the cell trains and gets finite factors."""
+    ad = _modified(small, _zero_cell)
+    s = settings(n_factors=3, max_iter=5, tol=0.0)
+    data = load_factor_data(ad, s, "pnmf", 0, "small")
+    model = build_model("pnmf", data, s)
+    Trainer(model, data, s, "pnmf", torch.device("cpu")).fit()
+    mu, var = model.prior.marginals(torch.arange(len(data.train_idx)))
+    assert torch.isfinite(mu).all() and torch.isfinite(var).all() and torch.isfinite(model.w).all()

@@ -102,12 +102,16 @@ def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str)
     if L > n:
         raise InputError(f"{where}: n_factors={L} is larger than the {n} cells; lower factorize.n_factors")
     totals = np.asarray(counts.sum(axis=1)).ravel()
+    # a cell with no counts in the modelled genes is a valid Poisson observation (sparse platforms such as
+    # Slide-seq have many among the highly variable genes), but its size factor would be 0
     zero_cells = np.flatnonzero(totals == 0)
-    if zero_cells.size:
+    if zero_cells.size and settings["size_factors"]:
         raise InputError(
-            f"{where}: {zero_cells.size} cells have no counts in the modelled genes (e.g. '{adata.obs_names[zero_cells[0]]}'); "
-            "filter them in preprocess (min_counts)"
+            f"{where}: {zero_cells.size} cells have no counts in the modelled genes (e.g. '{adata.obs_names[zero_cells[0]]}'), "
+            "so their size factor is 0; filter them in preprocess (min_counts) or set size_factors: false"
         )
+    if zero_cells.size:
+        log.info("%d cells have no counts in the modelled genes; they are modelled as they are", zero_cells.size)
     zero_genes = np.flatnonzero(np.asarray(counts.sum(axis=0)).ravel() == 0)
     if zero_genes.size:
         raise InputError(
