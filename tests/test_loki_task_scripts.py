@@ -157,3 +157,29 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
         proc = snakemake(tmp_path, "-n", check=False)
         assert proc.returncode != 0
         assert f"datasets.demo: embed.loki.{task}.reference names 'nope', which is not a dataset of this config" in proc.stdout
+
+
+def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fractions_fail(built, tmp_path):
+    """The rule's command, run twice at seed 0 (tangram-sc seeds itself only for a non-zero random_state):
+    identical tables; fractions that miss a reference type stop it with one line and no output."""
+    pytest.importorskip("tangram")
+    settings = {"label_key": "group", "spot_embedding": "auto", "num_epochs": 30, "device": "cpu", "nms_mode": True}
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"d{i}.parquet"
+        run_script("loki_decompose", "--embeddings", built["emb"], "--reference", built["emb"], "--reference-name", "self",
+                   "--settings", json.dumps(settings), "--seed", 0, "--out", out, "--summary", tmp_path / f"d{i}.json", check=True)
+        runs.append(pd.read_parquet(out))
+    pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
+    s = json.loads((tmp_path / "d0.json").read_text())
+    t = pd.read_parquet(tmp_path / "d0.parquet")
+    types = s["cell_types"]
+    assert sum(s["reference_counts"].values()) == 60 and s["weights"] == "reference"
+    assert {f"mapping:{c}" for c in types} | {f"nms:{c}" for c in types} <= set(t)
+    np.testing.assert_allclose(t[types].sum(axis=1), 1.0, atol=1e-9)
+    bad = {**settings, "weights": "fractions", "fractions": {types[0]: 1.0}}
+    proc = run_script("loki_decompose", "--embeddings", built["emb"], "--reference", built["emb"], "--reference-name", "self",
+                      "--settings", json.dumps(bad), "--seed", 0, "--out", tmp_path / "bad.parquet", "--summary", tmp_path / "bad.json")
+    assert proc.returncode == 2 and "embed.loki.decompose.fractions: no fraction for" in error_line(proc)
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("error")]) == 1
+    assert not (tmp_path / "bad.parquet").exists() and not (tmp_path / "bad.json").exists()

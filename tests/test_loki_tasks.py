@@ -143,3 +143,144 @@ def test_proportions_normalise_rows():
     from tissuelens.embed.loki_run import proportions
 
     np.testing.assert_allclose(proportions(np.array([[1.0, 3.0], [0.0, 0.0]])), [[0.25, 0.75], [0.0, 0.0]])
+
+
+# -- decompose: abundance weights, seeding, Loki's NMS mode ----------------------------------------
+
+
+def _reference(counts: dict, centres, rng):
+    import anndata as ad
+
+    labels = np.concatenate([[t] * n for t, n in counts.items()])
+    idx = np.concatenate([[j] * n for j, n in enumerate(counts.values())])
+    ref = ad.AnnData(obs=pd.DataFrame({"group": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    ref.obsm["X_loki_text"] = (centres[idx] + 0.1 * rng.normal(size=(len(labels), centres.shape[1]))).astype(np.float32)
+    return ref
+
+
+def _spots(x):
+    import anndata as ad
+
+    st = ad.AnnData(obs=pd.DataFrame(index=[f"s{i}" for i in range(len(x))]))
+    st.obsm["X_loki_image"] = np.asarray(x, dtype=np.float32)
+    st.obsm["spatial"] = np.column_stack([np.arange(len(x)), np.zeros(len(x))]).astype(float)
+    return st
+
+
+DECOMPOSE = {"label_key": "group", "spot_embedding": "auto", "num_epochs": 300, "device": "cpu"}
+
+
+def test_unbalanced_reference_mapped_uniformly_gives_its_fractions():
+    """Clusters mode: each type's mapping row sums to 1 over the spots. A 90/10 reference whose two types are
+    both spread uniformly over the spots is 90/10 in every spot (Loki's tutorials weight by the reference's
+    type counts); dividing the projection by its row sum alone says 50/50. The map goes through Tangram's own
+    project_cell_annotations."""
+    pytest.importorskip("tangram")
+    import anndata as ad
+    import tangram as tg
+
+    from tissuelens.embed.loki_run import abundance_weights, proportions
+
+    n_spots = 25
+    ad_map = ad.AnnData(np.full((2, n_spots), 1.0 / n_spots, dtype=np.float32),
+                        obs=pd.DataFrame({"cell_type": ["a", "b"]}, index=["0", "1"]),
+                        var=pd.DataFrame(index=[f"s{i}" for i in range(n_spots)]))
+    st = _spots(np.zeros((n_spots, 2)))
+    tg.project_cell_annotations(ad_map, st, annotation="cell_type")
+    pred = st.obsm["tangram_ct_pred"][["a", "b"]].to_numpy()
+    labels = np.array(["a"] * 90 + ["b"] * 10)
+    w = abundance_weights(["a", "b"], labels, {"weights": "reference"}, "st.h5ad")
+    assert w.tolist() == [90.0, 10.0]
+    np.testing.assert_allclose(proportions(pred, w), np.tile([0.9, 0.1], (n_spots, 1)), atol=0.01)
+    np.testing.assert_allclose(proportions(pred, None), 0.5)  # weights: none, the previous behaviour
+    given = abundance_weights(["a", "b"], labels, {"weights": "fractions", "fractions": {"a": 3, "b": 1}}, "st.h5ad")
+    np.testing.assert_allclose(proportions(pred, given), np.tile([0.75, 0.25], (n_spots, 1)))
+
+
+def test_decompose_end_to_end_weights_by_the_reference_and_saves_the_mapping():
+    """Tangram on a 90/10 reference and spots that are all the same 90/10 mixture: the weighted mean
+    proportions are near 0.9/0.1 (the map is near uniform, not exactly); the raw projection is saved."""
+    pytest.importorskip("tangram")
+    from tissuelens.embed.loki_run import run_decompose
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(2, 12)) * 2
+    ref = _reference({"a": 90, "b": 10}, centres, rng)
+    st = _spots(np.tile(0.9 * centres[0] + 0.1 * centres[1], (30, 1)))
+    table, summary = run_decompose(st, ref, DECOMPOSE, 0, "st.h5ad", "ref")
+    assert summary["reference_counts"] == {"a": 90, "b": 10} and summary["weights"] == "reference"
+    assert summary["mean_proportions"]["a"] == pytest.approx(0.9, abs=0.03)
+    raw = table[["mapping:a", "mapping:b"]].to_numpy()
+    np.testing.assert_allclose(raw.sum(axis=0), 1.0, atol=1e-5)  # each type's row sums to 1 over the spots
+    w = raw * [90, 10]
+    np.testing.assert_allclose(table[["a", "b"]].to_numpy(), w / w.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_decompose_is_reproducible_at_seed_0_whatever_numpys_global_state():
+    """tangram-sc seeds itself only `if random_state:`; the step seeds it for every seed, 0 included, and
+    leaves numpy's global state as it found it."""
+    pytest.importorskip("tangram")
+    from tissuelens.embed.loki_run import run_decompose
+
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(3, 10)) * 2
+    ref = _reference({"a": 20, "b": 12, "c": 8}, centres, rng)
+    st = _spots(centres[rng.integers(0, 3, size=30)] + 0.2 * rng.normal(size=(30, 10)))
+    settings = {**DECOMPOSE, "num_epochs": 50}
+    np.random.seed(1)
+    first, s1 = run_decompose(st, ref, settings, 0, "st.h5ad", "ref")
+    after = np.random.random()
+    np.random.seed(1)
+    np.random.random()
+    np.random.seed(12345)
+    second, s2 = run_decompose(st, ref, settings, 0, "st.h5ad", "ref")
+    pd.testing.assert_frame_equal(first, second)
+    assert s1["mean_proportions"] == s2["mean_proportions"]
+    np.random.seed(1)
+    assert np.random.random() == after  # numpy's global state restored
+    other, _ = run_decompose(st, ref, settings, 3, "st.h5ad", "ref")
+    assert not np.allclose(other[["a", "b", "c"]].to_numpy(), first[["a", "b", "c"]].to_numpy())
+
+
+def loki_nms(ct_pred: pd.DataFrame, major_types, min_percentile=5, max_percentile=95) -> pd.DataFrame:
+    """Transcription of Loki's normalize_percentile + cell_type_decompose(NMS_mode=True) on tangram_ct_pred."""
+    df = ct_pred.copy()
+    for col in major_types:
+        lo, hi = np.percentile(df[col], min_percentile), np.percentile(df[col], max_percentile)
+        df[col] = np.clip(df[col], lo, hi)
+        df[col] = (df[col] - lo) / (hi - lo)
+    sub = df[major_types].copy()
+    return sub.where(sub.eq(sub.max(axis=1), axis=0), other=0)
+
+
+def test_nms_mode_is_lokis_arithmetic():
+    from tissuelens.embed.loki_run import decomposition_table
+
+    rng = np.random.default_rng(7)
+    raw = rng.dirichlet(np.ones(40), size=3).T  # 40 spots x 3 types, each type's column sums to 1
+    types = ["a", "b", "c"]
+    st = _spots(np.zeros((40, 2)))
+    settings = {"nms_mode": True, "major_types": ["a", "c"], "min_percentile": 10, "max_percentile": 90}
+    table = decomposition_table(raw, types, np.array([5.0, 3.0, 2.0]), settings, st)
+    want = loki_nms(pd.DataFrame(raw, columns=types), ["a", "c"], 10, 90)
+    np.testing.assert_allclose(table[["nms:a", "nms:c"]].to_numpy(), want.to_numpy(), atol=1e-12)
+    assert "nms:b" not in table and table[["percentile:a", "percentile:c"]].to_numpy().max() == pytest.approx(1.0)
+    np.testing.assert_allclose(table[["mapping:a", "mapping:b", "mapping:c"]].to_numpy(), raw)
+    plain = decomposition_table(raw, types, None, {}, st)
+    assert not any(c.startswith(("nms:", "percentile:")) for c in plain.columns)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"weights": "fractions"}, "fractions needs embed.loki.decompose.fractions"),
+        ({"weights": "fractions", "fractions": {"a": 1}}, "fractions: no fraction for b"),
+        ({"weights": "fractions", "fractions": {"a": 1, "b": 1, "z": 1}}, "fractions: no reference cells of type z"),
+        ({"weights": "fractions", "fractions": {"a": 0, "b": 0}}, "not all 0"),
+    ],
+)
+def test_bad_fractions_name_the_setting(settings, message):
+    from tissuelens.embed.loki_run import abundance_weights
+
+    with pytest.raises(InputError, match=message):
+        abundance_weights(["a", "b"], np.array(["a", "b"]), settings, "st.h5ad")

@@ -196,11 +196,103 @@ def feature_anndata(x: np.ndarray, obs_names, obs=None):
     return out
 
 
-def proportions(ct_pred) -> np.ndarray:
-    """Tangram's per-spot cell-type scores (tangram_ct_pred) as proportions: each row divided by its sum."""
+def abundance_weights(types, labels, settings: dict, where: str) -> np.ndarray:
+    """Each type's weight for the per-spot proportions (see `proportions`): the reference's cell count per type
+    (`weights: reference`, Loki's tutorials), the user's `fractions` (`weights: fractions`), or 1 (`none`)."""
+    mode = settings.get("weights", "reference")
+    if mode == "none":
+        return np.ones(len(types))
+    if mode == "reference":
+        labels = np.asarray(labels).astype(str)
+        return np.array([float((labels == t).sum()) for t in types])
+    if mode != "fractions":
+        raise InputError(f"{where}: embed.loki.decompose.weights: '{mode}' is not one of reference, fractions, none")
+    given = settings.get("fractions")
+    if not given:
+        raise InputError(f"{where}: embed.loki.decompose.weights: fractions needs embed.loki.decompose.fractions "
+                         "(a fraction for every cell type of the reference)")
+    given = {str(k): v for k, v in given.items()}
+    missing, unknown = [t for t in types if t not in given], sorted(set(given) - set(types))
+    if missing or unknown:
+        raise InputError(f"{where}: embed.loki.decompose.fractions: "
+                         + (f"no fraction for {', '.join(missing)}" if missing else f"no reference cells of type {', '.join(unknown)}")
+                         + f" (the reference's types: {', '.join(types)})")
+    w = np.array([float(given[t]) for t in types])
+    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise InputError(f"{where}: embed.loki.decompose.fractions: fractions must be finite, non-negative and not all 0")
+    return w / w.sum()
+
+
+def proportions(ct_pred, weights=None) -> np.ndarray:
+    """Per-spot cell-type proportions from Tangram's clusters-mode projection (tangram_ct_pred, spots x types).
+
+    In clusters mode each type's mapping row sums to 1 over the spots: a column is where that type's cells
+    go, not how many there are. Each column is multiplied by its type's abundance (`weights`: cell counts
+    or fractions; None = 1), then each spot is divided by its sum (all-zero spots stay 0)."""
     p = np.clip(np.asarray(ct_pred, dtype=np.float64), 0, None)
+    if weights is not None:
+        p = p * np.asarray(weights, dtype=np.float64)[None, :]
     total = p.sum(axis=1, keepdims=True)
     return p / np.where(total > 0, total, 1.0)
+
+
+def normalize_percentile(scores, min_percentile: float = 5, max_percentile: float = 95) -> np.ndarray:
+    """Each column clipped to its [min, max] percentiles and scaled to [0, 1] (Loki's normalize_percentile;
+    a constant column becomes 0 where Loki divides by zero)."""
+    x = np.asarray(scores, dtype=np.float64)
+    lo = np.percentile(x, min_percentile, axis=0)
+    hi = np.percentile(x, max_percentile, axis=0)
+    span = hi - lo
+    out = (np.clip(x, lo, hi) - lo) / np.where(span > 0, span, 1.0)
+    return np.where(span > 0, out, 0.0)
+
+
+def nms(scores) -> np.ndarray:
+    """Loki's NMS_mode: each spot keeps its largest score (every tie kept), the other types are set to 0."""
+    x = np.asarray(scores, dtype=np.float64)
+    return np.where(x == x.max(axis=1, keepdims=True), x, 0.0)
+
+
+def seeded_tangram_map(sc_ad, st_ad, settings: dict, seed: int):
+    """tg.map_cells_to_space (clusters mode, Loki's arguments) reproducible for every seed.
+
+    tangram-sc 1.0.4 seeds numpy (its initial map) and torch only `if random_state:`, so seed 0 would start
+    from numpy's global state: we seed both ourselves (numpy's legacy generator takes seed mod 2**32) and
+    restore numpy's global state afterwards."""
+    import tangram as tg
+    import torch
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(int(seed) % 2**32)
+        torch.manual_seed(int(seed))
+        return tg.map_cells_to_space(sc_ad, st_ad, mode="clusters", cluster_label="cell_type",
+                                     device=settings.get("device", "cpu"), scale=False, density_prior="uniform",
+                                     random_state=int(seed) % 2**32, verbose=False, num_epochs=int(settings["num_epochs"]))
+    finally:
+        np.random.set_state(state)
+
+
+def decomposition_table(ct_pred, types, weights, settings: dict, emb):
+    """The per-spot table: proportions of every type, `dominant`, the raw projection (`mapping:<type>`) and,
+    with `nms_mode`, Loki's percentile-normalised (`percentile:<type>`) and NMS (`nms:<type>`) scores."""
+    import pandas as pd
+
+    raw = np.asarray(ct_pred, dtype=np.float64)
+    props = proportions(raw, weights)
+    x, y = coordinates(emb)
+    cols = {"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y}
+    cols.update({t: props[:, j] for j, t in enumerate(types)})
+    cols["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
+    cols.update({f"mapping:{t}": raw[:, j] for j, t in enumerate(types)})
+    if settings.get("nms_mode"):
+        major = settings.get("major_types") or list(types)
+        idx = [types.index(t) for t in major]
+        pct = normalize_percentile(raw[:, idx], settings.get("min_percentile", 5), settings.get("max_percentile", 95))
+        kept = nms(pct)
+        cols.update({f"percentile:{t}": pct[:, j] for j, t in enumerate(major)})
+        cols.update({f"nms:{t}": kept[:, j] for j, t in enumerate(major)})
+    return pd.DataFrame(cols)
 
 
 def _number(value) -> float | None:
@@ -216,12 +308,11 @@ def _number(value) -> float | None:
 
 
 def run_decompose(emb, reference, settings: dict, seed: int, where: str, reference_name: str):
-    """(per-spot table of cell-type proportions, summary): Tangram in clusters mode maps the reference's cells
-    (their OmiCLIP text embeddings, grouped by label) onto the spots' OmiCLIP image (or text) embeddings,
-    with Loki's cell_type_decompose arguments."""
+    """(per-spot table, summary): Tangram in clusters mode maps the reference's cells (their OmiCLIP text
+    embeddings, grouped by label) onto the spots' OmiCLIP image (or text) embeddings, with Loki's
+    cell_type_decompose arguments; proportions weighted by each type's abundance (see `proportions`)."""
     import pandas as pd
     import tangram as tg
-    import torch
 
     labels = labels_of(reference, settings["label_key"])
     if labels is None:
@@ -234,27 +325,38 @@ def run_decompose(emb, reference, settings: dict, seed: int, where: str, referen
     key = IMAGE if source == "image" else TEXT
     if key not in emb.obsm:
         raise InputError(f"{where}: no {source} embeddings (obsm['{key}']); set embed.loki.decompose.spot_embedding: text")
+    types = sorted({str(v) for v in labels})
+    weights = abundance_weights(types, labels, settings, where)
+    if settings.get("nms_mode"):
+        bad = [t for t in settings.get("major_types") or [] if t not in types]
+        if bad:
+            raise InputError(f"{where}: embed.loki.decompose.major_types: no reference cells of type {', '.join(bad)} "
+                             f"(the reference's types: {', '.join(types)})")
+        if not settings.get("min_percentile", 5) < settings.get("max_percentile", 95):
+            raise InputError(f"{where}: embed.loki.decompose: min_percentile must be below max_percentile")
     sc_ad = feature_anndata(reference.obsm[TEXT], reference.obs_names, {"cell_type": labels})
     st_ad = feature_anndata(emb.obsm[key], emb.obs_names)
-    torch.manual_seed(seed)
     tg.pp_adatas(sc_ad, st_ad, genes=None)
-    ad_map = tg.map_cells_to_space(sc_ad, st_ad, mode="clusters", cluster_label="cell_type", device=settings.get("device", "cpu"),
-                                   scale=False, density_prior="uniform", random_state=seed, verbose=False,
-                                   num_epochs=int(settings["num_epochs"]))
+    # pp_adatas lists the shared dimensions in set order, which changes with Python's string hashing from
+    # one process to the next (and with it the float sums); in dimension order every run gives the same map
+    order = {g: i for i, g in enumerate(sc_ad.var_names)}
+    for a in (sc_ad, st_ad):
+        a.uns["training_genes"] = sorted(a.uns["training_genes"], key=order.__getitem__)
+        a.uns["overlap_genes"] = sorted(a.uns["overlap_genes"], key=order.__getitem__)
+    ad_map = seeded_tangram_map(sc_ad, st_ad, settings, seed)
     tg.project_cell_annotations(ad_map, st_ad, annotation="cell_type")
     pred = st_ad.obsm["tangram_ct_pred"]
-    pred = pred[sorted(pred.columns, key=str)]
-    types = [str(c) for c in pred.columns]
-    props = proportions(pred.to_numpy())
-    x, y = coordinates(emb)
-    table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
-    for j, t in enumerate(types):
-        table[t] = props[:, j]
-    table["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
+    pred.columns = [str(c) for c in pred.columns]
+    table = decomposition_table(pred[types].to_numpy(), types, weights, settings, emb)
+    props = table[types].to_numpy()
     history = ad_map.uns.get("training_history") or {}
     final = {k: _number(v[-1]) for k, v in history.items() if len(v)}
+    mode = settings.get("weights", "reference")
     summary = {"reference": reference_name, "spot_embedding": source, "cell_types": types,
                "n_reference_cells": int(reference.n_obs), "mean_proportions": dict(zip(types, props.mean(axis=0).tolist())),
+               "weights": mode, "type_weights": dict(zip(types, weights.tolist())),
+               "reference_counts": {t: int((labels == t).sum()) for t in types},
+               "nms_mode": bool(settings.get("nms_mode", False)), "seed": int(seed),
                "training_final": final, "num_epochs": int(settings["num_epochs"])}
     labels_here = labels_of(emb)
     if labels_here is not None:

@@ -189,7 +189,7 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
         out += h3(f"Cell-type decomposition: Tangram ({model})")
         out += para(f"Tangram (clusters mode) maps the cells of reference dataset '{esc(str(d.get('reference')))}' "
                     f"(their OmiCLIP text embeddings, by label) onto the spots' {esc(str(d.get('spot_embedding')))} "
-                    "embeddings; each spot's scores divided by their sum give its proportions.")
+                    f"embeddings; {_decompose_weights(d)}")
         if types:
             pl = plt()
             n = min(len(types), 6)
@@ -202,6 +202,18 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
     elif (ctx.plan.get("loki") or {}).get("status") == "built":
         out += note(f"{model}: no Tangram decomposition (set embed.loki.decompose.reference to a labelled dataset).", "missing")
     return out
+
+
+def _decompose_weights(d: dict) -> str:
+    """How decompose.json's proportions were made, in one sentence."""
+    mode = d.get("weights", "none")
+    if mode == "reference":
+        how = "weighted by the reference's cell count of each type (as Loki's tutorials)"
+    elif mode == "fractions":
+        how = "weighted by the cell-type fractions given in the config"
+    else:
+        how = "unweighted"
+    return f"each type's map (which sums to 1 over the spots) is {how}, then each spot is divided by its sum."
 
 
 PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr",
