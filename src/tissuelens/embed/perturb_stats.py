@@ -4,27 +4,34 @@ Per perturbed gene set and type, the per-cell value is the shift toward the goal
 group is set, otherwise the cell cosine similarity (upstream's `cell_emb` entries).
 
 * `goal_state_shift`: shift_to_goal = mean shift; p = Wilcoxon rank-sum (scipy `ranksums`) of the
-  random distribution against the gene set's shifts, the random distribution being the shifts of every
-  tested perturbation of that type pooled (upstream pools all genes perturbed; ours pools the genes
-  configured); BH FDR; sorted by significance (FDR < 0.05), shift (descending), FDR.
+  background against the set's shifts; BH FDR per type; `significant` = FDR < 0.05; sorted by
+  significance, shift (descending), FDR. The background (`background_pool`) is upstream's: the shifts of
+  every gene perturbed one at a time in the start-state cells (`all_genes`; upstream's
+  genes_to_perturb="all" run, pooled in token order, down-sampled to 100,000 with Python's
+  random.seed(42) as upstream), or, where upstream has no test (gene sets), the shifts of random gene
+  sets of the tested set's size (`random_genes`, pooled over the tested sets of that size and type).
 * `vs_null`: the same perturbations in a null group's cells; test - null mean, rank-sum p (NaN -> 1),
   BH FDR; sorted by significance, difference (descending), FDR.
 * `aggregate_gene_shifts`: means, standard deviations and counts, most affected (lowest cosine) first;
   the affected-gene rows are perturbation_genes.parquet.
 
-Always kept: our random-gene control (the same edit of one random other expressed gene in each cell) and a
-Mann-Whitney test against it (`control_pvalue`, `control_fdr`). `combos` rows (anchor gene + set) add
+Always kept: the first random gene set of each cell as a control (`control_*` columns) and a Mann-Whitney
+test of the set against it (`control_pvalue`, `control_fdr`). `combos` rows (anchor gene + set) add
 upstream's combination columns: anchor shift, test shift, their sum 1 - ((1 - a) + (1 - t)), the combo
 shift and combo - sum.
 """
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pandas as pd
 
 STATS = ("goal_state_shift", "vs_null", "aggregate_gene_shifts")
+BACKGROUNDS = ("random_genes", "all_genes")
 SIG_FDR = 0.05
+MAX_BACKGROUND = 100_000  # upstream's down-sampling of the random distribution, for the speed of ranksums
 
 
 def bh_fdr(p) -> np.ndarray:
@@ -52,10 +59,26 @@ def _ranksums(a, b, nan_to_one=False) -> float:
     return 1.0 if nan_to_one and not np.isfinite(p) else float(p)
 
 
-def summarise(cells: pd.DataFrame, mode: str, goal: bool, null: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (perturbed set, type): effect summaries, the `mode` test, the random-gene control test."""
+def background_pool(background: pd.DataFrame, kind: str, size: int, how: str, goal: bool) -> np.ndarray:
+    """The values a set of `size` genes perturbed by `kind` is compared with (rows in the caller's order:
+    token then cell for all_genes, as upstream's megalist), at most 100,000 of them drawn as upstream."""
+    b = background[background["perturbation"] == kind]
+    if how == "random_genes":
+        b = b[b["size"] == size]
+    pool = _value(b, goal).tolist()
+    if len(pool) > MAX_BACKGROUND:
+        pool = random.Random(42).sample(pool, k=MAX_BACKGROUND)  # = random.seed(42); random.sample(...)
+    return np.asarray(pool, dtype=float)
+
+
+def summarise(cells: pd.DataFrame, mode: str, goal: bool, null: pd.DataFrame | None = None,
+              background: pd.DataFrame | None = None, background_kind: str = "random_genes") -> pd.DataFrame:
+    """One row per (perturbed set, type): effect summaries, the `mode` test, the random-gene control test.
+    `background` (goal_state_shift): rows with perturbation, size (genes per set) and the per-cell values."""
     from scipy.stats import mannwhitneyu
 
+    if mode == "goal_state_shift" and (background is None or not len(background)):
+        raise ValueError("goal_state_shift needs a background (random gene sets or every gene perturbed)")
     rows = []
     for (label, kind), t in cells.groupby(["perturbed", "perturbation"], sort=False):
         v, c = _value(t, goal).dropna(), _value(t, goal, "control_").dropna()
@@ -74,7 +97,10 @@ def summarise(cells: pd.DataFrame, mode: str, goal: bool, null: pd.DataFrame | N
             "control_pvalue": mannwhitneyu(v, c, alternative="two-sided").pvalue if len(v) >= 2 and len(c) >= 2 else np.nan,
         }
         if mode == "goal_state_shift":
-            pool = _value(cells[cells["perturbation"] == kind], goal)
+            size = len(str(t["genes"].iloc[0]).split(";"))
+            pool = background_pool(background, kind, size, background_kind, goal)
+            row.update(background=background_kind, n_background=int(pool.size),
+                       background_mean=float(pool.mean()) if pool.size else np.nan)
             row["pvalue"] = _ranksums(pool, v)
         elif mode == "vs_null":
             n = _value(null[(null["perturbed"] == label) & (null["perturbation"] == kind)], goal).dropna()
