@@ -100,7 +100,8 @@ def test_retrieve_against_a_reference_without_labels_fails(built, tmp_path):
 def test_predex_scores_held_out_spots(built, tmp_path):
     files = {"--genes-out": tmp_path / "predex_genes.csv", "--spots-out": tmp_path / "predex_spots.parquet",
              "--summary": tmp_path / "predex.json"}
-    settings = {"test_fraction": 0.25, "top_k": 10, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3}
+    settings = {"test_fraction": 0.25, "top_k": 10, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3,
+                "split": "random"}
     args = [a for kv in files.items() for a in kv]
     run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--settings", json.dumps(settings),
                "--seed", 0, *args, check=True)
@@ -157,6 +158,12 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
         proc = snakemake(tmp_path, "-n", check=False)
         assert proc.returncode != 0
         assert f"datasets.demo: embed.loki.{task}.reference names 'nope', which is not a dataset of this config" in proc.stdout
+    bad = yaml.safe_load(yaml.safe_dump(config))
+    bad["embed"]["loki"]["predex"] = {"reference": ["demo"]}  # a slide cannot be its own training slide
+    write_config(tmp_path, bad)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "datasets.demo: embed.loki.predex.reference names 'demo', which is not another dataset of this config" in proc.stdout
 
 
 def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fractions_fail(built, tmp_path):
@@ -183,3 +190,24 @@ def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fraction
     assert proc.returncode == 2 and "embed.loki.decompose.fractions: no fraction for" in error_line(proc)
     assert len([x for x in proc.stderr.splitlines() if x.startswith("error")]) == 1
     assert not (tmp_path / "bad.parquet").exists() and not (tmp_path / "bad.json").exists()
+
+
+def test_predex_script_across_slides(built, tmp_path):
+    """--reference NAME EMB PRE: every spot predicted from the other slide (here a copy of the same slide),
+    the within-slide block score beside it; a reference whose two files list different spots fails."""
+    settings = {"test_fraction": 0.25, "top_k": 5, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3}
+    files = ["--genes-out", tmp_path / "g.csv", "--spots-out", tmp_path / "s.parquet", "--summary", tmp_path / "p.json"]
+    run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--reference", "twin", built["emb"],
+               built["pre"], "--settings", json.dumps(settings), "--seed", 0, *files, check=True)
+    s = json.loads((tmp_path / "p.json").read_text())
+    assert s["evaluation"] == "cross_slide" and s["reference"] == ["twin"] and s["n_test"] == 60 and s["n_train"] == 60
+    assert s["within_slide"]["split"] == "blocks" and 0 < s["within_slide"]["n_test"] < 60
+    genes = pd.read_csv(tmp_path / "g.csv")
+    assert {"pearson", "pearson_within_slide"} <= set(genes) and len(genes) == 70
+    part = ad.read_h5ad(built["pre"])[:30].copy()
+    part.write_h5ad(tmp_path / "part.h5ad")
+    bad = [a if not isinstance(a, type(tmp_path)) else a.with_name("bad_" + a.name) for a in files]
+    proc = run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--reference", "twin",
+                      built["emb"], tmp_path / "part.h5ad", "--settings", json.dumps(settings), *bad)
+    assert proc.returncode == 2 and "reference dataset 'twin': embeddings.h5ad and preprocessed.h5ad list different spots" in error_line(proc)
+    assert not any(p.exists() for p in bad if not isinstance(p, str))

@@ -284,3 +284,106 @@ def test_bad_fractions_name_the_setting(settings, message):
 
     with pytest.raises(InputError, match=message):
         abundance_weights(["a", "b"], np.array(["a", "b"]), settings, "st.h5ad")
+
+
+# -- PredEx across slides and by spatial blocks -------------------------------------------------------
+
+
+def test_block_split_holds_out_whole_blocks_per_section():
+    rng = np.random.default_rng(8)
+    xy = rng.uniform(0, 100, size=(400, 2))
+    test = lt.block_split(xy, 0.25, 4, seed=0)
+    cell = np.minimum((xy - xy.min(0)) / (xy.max(0) - xy.min(0)) * 4, 3).astype(int)
+    ids = cell[:, 0] * 4 + cell[:, 1]
+    for b in np.unique(ids):  # a block is all test or all train
+        assert len(set(test[ids == b])) == 1
+    assert 0.2 <= test.mean() <= 0.35 and (lt.block_split(xy, 0.25, 4, seed=0) == test).all()
+    assert not (lt.block_split(xy, 0.25, 4, seed=1) == test).all()
+    # two sections in the same coordinate frame: blocks never join them
+    sections = np.repeat(["s1", "s2"], 200)
+    t2 = lt.block_split(xy, 0.25, 2, seed=0, sections=sections)
+    for s in ("s1", "s2"):
+        m = sections == s
+        c = np.minimum((xy[m] - xy[m].min(0)) / (xy[m].max(0) - xy[m].min(0)) * 2, 1).astype(int)
+        for b in np.unique(c[:, 0] * 2 + c[:, 1]):
+            assert len(set(t2[m][(c[:, 0] * 2 + c[:, 1]) == b])) == 1
+    assert 0 < lt.block_split(xy, 0.99, 2, seed=0).sum() < 400  # never every block
+
+
+def _section(rng, n, w, freq=0.08):
+    """A synthetic section of one tissue: a latent state set by position (two smooth waves); image and text
+    embeddings are noisy views of the state, expression a linear map of it."""
+    import anndata as ad
+
+    xy = rng.uniform(0, 100, size=(n, 2))
+    z = np.column_stack([np.sin(freq * xy[:, 0]), np.cos(freq * xy[:, 1]), np.sin(freq * (xy[:, 0] + xy[:, 1]))])
+    emb = ad.AnnData(obs=pd.DataFrame(index=[f"spot{i}" for i in range(n)]))
+    emb.obsm["spatial"] = xy
+    emb.obsm["X_loki_image"] = np.column_stack([z, 0.05 * rng.normal(size=(n, 5))]) + 0.05 * rng.normal(size=(n, 8))
+    emb.obsm["X_loki_text"] = np.column_stack([z, 0.05 * rng.normal(size=(n, 5))]) + 0.05 * rng.normal(size=(n, 8))
+    expr = z @ w + 0.1 * rng.normal(size=(n, w.shape[1]))
+    pre = ad.AnnData(expr.astype(np.float32), obs=emb.obs.copy(), var=pd.DataFrame(index=[f"G{j}" for j in range(w.shape[1])]))
+    pre.var["highly_variable"] = True
+    return emb, pre
+
+
+PREDEX = {"test_fraction": 0.25, "genes": "highly_variable", "top_k": 10, "temperature": 0.05, "report_genes": 2}
+
+
+def test_predex_trained_on_one_section_scores_the_other_beside_the_within_slide_score():
+    from tissuelens.embed.loki_run import run_predex
+
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(3, 6))
+    train_emb, train_pre = _section(rng, 500, w)
+    emb, pre = _section(rng, 400, w)
+    genes, spots, s = run_predex(emb, pre, PREDEX, 0, "b.h5ad", [("section_a", train_emb, train_pre)])
+    assert s["evaluation"] == "cross_slide" and s["reference"] == ["section_a"]
+    assert s["n_train"] == 500 and s["n_test"] == 400 and s["within_slide"]["split"] == "blocks"
+    assert s["pearson_mean"] > 0.9 and s["within_slide"]["pearson_mean"] > 0.5
+    assert 0.15 <= s["within_slide"]["n_test"] / 400 <= 0.4
+    assert {"pearson", "pearson_within_slide"} <= set(genes) and genes["pearson"].is_monotonic_decreasing
+    assert len(spots) == 400 * 2  # every spot of the predicted slide, best genes
+    from tissuelens.report.embed import _predex_sentence
+
+    said = _predex_sentence(s)
+    assert "from the 500 spots of reference slide(s) section_a" in said and "Within this slide (blocks split" in said
+    # the same numbers by hand: Loki's weighted mean over the reference slide's spots
+    sim = lt.similarity(emb.obsm["X_loki_image"], train_emb.obsm["X_loki_text"])
+    pred = lt.predict_expression(sim, np.asarray(train_pre.X, dtype=np.float64), 10, 0.05)
+    r = lt.pearson_per_gene(pred, np.asarray(pre.X, dtype=np.float64))
+    np.testing.assert_allclose(genes.set_index("gene").loc[[f"G{j}" for j in range(6)], "pearson"], r, rtol=1e-10)
+    # genes only some slides have are dropped; none shared is an error
+    other = train_pre[:, :4].copy()
+    g2, _, s2 = run_predex(emb, pre, PREDEX, 0, "b.h5ad", [("section_a", train_emb, other)])
+    assert sorted(g2["gene"]) == ["G0", "G1", "G2", "G3"] and s2["n_genes"] == 4
+    renamed = train_pre.copy()
+    renamed.var_names = [f"X{j}" for j in range(6)]
+    with pytest.raises(InputError, match="no gene of this dataset's PredEx genes is in the reference datasets"):
+        run_predex(emb, pre, PREDEX, 0, "b.h5ad", [("section_a", train_emb, renamed)])
+
+
+def test_random_split_is_optimistic_where_blocks_are_not():
+    """Embeddings that only say where a spot is (neighbours look alike) and expression that is a spatial
+    pattern: random held-out spots are predicted from their neighbours, whole blocks are not."""
+    import anndata as ad
+
+    from tissuelens.embed.loki_run import run_predex
+
+    rng = np.random.default_rng(10)
+    n = 900
+    xy = rng.uniform(0, 100, size=(n, 2))
+    emb = ad.AnnData(obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]))
+    emb.obsm["spatial"] = xy
+    where = np.column_stack([np.cos(xy / 100 * np.pi), np.sin(xy / 100 * np.pi)])
+    emb.obsm["X_loki_image"] = emb.obsm["X_loki_text"] = where
+    expr = np.column_stack([np.sin(xy[:, 0] / 7) + np.cos(xy[:, 1] / 9), np.sin((xy[:, 0] + xy[:, 1]) / 8)])
+    pre = ad.AnnData(expr.astype(np.float32), obs=emb.obs.copy(), var=pd.DataFrame(index=["A", "B"]))
+    settings = {**PREDEX, "genes": "all", "top_k": 5}
+    _, _, rand = run_predex(emb, pre, {**settings, "split": "random"}, 0, "d.h5ad")
+    _, _, blocks = run_predex(emb, pre, {**settings, "split": "blocks", "blocks": 3}, 0, "d.h5ad")
+    assert rand["evaluation"] == "within_slide_random" and blocks["evaluation"] == "within_slide_blocks"
+    assert rand["pearson_mean"] > 0.9 and blocks["pearson_mean"] < rand["pearson_mean"] - 0.3
+    del emb.obsm["spatial"]
+    with pytest.raises(InputError, match="split: blocks needs spot coordinates"):
+        run_predex(emb, pre, settings, 0, "d.h5ad")

@@ -144,8 +144,47 @@ def expression(adata, genes: str):
     return np.asarray(x, dtype=np.float64), np.asarray(adata.var_names[cols]).astype(str)
 
 
-def run_predex(emb, adata, settings: dict, seed: int, where: str):
-    """(gene table, per-spot long table of the best genes, summary) or (None, None, skipped summary)."""
+def _score(img_test, text_train, x_train, x_test, settings: dict, where: str):
+    """(prediction, per-gene Pearson) of the test spots from the training spots."""
+    top = settings.get("top_k")
+    if top is not None:
+        lt.check_k(top, len(x_train), f"{where}: embed.loki.predex.top_k (reference = training spots)")
+    pred = lt.predict_expression(lt.similarity(img_test, text_train), x_train, top, settings.get("temperature"))
+    return pred, lt.pearson_per_gene(pred, x_test)
+
+
+def _pearson_summary(r: np.ndarray) -> dict:
+    finite = r[np.isfinite(r)]
+    return {"pearson_mean": float(finite.mean()) if finite.size else None,
+            "pearson_median": float(np.median(finite)) if finite.size else None, "genes_scored": int(finite.size)}
+
+
+def within_split(emb, settings: dict, seed: int, where: str) -> np.ndarray:
+    """Held-out spots of one slide: whole spatial blocks (`split: blocks`, default) or a random subset
+    (`split: random`; neighbours of test spots train, so scores are optimistic)."""
+    split = settings.get("split", "blocks")
+    if split == "random":
+        return lt.holdout_split(emb.n_obs, settings["test_fraction"], seed)
+    if split != "blocks":
+        raise InputError(f"{where}: embed.loki.predex.split: '{split}' is not one of blocks, random")
+    if "spatial" not in emb.obsm:
+        raise InputError(f"{where}: embed.loki.predex.split: blocks needs spot coordinates (obsm['spatial']); set split: random")
+    key = settings.get("section_key")
+    if key is not None and key not in emb.obs:
+        raise InputError(f"{where}: embed.loki.predex.section_key: obs has no column '{key}'")
+    try:
+        return lt.block_split(np.asarray(emb.obsm["spatial"])[:, :2], settings["test_fraction"], int(settings.get("blocks", 4)),
+                              seed, None if key is None else emb.obs[key].to_numpy())
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def run_predex(emb, adata, settings: dict, seed: int, where: str, references=None):
+    """(gene table, per-spot long table of the best genes, summary) or (None, None, skipped summary).
+
+    Without `references`: held-out spots of this slide (blocks or random) predicted from its other spots.
+    With `references` [(name, embeddings, preprocessed), ...] (Loki's evaluation): every spot of this slide
+    predicted from the reference slides' spots, scored per gene; the within-slide score beside it."""
     import pandas as pd
 
     img = image_embeddings(emb, settings.get("enabled", "auto"), where, "predex")
@@ -153,29 +192,59 @@ def run_predex(emb, adata, settings: dict, seed: int, where: str):
         return None, None, {"skipped": "no H&E image embeddings"}
     if list(emb.obs_names) != list(adata.obs_names):
         raise InputError(f"{where}: embeddings.h5ad and preprocessed.h5ad list different spots")
+    if TEXT not in emb.obsm:
+        raise InputError(f"{where}: no text embeddings (obsm['{TEXT}'])")
     x, genes = expression(adata, settings["genes"])
-    test = lt.holdout_split(emb.n_obs, settings["test_fraction"], seed)
-    top = settings.get("top_k")
-    if top is not None:
-        lt.check_k(top, int((~test).sum()), f"{where}: embed.loki.predex.top_k (reference = training spots)")
-    sim = lt.similarity(img[test], np.asarray(emb.obsm[TEXT])[~test])
-    pred = lt.predict_expression(sim, x[~test], top, settings.get("temperature"))
-    r = lt.pearson_per_gene(pred, x[test])
-    table = pd.DataFrame({"gene": genes, "pearson": r, "mean_measured": x[test].mean(axis=0),
-                          "mean_predicted": pred.mean(axis=0)}).sort_values("pearson", ascending=False, na_position="last")
+    text = np.asarray(emb.obsm[TEXT])
+    test = within_split(emb, settings, seed, where)
+    pred_w, r_w = _score(img[test], text[~test], x[~test], x[test], settings, where)
+    within = {"split": settings.get("split", "blocks"), "n_train": int((~test).sum()), "n_test": int(test.sum()),
+              **_pearson_summary(r_w)}
+    summary = {"genes": settings["genes"], "top_k": settings.get("top_k"), "temperature": settings.get("temperature")}
+    if references:
+        names, texts, xs = [], [], []
+        shared = list(genes)
+        for name, r_emb, r_pre in references:
+            if TEXT not in r_emb.obsm:
+                raise InputError(f"{where}: reference dataset '{name}' has no text embeddings (obsm['{TEXT}'])")
+            if list(r_emb.obs_names) != list(r_pre.obs_names):
+                raise InputError(f"{where}: reference dataset '{name}': embeddings.h5ad and preprocessed.h5ad list different spots")
+            have = set(np.asarray(r_pre.var_names).astype(str))
+            shared = [g for g in shared if g in have]
+        if not shared:
+            raise InputError(f"{where}: no gene of this dataset's PredEx genes is in the reference datasets "
+                             f"({', '.join(n for n, _, _ in references)})")
+        for name, r_emb, r_pre in references:
+            rx, rgenes = expression(r_pre, "all")
+            col = {g: j for j, g in enumerate(rgenes)}
+            xs.append(rx[:, [col[g] for g in shared]])
+            texts.append(np.asarray(r_emb.obsm[TEXT]))
+            names.append(name)
+        in_shared = set(shared)
+        keep = [j for j, g in enumerate(genes) if g in in_shared]
+        x, genes = x[:, keep], np.asarray(shared)
+        r_w = r_w[keep]
+        test = np.ones(emb.n_obs, dtype=bool)
+        pred, r = _score(img, np.vstack(texts), np.vstack(xs), x, settings, where)
+        summary.update(evaluation="cross_slide", reference=names, n_train=int(sum(len(t) for t in texts)), n_test=int(emb.n_obs),
+                       n_genes=int(len(genes)), **_pearson_summary(r), within_slide=within)
+    else:
+        pred, r = pred_w, r_w
+        summary.update(evaluation=f"within_slide_{within['split']}", n_train=within["n_train"], n_test=within["n_test"],
+                       n_genes=int(len(genes)), **_pearson_summary(r))
+    cols = {"gene": genes, "pearson": r}
+    if references:
+        cols["pearson_within_slide"] = r_w
+    cols.update(mean_measured=x[test].mean(axis=0), mean_predicted=pred.mean(axis=0))
+    table = pd.DataFrame(cols).sort_values("pearson", ascending=False, na_position="last")
     best = [g for g in table["gene"].head(int(settings["report_genes"]))]
     col = {g: j for j, g in enumerate(genes)}
-    xs, ys = coordinates(emb)
-    names = np.asarray(emb.obs_names).astype(str)[test]
-    spots = pd.concat([pd.DataFrame({"obs_name": names, "x": xs[test], "y": ys[test], "gene": g,
+    xs_, ys_ = coordinates(emb)
+    names_ = np.asarray(emb.obs_names).astype(str)[test]
+    spots = pd.concat([pd.DataFrame({"obs_name": names_, "x": xs_[test], "y": ys_[test], "gene": g,
                                      "measured": x[test][:, col[g]], "predicted": pred[:, col[g]]}) for g in best],
                       ignore_index=True) if best else pd.DataFrame(columns=["obs_name", "x", "y", "gene", "measured", "predicted"])
-    finite = r[np.isfinite(r)]
-    summary = {"n_train": int((~test).sum()), "n_test": int(test.sum()), "n_genes": int(len(genes)),
-               "genes": settings["genes"], "top_k": top, "temperature": settings.get("temperature"),
-               "pearson_mean": float(finite.mean()) if finite.size else None,
-               "pearson_median": float(np.median(finite)) if finite.size else None,
-               "genes_scored": int(finite.size), "best_genes": best}
+    summary["best_genes"] = best
     return table, spots, summary
 
 

@@ -166,8 +166,7 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
         if p.get("skipped"):
             out += note(f"{model}: PredEx skipped ({p['skipped']}).", "missing")
         else:
-            out += para(f"{p['n_test']} held-out spots predicted from {p['n_train']} reference spots; per-gene "
-                        f"Pearson r (mean {p['pearson_mean']}, median {p['pearson_median']} over {p['genes_scored']} genes).")
+            out += para(_predex_sentence(p))
             genes = readers.read_csv(files["predex_genes.csv"])
             out += table(frame=genes.head(10))
             if "predex_spots.parquet" in files:
@@ -202,6 +201,19 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
     elif (ctx.plan.get("loki") or {}).get("status") == "built":
         out += note(f"{model}: no Tangram decomposition (set embed.loki.decompose.reference to a labelled dataset).", "missing")
     return out
+
+
+def _predex_sentence(p: dict) -> str:
+    """What predex.json scored: across slides (with the within-slide score beside it) or within the slide."""
+    score = f"per-gene Pearson r (mean {p['pearson_mean']}, median {p['pearson_median']} over {p['genes_scored']} genes)"
+    if p.get("evaluation") == "cross_slide":
+        w = p.get("within_slide") or {}
+        return (f"Every spot ({p['n_test']}) predicted from the {p['n_train']} spots of reference slide(s) "
+                f"{esc(', '.join(map(str, p.get('reference') or [])))}: {score}. Within this slide ({w.get('split')} split, "
+                f"{w.get('n_test')} held-out spots): mean {w.get('pearson_mean')}, median {w.get('pearson_median')}.")
+    how = {"within_slide_random": " (random spots held out: their neighbours train, so optimistic)",
+           "within_slide_blocks": " (whole spatial blocks held out)"}.get(p.get("evaluation"), "")
+    return f"{p['n_test']} held-out spots predicted from {p['n_train']} reference spots of the same slide{how}; {score}."
 
 
 def _decompose_weights(d: dict) -> str:
