@@ -350,6 +350,69 @@ def test_one_tested_set_no_longer_gives_p_1_by_construction():
         summarise(tested, "goal_state_shift", goal=True)
 
 
+def up_mixture_model(dict_list: list, genes: list) -> pd.DataFrame:
+    """Transcription of upstream's isp_stats_mixture_model (combos 0, no anchor) and get_impact_component."""
+    from sklearn.mixture import GaussianMixture
+
+    def impact(test_value, gm):
+        impact_border, nonimpact_border = gm.means_[0][0], gm.means_[1][0]
+        if test_value > nonimpact_border:
+            return 0
+        if test_value < impact_border:
+            return 1
+        raw = gm.predict([[test_value]])[0]
+        return 0 if raw == 1 else 1
+
+    avg = []
+    for token in genes:
+        data = []
+        for d in dict_list:
+            data += d.get((token, "cell_emb"), [])
+        if len(data) > 0:
+            avg.append(np.mean(data))
+    gm = GaussianMixture(n_components=2, random_state=0).fit(np.array(avg).reshape(-1, 1))
+    rows = []
+    for token in genes:
+        data = []
+        for d in dict_list:
+            data += d.get((token, "cell_emb"), [])
+        mean = np.mean(data)
+        rows.append({"Gene": token, "Test_avg_shift": mean, "Impact_component": impact(mean, gm),
+                     "Impact_component_percent": np.mean([impact(v, gm) for v in data]) * 100})
+    df = pd.DataFrame(rows).sort_values(by=["Impact_component", "Test_avg_shift"], ascending=[False, True])
+    return df, gm
+
+
+def _cos_rows(effects: dict, rng, n_cells=15):
+    return pd.DataFrame([{"cell": c, "perturbed": g, "genes": g, "symbols": g, "perturbation": "delete",
+                          "cos_sim": mu + rng.normal(0, 0.02), "shift": np.nan, "control_cos_sim": 0.99, "control_shift": np.nan}
+                         for g, mu in effects.items() for c in range(n_cells)])
+
+
+def test_mixture_model_is_upstreams_arithmetic():
+    """Where scikit-learn's component 0 has the lower mean (here: most perturbations have an impact), ours and
+    upstream's agree exactly. Upstream takes component 0 as the impact one whatever its mean; with most
+    genes unaffected component 0 is the unaffected one, so ours picks the lower-mean component instead."""
+    rng = np.random.default_rng(3)
+    effects = {**{f"N{i}": 0.99 for i in range(4)}, **{f"I{i}": 0.90 for i in range(10)}, "EDGE": 0.95}
+    cells = _cos_rows(effects, rng)
+    up, gm = up_mixture_model([{(g, "cell_emb"): t["cos_sim"].tolist() for g, t in cells.groupby("perturbed")}], list(effects))
+    assert gm.means_[0][0] < gm.means_[1][0]
+    ours = summarise(cells, "mixture_model", goal=False).set_index("perturbed")
+    up = up.set_index("Gene")
+    assert (ours.loc[up.index, "impact_component"] == up["Impact_component"]).all()
+    np.testing.assert_allclose(ours.loc[up.index, "impact_component_percent"], up["Impact_component_percent"])
+    assert set(up.index[up["Impact_component"] == 1]) >= {f"I{i}" for i in range(10)} and up.loc["N0", "Impact_component"] == 0
+    assert summarise(cells, "mixture_model", goal=False)["perturbed"].tolist()[:10] == list(up.index[:10])
+    # most genes unaffected: the planted few are still the impact ones in ours
+    few = _cos_rows({**{f"N{i}": 0.99 for i in range(10)}, **{f"I{i}": 0.90 for i in range(4)}}, rng)
+    t = summarise(few, "mixture_model", goal=False).set_index("perturbed")
+    assert set(t.index[t["impact_component"] == 1]) == {f"I{i}" for i in range(4)}
+    assert (t.loc[[f"I{i}" for i in range(4)], "impact_component_percent"] > 90).all()
+    with pytest.raises(ValueError, match="at least two perturbations"):
+        summarise(cells[cells["perturbed"] == "N0"], "mixture_model", goal=False)
+
+
 def test_vs_null_and_aggregate_follow_upstream_definitions():
     from scipy.stats import ranksums
 
@@ -449,6 +512,19 @@ def test_goal_run_against_every_gene(step):
     assert bg.groupby("cell").size().sum() == len(bg) and set(bg["cell"]) == set(tested["cell"])
     again = bg[bg["perturbed"] == gene].set_index("cell")["shift"]
     np.testing.assert_allclose(again.loc[tested["cell"]].to_numpy(), tested["shift"].to_numpy(), rtol=1e-5)
+
+
+def test_run_mixture_model(step):
+    table, cells, _ = _run(step, "mix", genes=["SYM3", "SYM8", ["SYM4", "SYM5"]], types=["overexpress"], stats="mixture_model",
+                           emb_mode="cls")
+    assert (table["stats"] == "mixture_model").all() and set(table["impact_component"]) <= {0, 1}
+    assert table["impact_component_percent"].between(0, 100).all() and (table["n_fitted"] == 3).all()
+    full, cells, _ = _run(step, "mixall", genes=["SYM3"], types=["overexpress"], stats="mixture_model", emb_mode="cls",
+                          background="all_genes")
+    bg = cells[cells["population"] == "all_genes"]
+    assert full.loc[0, "n_fitted"] == bg["perturbed"].nunique() > 2  # fitted to every gene perturbed on its own
+    with pytest.raises(InputError, match="mixture_model fits two components"):
+        _run(step, "mix1", genes=["SYM3"], stats="mixture_model", emb_mode="cls")
 
 
 def test_goal_run_with_several_other_groups_needs_a_start_group(step, tmp_path):

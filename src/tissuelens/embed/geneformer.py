@@ -240,6 +240,10 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
     if background not in BACKGROUNDS:
         raise InputError(f"embed.perturb.background: '{background}' is not one of {', '.join(BACKGROUNDS)}")
     draws = int(p.get("null_draws", 3)) if stats == "goal_state_shift" and background == "random_genes" else 1
+    all_genes = background == "all_genes" and stats in ("goal_state_shift", "mixture_model")
+    if stats == "mixture_model" and not all_genes and len(sets) < 2:
+        raise InputError("embed.perturb.stats: mixture_model fits two components to the perturbations' mean scores: "
+                         "perturb at least two gene sets, or set embed.perturb.background: all_genes")
 
     eligible = np.flatnonzero(tokens.n_genes > 0)
     if "filter_pass" in adata.obs:  # Geneformer's tokenizer keeps only filter_pass cells
@@ -283,7 +287,7 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
                     jobs.append(Job(int(c), rset, kind, ("random", si, kind, int(c), d)))
             for c in (null_cells if null_cells is not None else []):
                 jobs.append(Job(int(c), toks, kind, ("null", si, kind, int(c))))
-    if stats == "goal_state_shift" and background == "all_genes":  # upstream's genes_to_perturb="all" run
+    if all_genes:  # upstream's genes_to_perturb="all" run
         for c, genes in every_gene(tokens, cells, special).items():
             for kind in p["types"]:
                 jobs += [Job(c, (int(t),), kind, ("all", int(t), kind, c)) for t in genes]
@@ -328,9 +332,10 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
         bg = bg.sort_values(["_token", "cell"], kind="stable")
     if stats == "goal_state_shift" and background == "random_genes":
         bg = bg[bg["for_set"].notna()]
-    elif stats == "goal_state_shift":
+    elif all_genes:
         bg = bg[bg["for_set"].isna()]
-    summary = summarise(cells_table, stats, goal is not None, null, bg if stats == "goal_state_shift" else None, background)
+    uses_bg = stats == "goal_state_shift" or all_genes
+    summary = summarise(cells_table, stats, goal is not None, null, bg if uses_bg else None, background)
     summary["start_group"] = start_name
     if p["combos"]:
         summary = combo_columns(summary, cells_table, label_of[0])
@@ -342,7 +347,7 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
     if len(null):
         null.insert(1, "obs_name", adata.obs_names[null["cell"].to_numpy(dtype=int)].astype(str))
         parts.append(null.assign(population="null"))
-    if stats == "goal_state_shift" and len(bg):  # the background the p-values were computed against
+    if uses_bg and len(bg):  # the background the p-values (or the mixture) were computed against
         bg = bg.drop(columns="_token").rename(columns={"size": "n_genes"})
         bg.insert(1, "obs_name", adata.obs_names[bg["cell"].to_numpy(dtype=int)].astype(str))
         parts.append(bg.assign(population="random_genes" if background == "random_genes" else "all_genes"))
