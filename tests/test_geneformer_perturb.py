@@ -580,6 +580,7 @@ def test_report_perturbation_part(step):
     html = _perturbation(ctx, "gf", {"perturbation.tsv": step / "r.tsv", "perturbation_genes.parquet": step / "r_genes.parquet"})
     assert "In-silico perturbation (gf, cls_and_gene, stats goal_state_shift)" in html and "shift toward the goal" in html
     assert "SYM4+SYM5" in html and "Most affected genes" in html and "<img" in html
+    assert "in the start state &#x27;g0&#x27; against random gene sets of the same size" in html and "<th>significant</th>" in html
     assert (step / "fig" / "embed" / "perturbation-gf.png").exists()
 
 

@@ -228,7 +228,8 @@ def _decompose_weights(d: dict) -> str:
     return f"each type's map (which sums to 1 over the spots) is {how}, then each spot is divided by its sum."
 
 
-PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr",
+PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr", "significant",
+                   "background_mean", "impact_component", "impact_component_percent",
                    "control_cos_sim_mean", "control_shift_mean", "control_fdr"]
 
 
@@ -249,6 +250,12 @@ def _perturbation(ctx: Context, model: str, files: dict) -> str:
     out = h3(f"In-silico perturbation ({model}, {t['emb_mode'].iloc[0]}, stats {stats})")
     out += para("Effect = shift toward the goal state (cos(perturbed, goal) - cos(original, goal))" if goal else
                 "Effect = 1 - cosine similarity of the cell before and after the perturbation")
+    if "background" in t and t["background"].notna().any():
+        bg = str(t["background"].dropna().iloc[0])
+        start = f" in the start state '{esc(str(t['start_group'].iloc[0]))}'" if "start_group" in t and t["start_group"].notna().any() else ""
+        out += para(f"p-values: each set's shifts{start} against "
+                    + ("every expressed gene perturbed on its own" if bg == "all_genes" else "random gene sets of the same size")
+                    + " (Wilcoxon rank-sum), Benjamini-Hochberg FDR per perturbation type.")
     pl = plt()
     fig, ax = pl.subplots(figsize=(5.2, 3.8))
     y = -np.log10(np.clip(q.astype(float).fillna(1.0), 1e-300, 1))
