@@ -267,7 +267,23 @@ def test_nms_mode_is_lokis_arithmetic():
     assert "nms:b" not in table and table[["percentile:a", "percentile:c"]].to_numpy().max() == pytest.approx(1.0)
     np.testing.assert_allclose(table[["mapping:a", "mapping:b", "mapping:c"]].to_numpy(), raw)
     plain = decomposition_table(raw, types, None, {}, st)
-    assert not any(c.startswith(("nms:", "percentile:")) for c in plain.columns)
+    assert not any(c.startswith(("nms:", "percentile:", "cells:")) for c in plain.columns)
+
+
+def test_cells_per_spot_from_a_cell_count_column():
+    from tissuelens.embed.loki_run import decomposition_table
+
+    st = _spots(np.zeros((3, 2)))
+    st.obs["cell_num"] = [10, 0, 4]
+    raw = np.array([[0.5, 0.1], [0.3, 0.3], [0.2, 0.6]])
+    table = decomposition_table(raw, ["a", "b"], np.array([1.0, 1.0]), {"cell_count_key": "cell_num"}, st)
+    np.testing.assert_allclose(table[["cells:a", "cells:b"]].to_numpy(), [[10 * 5 / 6, 10 / 6], [0, 0], [1.0, 3.0]])
+    assert table["n_cells"].tolist() == [10, 0, 4]
+    st.obs["cell_num"] = [1, -1, 2]
+    with pytest.raises(InputError, match="obs\\['cell_num'\\] has negative or missing counts"):
+        decomposition_table(raw, ["a", "b"], None, {"cell_count_key": "cell_num"}, st)
+    with pytest.raises(InputError, match="obs has no column 'nope'"):
+        decomposition_table(raw, ["a", "b"], None, {"cell_count_key": "nope"}, st)
 
 
 @pytest.mark.parametrize(

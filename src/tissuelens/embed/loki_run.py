@@ -342,7 +342,23 @@ def seeded_tangram_map(sc_ad, st_ad, settings: dict, seed: int):
         np.random.set_state(state)
 
 
-def decomposition_table(ct_pred, types, weights, settings: dict, emb):
+def cell_counts(emb, settings: dict, where: str):
+    """The spots' cell counts from obs[`cell_count_key`] (None when unset); InputError when absent or not counts."""
+    key = settings.get("cell_count_key")
+    if key is None:
+        return None
+    if key not in emb.obs:
+        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs has no column '{key}'")
+    try:
+        n = np.asarray(emb.obs[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs['{key}'] is not numeric") from None
+    if not np.all(np.isfinite(n)) or (n < 0).any():
+        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs['{key}'] has negative or missing counts")
+    return n
+
+
+def decomposition_table(ct_pred, types, weights, settings: dict, emb, where: str = "decompose"):
     """The per-spot table: proportions of every type, `dominant`, the raw projection (`mapping:<type>`) and,
     with `nms_mode`, Loki's percentile-normalised (`percentile:<type>`) and NMS (`nms:<type>`) scores."""
     import pandas as pd
@@ -354,6 +370,10 @@ def decomposition_table(ct_pred, types, weights, settings: dict, emb):
     cols.update({t: props[:, j] for j, t in enumerate(types)})
     cols["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
     cols.update({f"mapping:{t}": raw[:, j] for j, t in enumerate(types)})
+    counts = cell_counts(emb, settings, where)
+    if counts is not None:  # expected cells of each type per spot (Loki's cell_num with the proportions)
+        cols["n_cells"] = counts
+        cols.update({f"cells:{t}": props[:, j] * counts for j, t in enumerate(types)})
     if settings.get("nms_mode"):
         major = settings.get("major_types") or list(types)
         idx = [types.index(t) for t in major]
@@ -403,6 +423,7 @@ def run_decompose(emb, reference, settings: dict, seed: int, where: str, referen
                              f"(the reference's types: {', '.join(types)})")
         if not settings.get("min_percentile", 5) < settings.get("max_percentile", 95):
             raise InputError(f"{where}: embed.loki.decompose: min_percentile must be below max_percentile")
+    cell_counts(emb, settings, where)  # checked before Tangram runs
     sc_ad = feature_anndata(reference.obsm[TEXT], reference.obs_names, {"cell_type": labels})
     st_ad = feature_anndata(emb.obsm[key], emb.obs_names)
     tg.pp_adatas(sc_ad, st_ad, genes=None)
@@ -416,7 +437,7 @@ def run_decompose(emb, reference, settings: dict, seed: int, where: str, referen
     tg.project_cell_annotations(ad_map, st_ad, annotation="cell_type")
     pred = st_ad.obsm["tangram_ct_pred"]
     pred.columns = [str(c) for c in pred.columns]
-    table = decomposition_table(pred[types].to_numpy(), types, weights, settings, emb)
+    table = decomposition_table(pred[types].to_numpy(), types, weights, settings, emb, where)
     props = table[types].to_numpy()
     history = ad_map.uns.get("training_history") or {}
     final = {k: _number(v[-1]) for k, v in history.items() if len(v)}
