@@ -335,7 +335,10 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
     elif all_genes:
         bg = bg[bg["for_set"].isna()]
     uses_bg = stats == "goal_state_shift" or all_genes
-    summary = summarise(cells_table, stats, goal is not None, null, bg if uses_bg else None, background)
+    try:
+        summary = summarise(cells_table, stats, goal is not None, null, bg if uses_bg else None, background)
+    except ValueError as e:  # no background (cells too short for random sets), or too few means for the mixture
+        raise InputError(f"{h5ad}: embed.perturb.stats: {e}") from None
     summary["start_group"] = start_name
     if p["combos"]:
         summary = combo_columns(summary, cells_table, label_of[0])
