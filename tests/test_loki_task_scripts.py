@@ -211,3 +211,49 @@ def test_predex_script_across_slides(built, tmp_path):
                       built["emb"], tmp_path / "part.h5ad", "--settings", json.dumps(settings), *bad)
     assert proc.returncode == 2 and "reference dataset 'twin': embeddings.h5ad and preprocessed.h5ad list different spots" in error_line(proc)
     assert not any(p.exists() for p in bad if not isinstance(p, str))
+
+
+def test_annotate_with_curated_sentences_reports_the_context_cut(built, tmp_path):
+    """A sentence file is encoded as written (genes absent from the data kept, file order); a sentence longer
+    than the 76-token context is reported with the genes that are cut; markers are not needed."""
+    genes = list(built["adata"].var_names)
+    long = " ".join(genes[:60])
+    path = tmp_path / "sentences.csv"
+    path.write_text(f"cell_type,sentence\nT cell,CD3D  CD3E CD2\nstroma,{long}\n")
+    out, summary = tmp_path / "a.parquet", tmp_path / "a.json"
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"sentences": str(path), "markers": None}), "--out", out, "--summary", summary, check=True)
+    s = json.loads(summary.read_text())
+    assert s["cell_types"] == ["T cell", "stroma"] and s["sentences"]["T cell"] == "CD3D CD3E CD2"  # verbatim, not in the data
+    assert s["context"]["T cell"] == {"genes": ["CD3D", "CD3E", "CD2"], "genes_in_context": 3, "cut": []}
+    cut = s["context"]["stroma"]
+    assert 0 < cut["genes_in_context"] < 60 and cut["genes"] == genes[:60] and cut["cut"] == genes[cut["genes_in_context"]:60]
+    assert "only the first" in proc.stderr and "markers" not in s and s["sentences_file"] == str(path)
+    t = pd.read_parquet(out)
+    assert set(t["image_cell_type"]) <= {"T cell", "stroma"} and {"image_cos:T cell", "image_cos:stroma"} <= set(t)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("cell_type,genes\nT,CD3D\n", "no column sentence"),
+    ("cell_type,sentence\nT,CD3D\nT,CD2\n", "cell type listed twice: T"),
+    ("cell_type,sentence\nT,\n", "every row needs a cell type and a non-empty sentence"),
+])
+def test_annotate_bad_sentence_file(built, tmp_path, text, pattern):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    out = tmp_path / "a.parquet"
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"sentences": str(path)}), "--out", out, "--summary", tmp_path / "a.json")
+    assert proc.returncode == 2 and pattern in error_line(proc) and not out.exists()
+
+
+def test_workflow_plans_annotation_from_a_sentence_file_alone(tmp_path):
+    import yaml
+    from scaleout import plan, write_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "sentences.csv").write_text("cell_type,sentence\nT,CD3D CD3E\n")
+    config["embed"]["loki"]["annotate"] = {"markers": None, "sentences": "sentences.csv"}
+    write_config(tmp_path, config)
+    jobs = {rule for rule, _ in plan(tmp_path, "results/demo/loki/loki_tiny/annotation.json")}
+    assert "loki_annotate" in jobs

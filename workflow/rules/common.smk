@@ -285,6 +285,7 @@ def loki_task_settings(task):
         values = loki_task_config(wildcards.dataset, task)
         if task == "annotate":
             values["markers"] = resolve_marker_file(values["markers"])
+            values["sentences"] = resolve_marker_file(values.get("sentences"))
         return json.dumps(values, sort_keys=True)
 
     return settings
@@ -303,7 +304,10 @@ def loki_task_targets(dataset):
 
 
 def loki_markers(wildcards):
-    return resolve_marker_file(loki_task_config(wildcards.dataset, "annotate")["markers"]) or []
+    settings = loki_task_config(wildcards.dataset, "annotate")
+    if settings.get("sentences"):  # curated sentences replace the marker file
+        return resolve_marker_file(settings["sentences"])
+    return resolve_marker_file(settings["markers"]) or []
 
 
 def loki_retrieve_reference(dataset):

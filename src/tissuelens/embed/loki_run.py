@@ -51,6 +51,44 @@ def marker_net(path, fmt: str, species, var_names, min_markers: int, where: str)
     return match_genes(net, var_names, int(min_markers), f"{where} ({path})")
 
 
+def read_sentences(path, where: str) -> dict:
+    """{cell type: sentence} from a curated CSV (columns cell_type, sentence), in file order, used verbatim."""
+    import pandas as pd
+
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise InputError(f"{where}: embed.loki.annotate.sentences: file not found: {path}")
+    try:
+        t = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas' parser errors
+        raise InputError(f"{where}: {path}: not a readable CSV ({type(e).__name__})") from None
+    missing = [c for c in ("cell_type", "sentence") if c not in t]
+    if missing:
+        raise InputError(f"{where}: {path}: no column {', '.join(missing)} (needs cell_type,sentence)")
+    t = t.assign(cell_type=t["cell_type"].str.strip(), sentence=t["sentence"].str.split().str.join(" "))
+    if not len(t) or (t["cell_type"] == "").any() or (t["sentence"] == "").any():
+        raise InputError(f"{where}: {path}: every row needs a cell type and a non-empty sentence")
+    dup = sorted(set(t["cell_type"][t["cell_type"].duplicated()]))
+    if dup:
+        raise InputError(f"{where}: {path}: cell type listed twice: {', '.join(dup)}")
+    return dict(zip(t["cell_type"], t["sentence"]))
+
+
+def context_report(sentences: dict, tokenizer, context_length: int) -> dict:
+    """Per type: the sentence's genes (words) in order, how many reach the model (open_clip keeps
+    context_length - 2 BPE tokens) and the ones cut."""
+    from tissuelens.embed.loki import gene_token_lengths
+
+    out = {}
+    for t, sentence in sentences.items():
+        words = np.asarray(sentence.split(), dtype=object)
+        lens = gene_token_lengths(tokenizer, words) if len(words) else np.zeros(0, dtype=np.int64)
+        n = int((np.cumsum(lens) <= context_length - 2).sum())
+        out[t] = {"genes": [str(w) for w in words], "genes_in_context": n, "cut": [str(w) for w in words[n:]]}
+    return out
+
+
 def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     """(per-spot table, summary): best type from the image (and the text) embeddings."""
     import pandas as pd
@@ -59,34 +97,44 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     from tissuelens.device import resolve_device
     from tissuelens.embed.loki import encode_texts
 
-    net = marker_net(settings["markers"], settings["format"], settings.get("species"), var_names,
-                     settings.get("min_markers", 1), where)
-    sentences = lt.marker_sentences(net, int(settings["top_n"]))
+    if settings.get("sentences"):
+        sentences = read_sentences(settings["sentences"], where)
+        source = {"sentences_file": str(settings["sentences"])}
+    else:
+        net = marker_net(settings["markers"], settings["format"], settings.get("species"), var_names,
+                         settings.get("min_markers", 1), where)
+        sentences = lt.marker_sentences(net, int(settings["top_n"]))
+        source = {"markers": str(settings["markers"]), "top_n": int(settings["top_n"])}
     types = list(sentences)
     device = resolve_device(settings.get("device", "auto"))
     model, _, tokenizer = ckpt.load_model(device)
+    context = context_report(sentences, tokenizer, int(ckpt.context_length))
+    for t, c in context.items():
+        if c["cut"]:
+            log.warning("%s: the sentence of '%s' has %d genes; only the first %d fit the text context (%d tokens)",
+                        where, t, len(c["genes"]), c["genes_in_context"], ckpt.context_length)
     with torch.no_grad():
         scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 1.0
     type_emb = encode_texts(model, tokenizer, [sentences[t] for t in types], device=device, progress=False)
     x, y = coordinates(emb)
     table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
-    summary = {"cell_types": types, "sentences": sentences, "logit_scale": scale, "markers": str(settings["markers"]),
-               "top_n": int(settings["top_n"]), "untrained": bool(ckpt.untrained)}
+    summary = {"cell_types": types, "sentences": sentences, "logit_scale": scale, **source,
+               "context": context, "untrained": bool(ckpt.untrained)}
     labels = labels_of(emb)
-    for source, key in (("image", IMAGE), ("text", TEXT)):
+    for src, key in (("image", IMAGE), ("text", TEXT)):
         if key not in emb.obsm:
             continue
         best, best_sim, entropy, sim = lt.annotate(np.asarray(emb.obsm[key]), type_emb, scale)
-        table[f"{source}_cell_type"] = pd.Categorical(np.asarray(types, dtype=object)[best], categories=types)
-        table[f"{source}_similarity"] = best_sim
-        table[f"{source}_entropy"] = entropy
+        table[f"{src}_cell_type"] = pd.Categorical(np.asarray(types, dtype=object)[best], categories=types)
+        table[f"{src}_similarity"] = best_sim
+        table[f"{src}_entropy"] = entropy
         for j, t in enumerate(types):
-            table[f"{source}_cos:{t}"] = sim[:, j]
-        counts = table[f"{source}_cell_type"].value_counts(sort=False)
-        summary[source] = {"counts": {str(k): int(v) for k, v in counts.items()}, "similarity": summary_of(best_sim),
-                           "entropy": summary_of(entropy)}
+            table[f"{src}_cos:{t}"] = sim[:, j]
+        counts = table[f"{src}_cell_type"].value_counts(sort=False)
+        summary[src] = {"counts": {str(k): int(v) for k, v in counts.items()}, "similarity": summary_of(best_sim),
+                        "entropy": summary_of(entropy)}
         if labels is not None:
-            summary[source]["by_group"] = pd.crosstab(labels, table[f"{source}_cell_type"].to_numpy()).to_dict(orient="index")
+            summary[src]["by_group"] = pd.crosstab(labels, table[f"{src}_cell_type"].to_numpy()).to_dict(orient="index")
     return table, summary
 
 
