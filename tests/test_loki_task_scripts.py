@@ -257,3 +257,28 @@ def test_workflow_plans_annotation_from_a_sentence_file_alone(tmp_path):
     write_config(tmp_path, config)
     jobs = {rule for rule, _ in plan(tmp_path, "results/demo/loki/loki_tiny/annotation.json")}
     assert "loki_annotate" in jobs
+
+
+def test_annotate_from_bulk_samples_alone(built, tmp_path):
+    """A bulk table (genes x samples): each sample's top-gene sentence scored against every spot's image."""
+    adata = built["adata"]
+    genes = list(adata.var_names)
+    bulk = pd.DataFrame({"tumour": np.arange(len(genes), dtype=float), "normal": np.arange(len(genes), dtype=float)[::-1]},
+                        index=pd.Index(genes, name="gene"))
+    bulk.to_csv(tmp_path / "bulk.csv")
+    out, summary = tmp_path / "a.parquet", tmp_path / "a.json"
+    run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+               "--settings", json.dumps({"bulk": str(tmp_path / "bulk.csv")}), "--out", out, "--summary", summary, check=True)
+    s = json.loads(summary.read_text())
+    t = pd.read_parquet(out)
+    assert s["cell_types"] == [] and set(s["bulk"]) == {"tumour", "normal"}
+    usable = [g for g in genes if "-" not in g and "." not in g]  # Loki's generate_gene_df drops these symbols
+    assert s["bulk"]["tumour"]["sentence"].split()[:3] == usable[::-1][:3]  # highest expression first
+    assert s["bulk"]["normal"]["sentence"].split()[:3] == usable[:3]
+    for c in ("bulk:tumour", "bulk:normal"):
+        assert t[c].min() == 0.0 and t[c].max() == 1.0
+    (tmp_path / "bad.csv").write_text("gene,s1\nA,x\n")
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"bulk": str(tmp_path / "bad.csv")}), "--out", tmp_path / "b.parquet",
+                      "--summary", tmp_path / "b.json")
+    assert proc.returncode == 2 and "sample columns must be numeric" in error_line(proc) and not (tmp_path / "b.parquet").exists()

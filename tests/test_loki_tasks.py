@@ -403,3 +403,39 @@ def test_random_split_is_optimistic_where_blocks_are_not():
     del emb.obsm["spatial"]
     with pytest.raises(InputError, match="split: blocks needs spot coordinates"):
         run_predex(emb, pre, settings, 0, "d.h5ad")
+
+
+def loki_annotate_with_bulk(img_features, bulk_features):
+    """Transcription of Loki's annotate_with_bulk (tensor=False): img_features (dim, spots), bulk (dim,)."""
+    similarity = np.dot(img_features.T, bulk_features)
+    m = np.max(similarity)
+    similarity = np.exp(similarity - m) / np.sum(np.exp(similarity - m))
+    return (similarity - np.min(similarity)) / (np.max(similarity) - np.min(similarity))
+
+
+def test_bulk_scores_are_lokis_annotate_with_bulk():
+    from tissuelens.embed.loki_run import bulk_scores
+
+    rng = np.random.default_rng(11)
+    img, bulk = _unit(rng.normal(size=(30, 8))), _unit(rng.normal(size=(2, 8)))
+    got = bulk_scores(img, bulk)
+    for j in range(2):
+        np.testing.assert_allclose(got[:, j], loki_annotate_with_bulk(img.T, bulk[j]), rtol=1e-10)
+    assert got.min() == 0.0 and got.max() == 1.0
+
+
+def test_report_shows_bulk_only_annotation(tmp_path):
+    from tissuelens.io import write_json
+    from tissuelens.report.context import Context
+    from tissuelens.report.embed import loki_tasks
+    from tissuelens.report.html import Figures
+
+    rng = np.random.default_rng(12)
+    t = pd.DataFrame({"obs_name": [f"s{i}" for i in range(20)], "x": rng.uniform(size=20), "y": rng.uniform(size=20),
+                      "bulk:tumour": rng.uniform(size=20)})
+    t.to_parquet(tmp_path / "annotation.parquet")
+    write_json({"cell_types": [], "bulk": {"tumour": {"sentence": "A B"}}}, tmp_path / "annotation.json")
+    ctx = Context("demo", None, {}, {}, {}, {"seed": 0}, Figures(out_dir=tmp_path / "fig"))
+    html = loki_tasks(ctx, "loki", {"annotation.parquet": tmp_path / "annotation.parquet", "annotation.json": tmp_path / "annotation.json"})
+    assert "Bulk RNA-seq samples" in html and (tmp_path / "fig" / "embed" / "loki-bulk-loki.png").exists()
+    assert not (tmp_path / "fig" / "embed" / "loki-annotation-loki.png").exists()

@@ -286,6 +286,7 @@ def loki_task_settings(task):
         if task == "annotate":
             values["markers"] = resolve_marker_file(values["markers"])
             values["sentences"] = resolve_marker_file(values.get("sentences"))
+            values["bulk"] = resolve_marker_file(values.get("bulk"))
         return json.dumps(values, sort_keys=True)
 
     return settings
@@ -304,10 +305,10 @@ def loki_task_targets(dataset):
 
 
 def loki_markers(wildcards):
+    """The annotation's input files: curated sentences (else the marker file) and the bulk table."""
     settings = loki_task_config(wildcards.dataset, "annotate")
-    if settings.get("sentences"):  # curated sentences replace the marker file
-        return resolve_marker_file(settings["sentences"])
-    return resolve_marker_file(settings["markers"]) or []
+    files = [resolve_marker_file(settings.get("sentences") or settings["markers"]), resolve_marker_file(settings.get("bulk"))]
+    return [f for f in files if f]
 
 
 def loki_retrieve_reference(dataset):

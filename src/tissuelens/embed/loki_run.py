@@ -89,6 +89,41 @@ def context_report(sentences: dict, tokenizer, context_length: int) -> dict:
     return out
 
 
+def read_bulk(path, where: str):
+    """(sample names, gene symbols, expression (samples, genes)) from a bulk table: first column the gene
+    symbols, one numeric column per sample (CSV, or TSV by a .tsv/.txt name)."""
+    import pandas as pd
+
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise InputError(f"{where}: embed.loki.annotate.bulk: file not found: {path}")
+    sep = "\t" if str(path).endswith((".tsv", ".txt", ".tsv.gz")) else ","
+    try:
+        t = pd.read_csv(path, sep=sep, index_col=0)
+    except Exception as e:  # pandas' parser errors
+        raise InputError(f"{where}: {path}: not a readable table ({type(e).__name__})") from None
+    if not t.shape[1] or not len(t):
+        raise InputError(f"{where}: {path}: needs a gene column and at least one sample column")
+    try:
+        x = t.to_numpy(dtype=np.float64).T
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {path}: sample columns must be numeric") from None
+    if not np.all(np.isfinite(x)) or (x < 0).any():
+        raise InputError(f"{where}: {path}: expression must be finite and non-negative")
+    return [str(c) for c in t.columns], np.asarray(t.index.astype(str)), x
+
+
+def bulk_scores(image_emb: np.ndarray, bulk_emb: np.ndarray) -> np.ndarray:
+    """(spots, samples): Loki's annotate_with_bulk (tensor=False) per sample: dot product of every spot's
+    image embedding with the sample's text embedding, softmax over the spots, then min-max to [0, 1]."""
+    sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(bulk_emb, dtype=np.float64).T
+    e = np.exp(sim - sim.max(axis=0, keepdims=True))
+    p = e / e.sum(axis=0, keepdims=True)
+    lo, hi = p.min(axis=0, keepdims=True), p.max(axis=0, keepdims=True)
+    return (p - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
 def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     """(per-spot table, summary): best type from the image (and the text) embeddings."""
     import pandas as pd
@@ -100,11 +135,17 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     if settings.get("sentences"):
         sentences = read_sentences(settings["sentences"], where)
         source = {"sentences_file": str(settings["sentences"])}
-    else:
+    elif settings.get("markers"):
         net = marker_net(settings["markers"], settings["format"], settings.get("species"), var_names,
                          settings.get("min_markers", 1), where)
         sentences = lt.marker_sentences(net, int(settings["top_n"]))
         source = {"markers": str(settings["markers"]), "top_n": int(settings["top_n"])}
+    else:  # bulk only
+        sentences, source = {}, {}
+    bulk = read_bulk(settings["bulk"], where) if settings.get("bulk") else None
+    if bulk is not None and IMAGE not in emb.obsm:
+        raise InputError(f"{where}: embed.loki.annotate.bulk scores the spots' image embeddings (obsm['{IMAGE}']), "
+                         "and there are none")
     types = list(sentences)
     device = resolve_device(settings.get("device", "auto"))
     model, _, tokenizer = ckpt.load_model(device)
@@ -115,11 +156,26 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
                         where, t, len(c["genes"]), c["genes_in_context"], ckpt.context_length)
     with torch.no_grad():
         scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 1.0
-    type_emb = encode_texts(model, tokenizer, [sentences[t] for t in types], device=device, progress=False)
     x, y = coordinates(emb)
     table = pd.DataFrame({"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y})
     summary = {"cell_types": types, "sentences": sentences, "logit_scale": scale, **source,
                "context": context, "untrained": bool(ckpt.untrained)}
+    if bulk is not None:
+        from tissuelens.embed import gene_sentences as gs
+
+        samples, symbols, bx = bulk
+        bulk_sentences, _, _ = gs.gene_sentences(bx, symbols, gs.load_housekeeping(None))
+        bulk_emb = encode_texts(model, tokenizer, [str(b) for b in bulk_sentences], device=device, progress=False)
+        scores = bulk_scores(np.asarray(emb.obsm[IMAGE]), bulk_emb)
+        bulk_context = context_report(dict(zip(samples, map(str, bulk_sentences))), tokenizer, int(ckpt.context_length))
+        for j, name in enumerate(samples):
+            table[f"bulk:{name}"] = scores[:, j]
+        summary["bulk"] = {name: {"sentence": str(bulk_sentences[j]), "genes_in_context": bulk_context[name]["genes_in_context"],
+                                  "score": summary_of(scores[:, j])} for j, name in enumerate(samples)}
+        summary["bulk_file"] = str(settings["bulk"])
+    if not types:
+        return table, summary
+    type_emb = encode_texts(model, tokenizer, [sentences[t] for t in types], device=device, progress=False)
     labels = labels_of(emb)
     for src, key in (("image", IMAGE), ("text", TEXT)):
         if key not in emb.obsm:

@@ -142,14 +142,24 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
                     "(0 certain, 1 uniform).")
         sources = [s for s in ("image", "text") if f"{s}_cell_type" in t]
         pl = plt()
-        fig, axes = pl.subplots(1, 2 * len(sources), figsize=(4.2 * 2 * len(sources), 3.8), squeeze=False)
-        for i, src in enumerate(sources):
-            _spatial_scatter(axes[0, 2 * i], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_cell_type"].astype(str).to_numpy(), True,
-                             f"{src}: best type")
-            _spatial_scatter(axes[0, 2 * i + 1], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_entropy"].to_numpy(), False,
-                             f"{src}: entropy")
-        out += ctx.figures.embed(fig, SID, f"loki_annotation_{model}", f"Loki zero-shot annotation maps ({model})")
-        pl.close("all")
+        if sources:
+            fig, axes = pl.subplots(1, 2 * len(sources), figsize=(4.2 * 2 * len(sources), 3.8), squeeze=False)
+            for i, src in enumerate(sources):
+                _spatial_scatter(axes[0, 2 * i], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_cell_type"].astype(str).to_numpy(), True,
+                                 f"{src}: best type")
+                _spatial_scatter(axes[0, 2 * i + 1], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_entropy"].to_numpy(), False,
+                                 f"{src}: entropy")
+            out += ctx.figures.embed(fig, SID, f"loki_annotation_{model}", f"Loki zero-shot annotation maps ({model})")
+            pl.close("all")
+        bulk = [c for c in t.columns if str(c).startswith("bulk:")][:6]
+        if bulk:
+            out += para("Bulk RNA-seq samples: each sample's top-gene sentence against every spot's image embedding "
+                        "(Loki's annotate_with_bulk: softmax over the spots, scaled to [0, 1]).")
+            fig, axes = pl.subplots(1, len(bulk), figsize=(4.2 * len(bulk), 3.8), squeeze=False)
+            for i, c in enumerate(bulk):
+                _spatial_scatter(axes[0, i], t["x"].to_numpy(), t["y"].to_numpy(), t[c].to_numpy(), False, c)
+            out += ctx.figures.embed(fig, SID, f"loki_bulk_{model}", f"Loki bulk RNA-seq similarity maps ({model})")
+            pl.close("all")
         rows = [{"source": src, "cell type": k, "spots": v} for src in sources for k, v in (summary.get(src) or {}).get("counts", {}).items()]
         if rows:
             out += table(rows)
