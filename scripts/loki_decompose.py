@@ -1,7 +1,9 @@
 """Rule `loki_decompose`: per-spot cell-type proportions by Tangram (Loki's cell_type_decompose), mapping a
 single-cell reference dataset's cells (OmiCLIP text embeddings, grouped by label) onto the spots' OmiCLIP
-image embeddings. Writes decompose.parquet (per spot: proportion of each type, the dominant type) and
-decompose.json. Runs in the main environment or in envs/loki.yaml (Python 3.9, tangram-sc 1.0.4).
+image embeddings, seeded for every seed value. Writes decompose.parquet (per spot: proportion of each type
+weighted by its abundance, the dominant type, Tangram's raw projection `mapping:<type>`, and with nms_mode
+Loki's `percentile:<type>` / `nms:<type>`) and decompose.json. Runs in the main environment or in
+envs/loki.yaml (Python 3.9, tangram-sc 1.0.4).
 """
 
 import argparse

@@ -269,25 +269,156 @@ def test_emb_mode_rules():
 # -- statistics ----------------------------------------------------------------------------------
 
 
-def test_stats_follow_upstream_definitions():
+def up_goal_state_shift_all(result_dict: dict, genes: list, goal: str) -> pd.DataFrame:
+    """Transcription of upstream's isp_stats_to_goal_state, genes_perturbed == "all", no alt states:
+    the random megalist = every gene's shifts in gene order (down-sampled to 100,000 after random.seed(42)),
+    ranksums(megalist, gene) per gene, statsmodels fdr_bh, Sig = FDR < 0.05, sorted Sig, shift, FDR."""
+    import random
+
+    import statsmodels.stats.multitest as smt
+    from scipy.stats import ranksums
+
+    mega = []
+    for token in genes:
+        mega += result_dict[goal].get((token, "cell_emb"), [])
+    if len(mega) > 100_000:
+        random.seed(42)
+        mega = random.sample(mega, k=100_000)
+    rows = []
+    for i, token in enumerate(genes):
+        own = result_dict[goal].get((token, "cell_emb"), [])
+        rows.append({"Gene": token, "Shift_to_goal_end": np.mean(own), "Goal_end_vs_random_pval": ranksums(mega, own).pvalue})
+    df = pd.DataFrame(rows)
+    df["Goal_end_FDR"] = list(smt.multipletests(list(df["Goal_end_vs_random_pval"]), alpha=0.05, method="fdr_bh")[1])
+    df["Sig"] = [1 if f < 0.05 else 0 for f in df["Goal_end_FDR"]]
+    return df.sort_values(by=["Sig", "Shift_to_goal_end", "Goal_end_FDR"], ascending=[False, False, True])
+
+
+def _shift_rows(effects: dict, n_cells: int, rng, sd=0.05, kind="delete"):
+    """Per-cell rows of single-gene perturbations: gene -> mean shift."""
+    return pd.DataFrame([{"cell": c, "perturbed": g, "genes": g, "symbols": g, "perturbation": kind,
+                          "cos_sim": 0.9, "shift": mu + rng.normal(0, sd), "control_cos_sim": 0.9,
+                          "control_shift": rng.normal(0, sd), "size": 1} for g, mu in effects.items() for c in range(n_cells)])
+
+
+@pytest.mark.parametrize("n_genes, n_cells", [(40, 12), (60, 1800)])  # the second pool is down-sampled to 100,000
+def test_goal_state_shift_against_every_gene_is_upstreams_arithmetic(n_genes, n_cells):
+    rng = np.random.default_rng(0)
+    effects = {f"G{i:03d}": (0.3 if i == 3 else -0.2 if i == 7 else 0.0) for i in range(n_genes)}
+    cells = _shift_rows(effects, n_cells, rng)
+    ours = summarise(cells, "goal_state_shift", goal=True, background=cells, background_kind="all_genes").set_index("perturbed")
+    result = {"goal": {(g, "cell_emb"): t["shift"].tolist() for g, t in cells.groupby("perturbed", sort=True)}}
+    up = up_goal_state_shift_all(result, sorted(effects), "goal").set_index("Gene")
+    np.testing.assert_allclose(ours.loc[up.index, "pvalue"], up["Goal_end_vs_random_pval"], rtol=1e-10)
+    np.testing.assert_allclose(ours.loc[up.index, "fdr"], up["Goal_end_FDR"], rtol=1e-10)
+    np.testing.assert_allclose(ours.loc[up.index, "shift_mean"], up["Shift_to_goal_end"], rtol=1e-12)
+    assert (ours.loc[up.index, "significant"].astype(int) == up["Sig"]).all()
+    ordered = summarise(cells, "goal_state_shift", goal=True, background=cells, background_kind="all_genes")
+    assert ordered["perturbed"].tolist()[:2] == list(up.index[:2]) == ["G003", "G007"]  # significant, larger shift first
+    assert ours.loc["G003", "n_background"] == min(n_genes * n_cells, 100_000)
+
+
+def test_planted_effect_is_significant_and_a_non_effect_gene_is_not():
+    """Two tested genes, a planted shift toward the goal and none, under both backgrounds: every expressed
+    gene perturbed (upstream's) and random gene sets of the same size."""
+    rng = np.random.default_rng(1)
+    everything = _shift_rows({**{f"B{i}": 0.0 for i in range(30)}, "PLANT": 0.25, "NONE": 0.0}, 20, rng)
+    tested = everything[everything["perturbed"].isin(["PLANT", "NONE"])]
+    t = summarise(tested, "goal_state_shift", goal=True, background=everything, background_kind="all_genes").set_index("perturbed")
+    assert t.loc["PLANT", "significant"] and t.loc["PLANT", "fdr"] < 1e-3
+    assert not t.loc["NONE", "significant"] and t.loc["NONE", "pvalue"] > 0.05
+    randoms = _shift_rows({f"R{i}": 0.0 for i in range(3)}, 20, rng)
+    r = summarise(tested, "goal_state_shift", goal=True, background=randoms).set_index("perturbed")
+    assert r.loc["PLANT", "significant"] and not r.loc["NONE", "significant"]
+    assert (r["background"] == "random_genes").all() and (r["n_background"] == 60).all()
+
+
+def test_one_tested_set_no_longer_gives_p_1_by_construction():
+    """Pooling only the tested sets, one set was compared with itself (ranksums(x, x): p = 1). Against the
+    random gene sets of its size, a planted 2-gene set is significant; sets of another size are not its null."""
+    from scipy.stats import ranksums
+
+    rng = np.random.default_rng(2)
+    tested = _shift_rows({"A+B": 0.2}, 25, rng).assign(genes="A;B", size=2)
+    x = tested["shift"]
+    assert ranksums(x, x).pvalue == 1.0  # the old background
+    null = pd.concat([_shift_rows({"r1": 0.0, "r2": 0.0}, 25, rng).assign(size=2),
+                      _shift_rows({"s1": 0.2}, 25, rng).assign(size=1)])  # single genes: another size, left out
+    t = summarise(tested, "goal_state_shift", goal=True, background=null)
+    assert t.loc[0, "n_background"] == 50 and t.loc[0, "pvalue"] < 1e-6 and bool(t.loc[0, "significant"])
+    with pytest.raises(ValueError, match="needs a background"):
+        summarise(tested, "goal_state_shift", goal=True)
+
+
+def up_mixture_model(dict_list: list, genes: list) -> pd.DataFrame:
+    """Transcription of upstream's isp_stats_mixture_model (combos 0, no anchor) and get_impact_component."""
+    from sklearn.mixture import GaussianMixture
+
+    def impact(test_value, gm):
+        impact_border, nonimpact_border = gm.means_[0][0], gm.means_[1][0]
+        if test_value > nonimpact_border:
+            return 0
+        if test_value < impact_border:
+            return 1
+        raw = gm.predict([[test_value]])[0]
+        return 0 if raw == 1 else 1
+
+    avg = []
+    for token in genes:
+        data = []
+        for d in dict_list:
+            data += d.get((token, "cell_emb"), [])
+        if len(data) > 0:
+            avg.append(np.mean(data))
+    gm = GaussianMixture(n_components=2, random_state=0).fit(np.array(avg).reshape(-1, 1))
+    rows = []
+    for token in genes:
+        data = []
+        for d in dict_list:
+            data += d.get((token, "cell_emb"), [])
+        mean = np.mean(data)
+        rows.append({"Gene": token, "Test_avg_shift": mean, "Impact_component": impact(mean, gm),
+                     "Impact_component_percent": np.mean([impact(v, gm) for v in data]) * 100})
+    df = pd.DataFrame(rows).sort_values(by=["Impact_component", "Test_avg_shift"], ascending=[False, True])
+    return df, gm
+
+
+def _cos_rows(effects: dict, rng, n_cells=15):
+    return pd.DataFrame([{"cell": c, "perturbed": g, "genes": g, "symbols": g, "perturbation": "delete",
+                          "cos_sim": mu + rng.normal(0, 0.02), "shift": np.nan, "control_cos_sim": 0.99, "control_shift": np.nan}
+                         for g, mu in effects.items() for c in range(n_cells)])
+
+
+def test_mixture_model_is_upstreams_arithmetic():
+    """Where scikit-learn's component 0 has the lower mean (here: most perturbations have an impact), ours and
+    upstream's agree exactly. Upstream takes component 0 as the impact one whatever its mean; with most
+    genes unaffected component 0 is the unaffected one, so ours picks the lower-mean component instead."""
+    rng = np.random.default_rng(3)
+    effects = {**{f"N{i}": 0.99 for i in range(4)}, **{f"I{i}": 0.90 for i in range(10)}, "EDGE": 0.95}
+    cells = _cos_rows(effects, rng)
+    up, gm = up_mixture_model([{(g, "cell_emb"): t["cos_sim"].tolist() for g, t in cells.groupby("perturbed")}], list(effects))
+    assert gm.means_[0][0] < gm.means_[1][0]
+    ours = summarise(cells, "mixture_model", goal=False).set_index("perturbed")
+    up = up.set_index("Gene")
+    assert (ours.loc[up.index, "impact_component"] == up["Impact_component"]).all()
+    np.testing.assert_allclose(ours.loc[up.index, "impact_component_percent"], up["Impact_component_percent"])
+    assert set(up.index[up["Impact_component"] == 1]) >= {f"I{i}" for i in range(10)} and up.loc["N0", "Impact_component"] == 0
+    assert summarise(cells, "mixture_model", goal=False)["perturbed"].tolist()[:10] == list(up.index[:10])
+    # most genes unaffected: the planted few are still the impact ones in ours
+    few = _cos_rows({**{f"N{i}": 0.99 for i in range(10)}, **{f"I{i}": 0.90 for i in range(4)}}, rng)
+    t = summarise(few, "mixture_model", goal=False).set_index("perturbed")
+    assert set(t.index[t["impact_component"] == 1]) == {f"I{i}" for i in range(4)}
+    assert (t.loc[[f"I{i}" for i in range(4)], "impact_component_percent"] > 90).all()
+    with pytest.raises(ValueError, match="at least two perturbations"):
+        summarise(cells[cells["perturbed"] == "N0"], "mixture_model", goal=False)
+
+
+def test_vs_null_and_aggregate_follow_upstream_definitions():
     from scipy.stats import ranksums
 
     rng = np.random.default_rng(0)
-    rows = []
-    for label, mu in (("A", 0.3), ("B", 0.0), ("C", -0.1)):
-        for c in range(12):
-            rows.append({"cell": c, "perturbed": label, "genes": label, "symbols": label, "perturbation": "delete",
-                         "cos_sim": 0.9 + rng.normal(0, 0.01), "shift": mu + rng.normal(0, 0.05),
-                         "control_cos_sim": 0.95, "control_shift": rng.normal(0, 0.05)})
-    cells = pd.DataFrame(rows)
-    t = summarise(cells, "goal_state_shift", goal=True).set_index("perturbed")
-    for label in "ABC":
-        own = cells.loc[cells["perturbed"] == label, "shift"]
-        assert t.loc[label, "shift_mean"] == pytest.approx(own.mean())
-        assert t.loc[label, "pvalue"] == pytest.approx(ranksums(cells["shift"], own).pvalue)  # all perturbations pooled = random
-    np.testing.assert_allclose(t.loc[list("ABC"), "fdr"], bh_fdr(t.loc[list("ABC"), "pvalue"]))
-    assert list(summarise(cells, "goal_state_shift", goal=True)["perturbed"])[0] == "A"  # significant, largest shift first
-    null = cells.assign(shift=cells["shift"] * 0 + rng.normal(0, 0.05, len(cells)))
+    cells = _shift_rows({"A": 0.3, "B": 0.0, "C": -0.1}, 12, rng)
+    null = cells.assign(shift=rng.normal(0, 0.05, len(cells)))
     v = summarise(cells, "vs_null", goal=True, null=null).set_index("perturbed")
     own, nul = cells.loc[cells["perturbed"] == "A", "shift"], null.loc[null["perturbed"] == "A", "shift"]
     assert v.loc["A", "test_vs_null_mean"] == pytest.approx(own.mean() - nul.mean())
@@ -331,7 +462,9 @@ def test_run_perturb_tables(step):
     assert "cell0" not in set(cells["obs_name"]) and set(cells["obs_name"].str[4:].astype(int) % 2) == {0}  # g0, filter_pass
     joint = cells[(cells["perturbed"] == "SYM4+SYM5") & (cells["perturbation"] == "delete")]
     assert joint["genes"].iloc[0] == f"{gene_ids(30)[4]};{gene_ids(30)[5]}"
-    assert cells["control_gene"].notna().all() and (cells["population"] == "perturbed").all()
+    tested = cells[cells["population"] == "perturbed"]
+    assert tested["control_gene"].notna().all() and set(cells["population"]) == {"perturbed", "random_genes"}
+    assert (tested[tested["perturbed"] == "SYM4+SYM5"]["control_gene"].str.count(";") == 1).all()  # a random pair
     # affected genes: every other gene of the perturbed cells, most affected first within each set and type
     assert set(genes["perturbed"]) == {"SYM3", "SYM4+SYM5"} and not genes["affected_symbol"].isin(["SYM4", "SYM5"])[genes["perturbed"] == "SYM4+SYM5"].any()
     for _, g in genes.groupby(["perturbed", "perturbation"]):
@@ -347,6 +480,65 @@ def test_run_perturb_vs_null_and_combos(step):
     assert combo["combo_minus_sum_shift"] == pytest.approx(combo["combo_shift"] - combo["sum_of_indiv_shifts"], abs=1e-6)
 
 
+def test_goal_run_derives_the_start_state_and_tests_against_random_sets(step, caplog):
+    """No start_group with a goal: the only other group is the start state (logged); goal cells are never
+    perturbed; p-values come from random gene sets of each set's size, which are in the cells table."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="tissuelens.embed.geneformer"):
+        table, cells, _ = _run(step, "derive", genes=["SYM3", ["SYM4", "SYM5"]], goal_group="g1", types=["overexpress"],
+                               emb_mode="cls", max_cells=None, null_draws=2)
+    assert "the start state is 'g0'" in caplog.text and (table["start_group"] == "g0").all()
+    perturbed = cells[cells["population"] == "perturbed"]
+    assert set(perturbed["obs_name"].str[4:].astype(int) % 2) == {0}  # g0 only, every one of them (max_cells: null)
+    assert perturbed.groupby("perturbed")["cell"].nunique().max() == 11  # 12 g0 cells, cell0 fails filter_pass
+    null = cells[cells["population"] == "random_genes"]
+    for label, row in table.set_index("perturbed").iterrows():
+        mine = null[null["for_set"] == label]
+        assert row["n_background"] == len(null[null["n_genes"] == len(row["genes"].split(";"))]) == len(mine)
+        assert set(mine["n_genes"]) == {len(row["genes"].split(";"))} and 0 < row["pvalue"] < 1
+        assert mine.groupby("cell").size().max() == 2  # null_draws
+    np.testing.assert_allclose(table["fdr"], bh_fdr(table["pvalue"]))
+
+
+def test_goal_run_against_every_gene(step):
+    table, cells, _ = _run(step, "allg", genes=[], auto_genes=1, goal_group="g1", start_group="g0", types=["delete"],
+                           emb_mode="cls", background="all_genes")
+    gene = table.loc[0, "perturbed"]
+    bg = cells[cells["population"] == "all_genes"]
+    tested = cells[cells["population"] == "perturbed"]
+    assert table.loc[0, "background"] == "all_genes" and table.loc[0, "n_background"] == len(bg)
+    # every expressed gene of every perturbed cell, each on its own: the tested gene among them, same shifts
+    assert bg.groupby("cell").size().sum() == len(bg) and set(bg["cell"]) == set(tested["cell"])
+    again = bg[bg["perturbed"] == gene].set_index("cell")["shift"]
+    np.testing.assert_allclose(again.loc[tested["cell"]].to_numpy(), tested["shift"].to_numpy(), rtol=1e-5)
+
+
+def test_run_mixture_model(step):
+    table, cells, _ = _run(step, "mix", genes=["SYM3", "SYM8", ["SYM4", "SYM5"]], types=["overexpress"], stats="mixture_model",
+                           emb_mode="cls")
+    assert (table["stats"] == "mixture_model").all() and set(table["impact_component"]) <= {0, 1}
+    assert table["impact_component_percent"].between(0, 100).all() and (table["n_fitted"] == 3).all()
+    full, cells, _ = _run(step, "mixall", genes=["SYM3"], types=["overexpress"], stats="mixture_model", emb_mode="cls",
+                          background="all_genes")
+    bg = cells[cells["population"] == "all_genes"]
+    assert full.loc[0, "n_fitted"] == bg["perturbed"].nunique() > 2  # fitted to every gene perturbed on its own
+    with pytest.raises(InputError, match="mixture_model fits two components"):
+        _run(step, "mix1", genes=["SYM3"], stats="mixture_model", emb_mode="cls")
+
+
+def test_goal_run_with_several_other_groups_needs_a_start_group(step, tmp_path):
+    from tissuelens.embed.geneformer import run_perturb
+
+    small_adata(n_cells=12, groups=3).write_h5ad(tmp_path / "pre3.h5ad")
+    s = embed_defaults(perturb={"genes": ["SYM1"], "goal_group": "g2"})
+    out = [tmp_path / f for f in ("p.tsv", "c.parquet", "g.parquet")]
+    with pytest.raises(InputError, match=r"start_group: a goal-state run perturbs the start state's cells only; name it "
+                                         r"\(obs\['group'\] has g0, g1 besides the goal 'g2'\)"):
+        run_perturb(str(tmp_path / "pre3.h5ad"), str(step / "gf"), "gf", s, *map(str, out))
+    assert not any(p.exists() for p in out)
+
+
 @pytest.mark.parametrize(
     "perturb, message",
     [
@@ -358,6 +550,7 @@ def test_run_perturb_vs_null_and_combos(step):
         ({"genes": ["SYM1"], "types": ["inhibit"]}, "embed.perturb.rank_shift"),
         ({"genes": ["SYM1"], "combos": 1}, "embed.perturb.anchor_gene"),
         ({"genes": ["SYM1"], "stats": "vs_null"}, "needs embed.perturb.null_group"),
+        ({"genes": ["SYM1"], "goal_group": "g1", "start_group": "g1"}, "start state 'g1' is the goal state"),
     ],
 )
 def test_run_perturb_bad_input(step, perturb, message):
@@ -387,6 +580,7 @@ def test_report_perturbation_part(step):
     html = _perturbation(ctx, "gf", {"perturbation.tsv": step / "r.tsv", "perturbation_genes.parquet": step / "r_genes.parquet"})
     assert "In-silico perturbation (gf, cls_and_gene, stats goal_state_shift)" in html and "shift toward the goal" in html
     assert "SYM4+SYM5" in html and "Most affected genes" in html and "<img" in html
+    assert "in the start state &#x27;g0&#x27; against random gene sets of the same size" in html and "<th>significant</th>" in html
     assert (step / "fig" / "embed" / "perturbation-gf.png").exists()
 
 

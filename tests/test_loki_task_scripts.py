@@ -100,7 +100,8 @@ def test_retrieve_against_a_reference_without_labels_fails(built, tmp_path):
 def test_predex_scores_held_out_spots(built, tmp_path):
     files = {"--genes-out": tmp_path / "predex_genes.csv", "--spots-out": tmp_path / "predex_spots.parquet",
              "--summary": tmp_path / "predex.json"}
-    settings = {"test_fraction": 0.25, "top_k": 10, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3}
+    settings = {"test_fraction": 0.25, "top_k": 10, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3,
+                "split": "random"}
     args = [a for kv in files.items() for a in kv]
     run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--settings", json.dumps(settings),
                "--seed", 0, *args, check=True)
@@ -157,3 +158,127 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
         proc = snakemake(tmp_path, "-n", check=False)
         assert proc.returncode != 0
         assert f"datasets.demo: embed.loki.{task}.reference names 'nope', which is not a dataset of this config" in proc.stdout
+    bad = yaml.safe_load(yaml.safe_dump(config))
+    bad["embed"]["loki"]["predex"] = {"reference": ["demo"]}  # a slide cannot be its own training slide
+    write_config(tmp_path, bad)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "datasets.demo: embed.loki.predex.reference names 'demo', which is not another dataset of this config" in proc.stdout
+
+
+def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fractions_fail(built, tmp_path):
+    """The rule's command, run twice at seed 0 (tangram-sc seeds itself only for a non-zero random_state):
+    identical tables; fractions that miss a reference type stop it with one line and no output."""
+    pytest.importorskip("tangram")
+    settings = {"label_key": "group", "spot_embedding": "auto", "num_epochs": 30, "device": "cpu", "nms_mode": True}
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"d{i}.parquet"
+        run_script("loki_decompose", "--embeddings", built["emb"], "--reference", built["emb"], "--reference-name", "self",
+                   "--settings", json.dumps(settings), "--seed", 0, "--out", out, "--summary", tmp_path / f"d{i}.json", check=True)
+        runs.append(pd.read_parquet(out))
+    pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
+    s = json.loads((tmp_path / "d0.json").read_text())
+    t = pd.read_parquet(tmp_path / "d0.parquet")
+    types = s["cell_types"]
+    assert sum(s["reference_counts"].values()) == 60 and s["weights"] == "reference"
+    assert {f"mapping:{c}" for c in types} | {f"nms:{c}" for c in types} <= set(t)
+    np.testing.assert_allclose(t[types].sum(axis=1), 1.0, atol=1e-9)
+    bad = {**settings, "weights": "fractions", "fractions": {types[0]: 1.0}}
+    proc = run_script("loki_decompose", "--embeddings", built["emb"], "--reference", built["emb"], "--reference-name", "self",
+                      "--settings", json.dumps(bad), "--seed", 0, "--out", tmp_path / "bad.parquet", "--summary", tmp_path / "bad.json")
+    assert proc.returncode == 2 and "embed.loki.decompose.fractions: no fraction for" in error_line(proc)
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("error")]) == 1
+    assert not (tmp_path / "bad.parquet").exists() and not (tmp_path / "bad.json").exists()
+
+
+def test_predex_script_across_slides(built, tmp_path):
+    """--reference NAME EMB PRE: every spot predicted from the other slide (here a copy of the same slide),
+    the within-slide block score beside it; a reference whose two files list different spots fails."""
+    settings = {"test_fraction": 0.25, "top_k": 5, "temperature": 0.1, "genes": "highly_variable", "report_genes": 3}
+    files = ["--genes-out", tmp_path / "g.csv", "--spots-out", tmp_path / "s.parquet", "--summary", tmp_path / "p.json"]
+    run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--reference", "twin", built["emb"],
+               built["pre"], "--settings", json.dumps(settings), "--seed", 0, *files, check=True)
+    s = json.loads((tmp_path / "p.json").read_text())
+    assert s["evaluation"] == "cross_slide" and s["reference"] == ["twin"] and s["n_test"] == 60 and s["n_train"] == 60
+    assert s["within_slide"]["split"] == "blocks" and 0 < s["within_slide"]["n_test"] < 60
+    genes = pd.read_csv(tmp_path / "g.csv")
+    assert {"pearson", "pearson_within_slide"} <= set(genes) and len(genes) == 70
+    part = ad.read_h5ad(built["pre"])[:30].copy()
+    part.write_h5ad(tmp_path / "part.h5ad")
+    bad = [a if not isinstance(a, type(tmp_path)) else a.with_name("bad_" + a.name) for a in files]
+    proc = run_script("loki_predex", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--reference", "twin",
+                      built["emb"], tmp_path / "part.h5ad", "--settings", json.dumps(settings), *bad)
+    assert proc.returncode == 2 and "reference dataset 'twin': embeddings.h5ad and preprocessed.h5ad list different spots" in error_line(proc)
+    assert not any(p.exists() for p in bad if not isinstance(p, str))
+
+
+def test_annotate_with_curated_sentences_reports_the_context_cut(built, tmp_path):
+    """A sentence file is encoded as written (genes absent from the data kept, file order); a sentence longer
+    than the 76-token context is reported with the genes that are cut; markers are not needed."""
+    genes = list(built["adata"].var_names)
+    long = " ".join(genes[:60])
+    path = tmp_path / "sentences.csv"
+    path.write_text(f"cell_type,sentence\nT cell,CD3D  CD3E CD2\nstroma,{long}\n")
+    out, summary = tmp_path / "a.parquet", tmp_path / "a.json"
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"sentences": str(path), "markers": None}), "--out", out, "--summary", summary, check=True)
+    s = json.loads(summary.read_text())
+    assert s["cell_types"] == ["T cell", "stroma"] and s["sentences"]["T cell"] == "CD3D CD3E CD2"  # verbatim, not in the data
+    assert s["context"]["T cell"] == {"genes": ["CD3D", "CD3E", "CD2"], "genes_in_context": 3, "cut": []}
+    cut = s["context"]["stroma"]
+    assert 0 < cut["genes_in_context"] < 60 and cut["genes"] == genes[:60] and cut["cut"] == genes[cut["genes_in_context"]:60]
+    assert "only the first" in proc.stderr and "markers" not in s and s["sentences_file"] == str(path)
+    t = pd.read_parquet(out)
+    assert set(t["image_cell_type"]) <= {"T cell", "stroma"} and {"image_cos:T cell", "image_cos:stroma"} <= set(t)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("cell_type,genes\nT,CD3D\n", "no column sentence"),
+    ("cell_type,sentence\nT,CD3D\nT,CD2\n", "cell type listed twice: T"),
+    ("cell_type,sentence\nT,\n", "every row needs a cell type and a non-empty sentence"),
+])
+def test_annotate_bad_sentence_file(built, tmp_path, text, pattern):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    out = tmp_path / "a.parquet"
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"sentences": str(path)}), "--out", out, "--summary", tmp_path / "a.json")
+    assert proc.returncode == 2 and pattern in error_line(proc) and not out.exists()
+
+
+def test_workflow_plans_annotation_from_a_sentence_file_alone(tmp_path):
+    import yaml
+    from scaleout import plan, write_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "sentences.csv").write_text("cell_type,sentence\nT,CD3D CD3E\n")
+    config["embed"]["loki"]["annotate"] = {"markers": None, "sentences": "sentences.csv"}
+    write_config(tmp_path, config)
+    jobs = {rule for rule, _ in plan(tmp_path, "results/demo/loki/loki_tiny/annotation.json")}
+    assert "loki_annotate" in jobs
+
+
+def test_annotate_from_bulk_samples_alone(built, tmp_path):
+    """A bulk table (genes x samples): each sample's top-gene sentence scored against every spot's image."""
+    adata = built["adata"]
+    genes = list(adata.var_names)
+    bulk = pd.DataFrame({"tumour": np.arange(len(genes), dtype=float), "normal": np.arange(len(genes), dtype=float)[::-1]},
+                        index=pd.Index(genes, name="gene"))
+    bulk.to_csv(tmp_path / "bulk.csv")
+    out, summary = tmp_path / "a.parquet", tmp_path / "a.json"
+    run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+               "--settings", json.dumps({"bulk": str(tmp_path / "bulk.csv")}), "--out", out, "--summary", summary, check=True)
+    s = json.loads(summary.read_text())
+    t = pd.read_parquet(out)
+    assert s["cell_types"] == [] and set(s["bulk"]) == {"tumour", "normal"}
+    usable = [g for g in genes if "-" not in g and "." not in g]  # Loki's generate_gene_df drops these symbols
+    assert s["bulk"]["tumour"]["sentence"].split()[:3] == usable[::-1][:3]  # highest expression first
+    assert s["bulk"]["normal"]["sentence"].split()[:3] == usable[:3]
+    for c in ("bulk:tumour", "bulk:normal"):
+        assert t[c].min() == 0.0 and t[c].max() == 1.0
+    (tmp_path / "bad.csv").write_text("gene,s1\nA,x\n")
+    proc = run_script("loki_annotate", "--embeddings", built["emb"], "--preprocessed", built["pre"], "--model-dir", built["model"],
+                      "--settings", json.dumps({"bulk": str(tmp_path / "bad.csv")}), "--out", tmp_path / "b.parquet",
+                      "--summary", tmp_path / "b.json")
+    assert proc.returncode == 2 and "sample columns must be numeric" in error_line(proc) and not (tmp_path / "b.parquet").exists()

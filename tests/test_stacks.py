@@ -84,7 +84,7 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
         "loki_retrieve": ["--embeddings", emb_path, "--settings", json.dumps({"k": 5}), "--out", out / "retrieval.parquet",
                           "--summary", out / "retrieval.json"],
         "loki_predex": ["--embeddings", emb_path, "--preprocessed", preprocessed, "--settings",
-                        json.dumps({"test_fraction": 0.2, "genes": "highly_variable", "report_genes": 3, "top_k": 10, "temperature": 0.1}),
+                        json.dumps({"test_fraction": 0.2, "split": "random", "genes": "highly_variable", "report_genes": 3, "top_k": 10, "temperature": 0.1}),
                         "--genes-out", out / "predex_genes.csv", "--spots-out", out / "predex_spots.parquet", "--summary", out / "predex.json"],
     }
     tasks["loki_decompose"] = ["--embeddings", emb_path, "--reference", emb_path, "--reference-name", "demo", "--settings",

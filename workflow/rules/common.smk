@@ -287,6 +287,8 @@ def loki_task_settings(task):
         values = loki_task_config(wildcards.dataset, task)
         if task == "annotate":
             values["markers"] = resolve_marker_file(values["markers"])
+            values["sentences"] = resolve_marker_file(values.get("sentences"))
+            values["bulk"] = resolve_marker_file(values.get("bulk"))
         return json.dumps(values, sort_keys=True)
 
     return settings
@@ -298,12 +300,17 @@ def loki_task_targets(dataset):
         loki_retrieve_reference(dataset)  # a reference that is not a dataset fails before any job
     if models and loki_task_enabled(config, dataset, "decompose"):
         loki_decompose_reference(dataset)
+    if models and loki_task_enabled(config, dataset, "predex"):
+        loki_predex_references(dataset)
     return [f"results/{dataset}/loki/{m}/{name}" for m in models for task in LOKI_TASKS
             if loki_task_enabled(config, dataset, task) for name in LOKI_TASK_FILES[task]]
 
 
 def loki_markers(wildcards):
-    return resolve_marker_file(loki_task_config(wildcards.dataset, "annotate")["markers"]) or []
+    """The annotation's input files: curated sentences (else the marker file) and the bulk table."""
+    settings = loki_task_config(wildcards.dataset, "annotate")
+    files = [resolve_marker_file(settings.get("sentences") or settings["markers"]), resolve_marker_file(settings.get("bulk"))]
+    return [f for f in files if f]
 
 
 def loki_retrieve_reference(dataset):
@@ -320,6 +327,31 @@ def loki_retrieve_inputs(wildcards):
     if reference is not None:
         inputs["reference"] = f"results/{reference}/embed/{wildcards.model}/embeddings.h5ad"
     return inputs
+
+
+def loki_predex_references(dataset):
+    """The slides PredEx trains on (embed.loki.predex.reference: a name or a list); [] = within the slide."""
+    reference = loki_task_config(dataset, "predex").get("reference")
+    names = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
+    for name in names:
+        if name not in DATASETS or name == dataset:
+            raise WorkflowError(f"datasets.{dataset}: embed.loki.predex.reference names '{name}', which is not another "
+                                f"dataset of this config (datasets: {', '.join(DATASETS)})")
+    return names
+
+
+def loki_predex_inputs(wildcards):
+    inputs = {"embeddings": f"results/{wildcards.dataset}/embed/{wildcards.model}/embeddings.h5ad",
+              "preprocessed": f"results/{wildcards.dataset}/preprocessed.h5ad"}
+    for i, name in enumerate(loki_predex_references(wildcards.dataset)):
+        inputs[f"reference{i}_embeddings"] = f"results/{name}/embed/{wildcards.model}/embeddings.h5ad"
+        inputs[f"reference{i}_preprocessed"] = f"results/{name}/preprocessed.h5ad"
+    return inputs
+
+
+def loki_predex_reference_args(wildcards):
+    return " ".join(f"--reference {shlex.quote(name)} {shlex.quote(f'results/{name}/embed/{wildcards.model}/embeddings.h5ad')} "
+                    f"{shlex.quote(f'results/{name}/preprocessed.h5ad')}" for name in loki_predex_references(wildcards.dataset))
 
 
 def loki_decompose_reference(dataset):

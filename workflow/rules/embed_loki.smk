@@ -78,10 +78,9 @@ rule loki_retrieve:
 
 
 rule loki_predex:
-    """Loki PredEx: held-out spots' expression predicted from their image, scored per gene."""
+    """Loki PredEx: spots' expression predicted from their image (from reference slides, or held-out blocks), scored per gene."""
     input:
-        embeddings="results/{dataset}/embed/{model}/embeddings.h5ad",
-        preprocessed="results/{dataset}/preprocessed.h5ad",
+        unpack(loki_predex_inputs),
     output:
         genes="results/{dataset}/loki/{model}/predex_genes.csv",
         spots="results/{dataset}/loki/{model}/predex_spots.parquet",
@@ -89,6 +88,7 @@ rule loki_predex:
     params:
         script=script("loki_predex"),
         settings=loki_task_settings("predex"),
+        reference=loki_predex_reference_args,
         seed=dataset_seed,
     wildcard_constraints:
         model=kind_model_pattern("loki"),
@@ -99,7 +99,7 @@ rule loki_predex:
     conda:
         "../../envs/loki.yaml"
     shell:
-        "python {params.script:q} --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} "
+        "python {params.script:q} --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} {params.reference} "
         "--settings {params.settings:q} --seed {params.seed} --genes-out {output.genes:q} "
         "--spots-out {output.spots:q} --summary {output.summary:q} > {log:q} 2>&1"
 

@@ -185,6 +185,25 @@ def _group_cells(adata, p: dict, name_key: str, eligible: np.ndarray, where: str
     return cells
 
 
+def start_group(adata, p: dict, eligible: np.ndarray, where: str) -> str | None:
+    """The start state: `start_group`; in a goal-state run without one, the only other group than the goal
+    (logged); InputError when there are several or the start is the goal (upstream perturbs start cells only)."""
+    if p["goal_group"] is None or p["start_group"] is not None:
+        if p["start_group"] is not None and p["start_group"] == p["goal_group"]:
+            raise InputError(f"{where}: embed.perturb.start_group: the start state '{p['start_group']}' is the goal state")
+        return p["start_group"]
+    _group_cells(adata, p, "goal_group", eligible, where)  # the goal group exists
+    key = p["group_key"]
+    groups = adata.obs[key].astype(str).to_numpy()[eligible]
+    others = sorted(set(groups) - {str(p["goal_group"]), "nan"} - ({str(p["null_group"])} if p["null_group"] is not None else set()))
+    if len(others) != 1:
+        raise InputError(f"{where}: embed.perturb.start_group: a goal-state run perturbs the start state's cells only; "
+                         f"name it (obs['{key}'] has {', '.join(others) or 'no group'} besides the goal '{p['goal_group']}')")
+    log.info("embed.perturb.start_group not set: the start state is '%s', the only group of obs['%s'] besides the goal '%s'",
+             others[0], key, p["goal_group"])
+    return others[0]
+
+
 def _subset(cells: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     if n is not None and cells.size > n:
         return np.sort(np.random.default_rng(seed).choice(cells, size=n, replace=False))
@@ -194,8 +213,9 @@ def _subset(cells: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv: str, out_cells: str, out_genes: str,
                 seed: int = 0) -> pd.DataFrame:
     from tissuelens.device import resolve_device
-    from tissuelens.embed.geneformer_perturb import TYPES, GeneShiftSums, Job, random_controls, resolve_emb_mode, score_jobs
-    from tissuelens.embed.perturb_stats import combo_columns, gene_table, summarise
+    from tissuelens.embed.geneformer_perturb import (TYPES, GeneShiftSums, Job, every_gene, random_gene_sets, resolve_emb_mode,
+                                                     score_jobs)
+    from tissuelens.embed.perturb_stats import BACKGROUNDS, combo_columns, gene_table, summarise
     from tissuelens.io import atomic_path
 
     p = settings["perturb"]
@@ -216,6 +236,14 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
         raise InputError("embed.perturb.stats: goal_state_shift needs embed.perturb.goal_group")
     if stats == "vs_null" and p["null_group"] is None:
         raise InputError("embed.perturb.stats: vs_null needs embed.perturb.null_group")
+    background = p.get("background", "random_genes")
+    if background not in BACKGROUNDS:
+        raise InputError(f"embed.perturb.background: '{background}' is not one of {', '.join(BACKGROUNDS)}")
+    draws = int(p.get("null_draws", 3)) if stats == "goal_state_shift" and background == "random_genes" else 1
+    all_genes = background == "all_genes" and stats in ("goal_state_shift", "mixture_model")
+    if stats == "mixture_model" and not all_genes and len(sets) < 2:
+        raise InputError("embed.perturb.stats: mixture_model fits two components to the perturbations' mean scores: "
+                         "perturb at least two gene sets, or set embed.perturb.background: all_genes")
 
     eligible = np.flatnonzero(tokens.n_genes > 0)
     if "filter_pass" in adata.obs:  # Geneformer's tokenizer keeps only filter_pass cells
@@ -228,7 +256,8 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
         eligible = eligible[[a_tok in tokens.cell(int(c)) for c in eligible]]
         if p["combos"]:
             sets = [anchor] + [(anchor[0] + s[0], anchor[1] + s[1]) for s in sets if anchor[0][0] not in s[0]] + sets
-    start = _group_cells(adata, p, "start_group", eligible, h5ad)
+    start_name = start_group(adata, p, eligible, h5ad)
+    start = _group_cells(adata, {**p, "start_group": start_name}, "start_group", eligible, h5ad)
     cells = _subset(eligible if start is None else start, p["max_cells"], seed)
     null_cells = _subset(_group_cells(adata, p, "null_group", eligible, h5ad), p["max_cells"], seed) if stats == "vs_null" else None
     if not cells.size:
@@ -250,27 +279,37 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
     jobs = []
     for si, (ids, _) in enumerate(sets):
         toks = tuple(ckpt.token_dict[g] for g in ids)
-        controls = random_controls(tokens, cells, toks, special, seed)
+        randoms = random_gene_sets(tokens, cells, toks, len(toks), draws, special, [seed, si])
         for kind in p["types"]:
             for c in cells:
                 jobs.append(Job(int(c), toks, kind, ("test", si, kind, int(c))))
-                if int(c) in controls:
-                    jobs.append(Job(int(c), (controls[int(c)],), kind, ("control", si, kind, int(c))))
+                for d, rset in enumerate(randoms.get(int(c), [])):  # draw 0 is the cell's control
+                    jobs.append(Job(int(c), rset, kind, ("random", si, kind, int(c), d)))
             for c in (null_cells if null_cells is not None else []):
                 jobs.append(Job(int(c), toks, kind, ("null", si, kind, int(c))))
+    if all_genes:  # upstream's genes_to_perturb="all" run
+        for c, genes in every_gene(tokens, cells, special).items():
+            for kind in p["types"]:
+                jobs += [Job(c, (int(t),), kind, ("all", int(t), kind, c)) for t in genes]
     log.info("perturbing %d gene sets x %s in %d cells (%s, %s)", len(sets), "/".join(p["types"]), cells.size, emb_mode, p["precision"])
     scores = score_jobs(encoder, tokens, jobs, layer=layer, emb_mode=emb_mode, max_len=vocab.model_input_size,
                         batch_size=p["batch_size"], goal=goal, rank_shift=p["rank_shift"], progress=True, log=log)
 
     id_to_name = ckpt.id_to_name()
+    symbol_of = dict(zip(adata.var[settings["gene_id_key"]].astype(str).str.upper(), adata.var_names.astype(str)))
     shifts = GeneShiftSums(max(ckpt.token_dict.values()) + 1)
-    rows = {"test": [], "control": {}, "null": []}
+    rows = {"test": [], "control": {}, "null": [], "background": []}
     for j, s in zip(jobs, scores):
         if s is None:
             continue
-        role, si, kind, c = j.key
-        if role == "control":
-            rows["control"][(si, kind, c)] = (id_to_name[j.tokens[0]], s.cos_sim, s.shift)
+        role, si, kind, c = j.key[:4]
+        if role in ("random", "all"):
+            names = [id_to_name[t] for t in j.tokens]
+            rows["background"].append({"cell": c, "perturbed": "+".join(symbol_of.get(g, g) for g in names), "genes": ";".join(names),
+                                       "perturbation": kind, "cos_sim": s.cos_sim, "shift": s.shift, "size": len(j.tokens),
+                                       "for_set": label_of[si] if role == "random" else None, "_token": j.tokens[0] if role == "all" else -1})
+            if role == "random" and j.key[4] == 0:
+                rows["control"][(si, kind, c)] = (";".join(names), s.cos_sim, s.shift)
             continue
         rows[role].append({"cell": c, "perturbed": label_of[si], "genes": ";".join(sets[si][0]), "symbols": ";".join(sets[si][1]),
                            "perturbation": kind, "cos_sim": s.cos_sim, "shift": s.shift, "_si": si})
@@ -287,19 +326,35 @@ def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv:
     cells_table.insert(1, "obs_name", adata.obs_names[cells_table["cell"].to_numpy(dtype=int)].astype(str))
     null = pd.DataFrame(rows["null"]).drop(columns="_si") if rows["null"] else pd.DataFrame(columns=["cell", "perturbed", "perturbation", "cos_sim", "shift"])
 
-    summary = summarise(cells_table, stats, goal is not None, null)
+    bg_cols = ["cell", "perturbed", "genes", "perturbation", "cos_sim", "shift", "size", "for_set", "_token"]
+    bg = pd.DataFrame(rows["background"], columns=bg_cols)
+    if background == "all_genes":  # upstream's megalist order: genes by token, then cells
+        bg = bg.sort_values(["_token", "cell"], kind="stable")
+    if stats == "goal_state_shift" and background == "random_genes":
+        bg = bg[bg["for_set"].notna()]
+    elif all_genes:
+        bg = bg[bg["for_set"].isna()]
+    uses_bg = stats == "goal_state_shift" or all_genes
+    try:
+        summary = summarise(cells_table, stats, goal is not None, null, bg if uses_bg else None, background)
+    except ValueError as e:  # no background (cells too short for random sets), or too few means for the mixture
+        raise InputError(f"{h5ad}: embed.perturb.stats: {e}") from None
+    summary["start_group"] = start_name
     if p["combos"]:
         summary = combo_columns(summary, cells_table, label_of[0])
     summary.insert(0, "model", model)
     summary["emb_mode"] = emb_mode
     summary["untrained"] = ckpt.untrained
-    symbol_of = dict(zip(adata.var[settings["gene_id_key"]].astype(str).str.upper(), adata.var_names.astype(str)))
     genes_table = gene_table(shifts.table(), id_to_name, symbol_of)
+    parts = [cells_table.assign(population="perturbed")]
     if len(null):
         null.insert(1, "obs_name", adata.obs_names[null["cell"].to_numpy(dtype=int)].astype(str))
-        cells_table = pd.concat([cells_table.assign(population="perturbed"), null.assign(population="null")], ignore_index=True)
-    else:
-        cells_table["population"] = "perturbed"
+        parts.append(null.assign(population="null"))
+    if uses_bg and len(bg):  # the background the p-values (or the mixture) were computed against
+        bg = bg.drop(columns="_token").rename(columns={"size": "n_genes"})
+        bg.insert(1, "obs_name", adata.obs_names[bg["cell"].to_numpy(dtype=int)].astype(str))
+        parts.append(bg.assign(population="random_genes" if background == "random_genes" else "all_genes"))
+    cells_table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     with atomic_path(out_cells) as tmp:
         cells_table.to_parquet(tmp, index=False)
     with atomic_path(out_genes) as tmp:

@@ -217,17 +217,24 @@ def score_jobs(encoder, tokens, jobs: list[Job], *, layer: int, emb_mode: str, m
     return out
 
 
-def random_controls(tokens, cells: np.ndarray, avoid, special_ids: set, seed: int) -> dict[int, int]:
-    """One random expressed gene token per cell (not in `avoid`, not a special token), seeded."""
+def random_gene_sets(tokens, cells: np.ndarray, avoid, size: int, draws: int, special_ids: set, seed) -> dict[int, list]:
+    """Per cell, `draws` random sets of `size` genes it expresses (none in `avoid`, no special token), seeded;
+    a cell with fewer than `size` such genes gets none. The null of the same size as a tested set."""
     rng = np.random.default_rng(seed)
     avoid = set(np.atleast_1d(avoid).tolist()) | set(special_ids)
     out = {}
     for c in cells:
         seq = tokens.cell(int(c))
         choices = seq[~np.isin(seq, list(avoid))]
-        if choices.size:
-            out[int(c)] = int(rng.choice(choices))
+        if choices.size >= size:
+            out[int(c)] = [tuple(int(t) for t in rng.choice(choices, size=size, replace=False)) for _ in range(draws)]
     return out
+
+
+def every_gene(tokens, cells: np.ndarray, special_ids: set) -> dict[int, np.ndarray]:
+    """Per cell, every gene token it expresses (upstream's genes_to_perturb="all"), in token order."""
+    special = list(special_ids)
+    return {int(c): np.sort(tokens.cell(int(c))[~np.isin(tokens.cell(int(c)), special)]) for c in cells}
 
 
 class GeneShiftSums:

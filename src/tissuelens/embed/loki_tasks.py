@@ -113,6 +113,35 @@ def holdout_split(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def block_split(xy: np.ndarray, fraction: float, blocks: int, seed: int, sections=None) -> np.ndarray:
+    """Boolean mask of the held-out spots, whole spatial blocks at a time: each section's bounding box cut
+    into `blocks` x `blocks` squares, the blocks shuffled (seeded) and taken until round(fraction x n)
+    spots are held out (at least one block, never every block), so test spots have no training
+    neighbours but at block borders."""
+    xy = np.asarray(xy, dtype=np.float64)
+    n = len(xy)
+    sec = np.zeros(n, dtype=np.int64) if sections is None else np.unique(np.asarray(sections).astype(str), return_inverse=True)[1]
+    cell = np.zeros((n, 2), dtype=np.int64)
+    for s in np.unique(sec):
+        m = sec == s
+        lo, hi = xy[m].min(axis=0), xy[m].max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        cell[m] = np.clip(np.floor((xy[m] - lo) / span * blocks), 0, blocks - 1).astype(np.int64)
+    block = np.unique(np.column_stack([sec, cell]), axis=0, return_inverse=True)[1].ravel()
+    n_blocks = int(block.max()) + 1
+    if n_blocks < 2:
+        raise InputError("PredEx: every spot falls in one spatial block; use more blocks or split: random")
+    target = int(min(max(round(float(fraction) * n), 1), n - 1))
+    counts = np.bincount(block, minlength=n_blocks)
+    held, total = [], 0
+    for b in np.random.default_rng(seed).permutation(n_blocks):
+        if total >= target or len(held) == n_blocks - 1:
+            break
+        held.append(b)
+        total += counts[b]
+    return np.isin(block, held)
+
+
 def predex_weights(sim: np.ndarray, top_k: int | None = None, temperature: float | None = None) -> np.ndarray:
     """Row-normalised weights over the reference spots: the raw similarities (Loki), or softmax(S / T);
     with `top_k`, every similarity below a row's k-th largest gets weight 0."""

@@ -142,14 +142,24 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
                     "(0 certain, 1 uniform).")
         sources = [s for s in ("image", "text") if f"{s}_cell_type" in t]
         pl = plt()
-        fig, axes = pl.subplots(1, 2 * len(sources), figsize=(4.2 * 2 * len(sources), 3.8), squeeze=False)
-        for i, src in enumerate(sources):
-            _spatial_scatter(axes[0, 2 * i], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_cell_type"].astype(str).to_numpy(), True,
-                             f"{src}: best type")
-            _spatial_scatter(axes[0, 2 * i + 1], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_entropy"].to_numpy(), False,
-                             f"{src}: entropy")
-        out += ctx.figures.embed(fig, SID, f"loki_annotation_{model}", f"Loki zero-shot annotation maps ({model})")
-        pl.close("all")
+        if sources:
+            fig, axes = pl.subplots(1, 2 * len(sources), figsize=(4.2 * 2 * len(sources), 3.8), squeeze=False)
+            for i, src in enumerate(sources):
+                _spatial_scatter(axes[0, 2 * i], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_cell_type"].astype(str).to_numpy(), True,
+                                 f"{src}: best type")
+                _spatial_scatter(axes[0, 2 * i + 1], t["x"].to_numpy(), t["y"].to_numpy(), t[f"{src}_entropy"].to_numpy(), False,
+                                 f"{src}: entropy")
+            out += ctx.figures.embed(fig, SID, f"loki_annotation_{model}", f"Loki zero-shot annotation maps ({model})")
+            pl.close("all")
+        bulk = [c for c in t.columns if str(c).startswith("bulk:")][:6]
+        if bulk:
+            out += para("Bulk RNA-seq samples: each sample's top-gene sentence against every spot's image embedding "
+                        "(Loki's annotate_with_bulk: softmax over the spots, scaled to [0, 1]).")
+            fig, axes = pl.subplots(1, len(bulk), figsize=(4.2 * len(bulk), 3.8), squeeze=False)
+            for i, c in enumerate(bulk):
+                _spatial_scatter(axes[0, i], t["x"].to_numpy(), t["y"].to_numpy(), t[c].to_numpy(), False, c)
+            out += ctx.figures.embed(fig, SID, f"loki_bulk_{model}", f"Loki bulk RNA-seq similarity maps ({model})")
+            pl.close("all")
         rows = [{"source": src, "cell type": k, "spots": v} for src in sources for k, v in (summary.get(src) or {}).get("counts", {}).items()]
         if rows:
             out += table(rows)
@@ -166,8 +176,7 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
         if p.get("skipped"):
             out += note(f"{model}: PredEx skipped ({p['skipped']}).", "missing")
         else:
-            out += para(f"{p['n_test']} held-out spots predicted from {p['n_train']} reference spots; per-gene "
-                        f"Pearson r (mean {p['pearson_mean']}, median {p['pearson_median']} over {p['genes_scored']} genes).")
+            out += para(_predex_sentence(p))
             genes = readers.read_csv(files["predex_genes.csv"])
             out += table(frame=genes.head(10))
             if "predex_spots.parquet" in files:
@@ -189,7 +198,7 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
         out += h3(f"Cell-type decomposition: Tangram ({model})")
         out += para(f"Tangram (clusters mode) maps the cells of reference dataset '{esc(str(d.get('reference')))}' "
                     f"(their OmiCLIP text embeddings, by label) onto the spots' {esc(str(d.get('spot_embedding')))} "
-                    "embeddings; each spot's scores divided by their sum give its proportions.")
+                    f"embeddings; {_decompose_weights(d)}")
         if types:
             pl = plt()
             n = min(len(types), 6)
@@ -204,7 +213,33 @@ def loki_tasks(ctx: Context, model: str, files: dict) -> str:
     return out
 
 
-PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr",
+def _predex_sentence(p: dict) -> str:
+    """What predex.json scored: across slides (with the within-slide score beside it) or within the slide."""
+    score = f"per-gene Pearson r (mean {p['pearson_mean']}, median {p['pearson_median']} over {p['genes_scored']} genes)"
+    if p.get("evaluation") == "cross_slide":
+        w = p.get("within_slide") or {}
+        return (f"Every spot ({p['n_test']}) predicted from the {p['n_train']} spots of reference slide(s) "
+                f"{esc(', '.join(map(str, p.get('reference') or [])))}: {score}. Within this slide ({w.get('split')} split, "
+                f"{w.get('n_test')} held-out spots): mean {w.get('pearson_mean')}, median {w.get('pearson_median')}.")
+    how = {"within_slide_random": " (random spots held out: their neighbours train, so optimistic)",
+           "within_slide_blocks": " (whole spatial blocks held out)"}.get(p.get("evaluation"), "")
+    return f"{p['n_test']} held-out spots predicted from {p['n_train']} reference spots of the same slide{how}; {score}."
+
+
+def _decompose_weights(d: dict) -> str:
+    """How decompose.json's proportions were made, in one sentence."""
+    mode = d.get("weights", "none")
+    if mode == "reference":
+        how = "weighted by the reference's cell count of each type (as Loki's tutorials)"
+    elif mode == "fractions":
+        how = "weighted by the cell-type fractions given in the config"
+    else:
+        how = "unweighted"
+    return f"each type's map (which sums to 1 over the spots) is {how}, then each spot is divided by its sum."
+
+
+PERTURB_COLUMNS = ["perturbed", "perturbation", "n_cells", "cos_sim_mean", "shift_mean", "pvalue", "fdr", "significant",
+                   "background_mean", "impact_component", "impact_component_percent",
                    "control_cos_sim_mean", "control_shift_mean", "control_fdr"]
 
 
@@ -225,6 +260,12 @@ def _perturbation(ctx: Context, model: str, files: dict) -> str:
     out = h3(f"In-silico perturbation ({model}, {t['emb_mode'].iloc[0]}, stats {stats})")
     out += para("Effect = shift toward the goal state (cos(perturbed, goal) - cos(original, goal))" if goal else
                 "Effect = 1 - cosine similarity of the cell before and after the perturbation")
+    if "background" in t and t["background"].notna().any():
+        bg = str(t["background"].dropna().iloc[0])
+        start = f" in the start state '{esc(str(t['start_group'].iloc[0]))}'" if "start_group" in t and t["start_group"].notna().any() else ""
+        out += para(f"p-values: each set's shifts{start} against "
+                    + ("every expressed gene perturbed on its own" if bg == "all_genes" else "random gene sets of the same size")
+                    + " (Wilcoxon rank-sum), Benjamini-Hochberg FDR per perturbation type.")
     pl = plt()
     fig, ax = pl.subplots(figsize=(5.2, 3.8))
     y = -np.log10(np.clip(q.astype(float).fillna(1.0), 1e-300, 1))

@@ -135,13 +135,13 @@ LOKI_TASK_FILES = {"annotate": ("annotation.parquet", "annotation.json"),
 
 
 def loki_task_enabled(config: dict, dataset: str, task: str) -> bool:
-    """annotate: when a marker file is set; decompose: when a reference dataset is set; retrieve / predex:
+    """annotate: when a marker, sentence or bulk file is set; decompose: when a reference dataset is set; retrieve / predex:
     `enabled: true`, or auto on spatial datasets whose embed.loki.image is not false (without an image there
     the rule writes a skipped note)."""
     loki = step_settings(config, dataset, "embed")["loki"]
     settings = loki[task]
     if task == "annotate":
-        return bool(settings.get("markers"))
+        return bool(settings.get("markers") or settings.get("sentences") or settings.get("bulk"))
     if task == "decompose":
         return bool(settings.get("reference"))
     if settings["enabled"] == "auto":
