@@ -1,0 +1,246 @@
+"""Sections and platform geometry: one spatial graph per section, following the platform, used by every step.
+
+Two synthetic sections on the same grid (identical coordinates) with different patterns: nothing spatial may
+link them, and each section's statistics must equal those of the section run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from tissuelens.config import step_defaults
+from tissuelens.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _section(pattern: str, seed: int, name: str, n_spots: int = 400):
+    from tissuelens.datasets.synthetic import make_synthetic
+
+    a = make_synthetic(n_spots=n_spots, n_genes=60, n_spatial_factors=3, seed=seed, pattern=pattern)
+    a.obs_names = [f"{name}_{i}" for i in a.obs_names]
+    a.obs["slice"] = name
+    del a.uns["spatial"], a.obsm["true_factors"], a.varm["true_loadings"]
+    return a
+
+
+def two_sections():
+    """Sections 'A' (blocks) and 'B' (quilt, another seed) on one 20 x 20 grid: every coordinate is shared."""
+    a, b = _section("blocks", 0, "A"), _section("quilt", 1, "B")
+    assert np.array_equal(a.obsm["spatial"], b.obsm["spatial"])
+    both = ad.concat([a, b], merge="same")
+    both.obsm["spatial"] = np.vstack([a.obsm["spatial"], b.obsm["spatial"]])
+    return both, a, b
+
+
+def _preprocess(raw, entry: dict):
+    from tissuelens.preprocess import preprocess
+
+    settings = {**step_defaults("preprocess"), "n_top_genes": None, "min_counts": 1, "min_genes": 1, "min_cells": 0}
+    adata, report = preprocess(raw.copy(), {"source": "synthetic", "spatial": True, **entry}, settings, "two.h5ad")
+    return adata, report
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    both, a, b = two_sections()
+    joint, report = _preprocess(both, {"section_key": "slice"})
+    alone = {"A": _preprocess(a, {})[0], "B": _preprocess(b, {})[0]}
+    return joint, report, alone
+
+
+def test_graph_has_no_cross_section_edge_and_each_block_is_the_section_alone(prepared):
+    joint, report, alone = prepared
+    assert report["spatial_graph"]["sections"] == ["A", "B"]
+    assert joint.uns["spatial_graph"]["section_key"] == "slice"
+    graph = sp.coo_matrix(joint.obsp["spatial_connectivities"])
+    section = joint.obs["slice"].astype(str).to_numpy()
+    assert graph.nnz > 0 and (section[graph.row] != section[graph.col]).sum() == 0
+    for name, single in alone.items():
+        rows = np.flatnonzero(section == name)
+        block = sp.csr_matrix(joint.obsp["spatial_connectivities"])[rows][:, rows]
+        assert (block != sp.csr_matrix(single.obsp["spatial_connectivities"])).nnz == 0
+
+
+def test_without_section_key_the_overlapping_sections_are_linked():
+    """What this change fixes: the same data without section_key joins spots of A and B (same coordinates)."""
+    both, _, _ = two_sections()
+    joint, _ = _preprocess(both, {})
+    graph = sp.coo_matrix(joint.obsp["spatial_connectivities"])
+    section = joint.obs["slice"].astype(str).to_numpy()
+    assert (section[graph.row] != section[graph.col]).sum() > 0
+
+
+def test_smoothing_and_morans_i_per_section_equal_each_section_alone(prepared):
+    from tissuelens.analyze import domains, spatial_stats
+    from tissuelens.neighbors import spatial_connectivities
+
+    joint, _, alone = prepared
+    x = np.asarray(joint.X.todense())
+    smoothed = domains.smooth(x, spatial_connectivities(joint, "joint"))
+    svg = spatial_stats.moran_genes(joint, top=60, seed=0)
+    assert list(svg["section"].unique()) == ["A", "B"]
+    section = joint.obs["slice"].astype(str).to_numpy()
+    for name, single in alone.items():
+        rows = np.flatnonzero(section == name)
+        own = domains.smooth(np.asarray(single.X.todense()), spatial_connectivities(single, name))
+        np.testing.assert_allclose(smoothed[rows], own, rtol=1e-12)
+        mine = svg[svg["section"] == name].set_index("gene")["I"]
+        ref = spatial_stats.moran_genes(single, top=60, seed=0)
+        assert list(ref["section"].unique()) == ["all"]
+        ref = ref.set_index("gene")["I"]
+        np.testing.assert_allclose(mine.loc[ref.index].to_numpy(), ref.to_numpy(), rtol=1e-6)
+    # the two sections' patterns differ: their top genes are not the same list
+    top = svg.groupby("section")["gene"].apply(lambda g: list(g.head(5)))
+    assert top["A"] != top["B"]
+
+
+def test_spatial_domains_read_the_recorded_graph(prepared):
+    """compute_domains smooths over the recorded (per-section) graph; a file without one fails plainly."""
+    from tissuelens.analyze.domains import compute_domains
+
+    joint, _, _ = prepared
+    s = step_defaults("analyze")["domains"]
+    out = compute_domains(joint.copy(), s, True, 0, "joint")
+    assert out["spatial_domain"].notna().all() and out["spatial_domain"].nunique() >= 2
+    bare = joint.copy()
+    del bare.obsp["spatial_connectivities"], bare.uns["spatial_graph"]
+    with pytest.raises(InputError, match=r"old.h5ad: no recorded spatial graph .* rerun preprocess"):
+        compute_domains(bare, s, True, 0, "old.h5ad")
+
+
+def test_analyze_statistics_per_section(prepared):
+    from tissuelens.analyze.run import moran_summary, run_spatial_stats
+
+    joint, _, _ = prepared
+    adata = joint.copy()
+    adata.obs["dom"] = np.where(adata.obs_names.str.endswith("1"), "x", "y")
+    s = {"spatial_stats": {**step_defaults("analyze")["spatial_stats"], "n_perms": 20, "moran_top": 5,
+                           "co_occurrence_intervals": 4}}
+    stats = run_spatial_stats(adata, ["dom"], s, 0)
+    assert set(stats["cooccurrence"]["section"]) == {"A", "B"}
+    assert stats["svg"].groupby("section").size().to_dict() == {"A": 5, "B": 5}
+    summary = moran_summary(stats["svg"])
+    assert set(summary["per_section"]) == {"A", "B"} and summary["n_genes_tested"] == 60
+    # every gene of 60 carries a planted spatial pattern in at least one section: more than moran_top significant
+    assert summary["n_significant_fdr_0.05"] > 5
+
+
+def test_bad_section_key_is_one_error_line(tmp_path):
+    both, _, _ = two_sections()
+    raw = tmp_path / "raw.h5ad"
+    both.write_h5ad(raw)
+    entry = json.dumps({"source": "synthetic", "spatial": True, "section_key": "region"})
+    settings = json.dumps(step_defaults("preprocess"))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "preprocess.py"), "--raw", str(raw), "--entry", entry,
+                           "--settings", settings, "--out", str(tmp_path / "p.h5ad"), "--qc", str(tmp_path / "qc.json")],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [f"error: {raw}: section_key 'region' is not an obs column (has: in_tissue, array_row, array_col, "
+                     "group, slice)"]
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_missing_section_values_are_rejected():
+    from tissuelens.neighbors import section_labels_from
+
+    obs = pd.DataFrame({"slice": ["a", None, "b"]}, index=["c1", "c2", "c3"])
+    with pytest.raises(InputError, match=r"x.h5ad: section_key 'slice' is missing for 1 cells \(e.g. 'c2'\)"):
+        section_labels_from(obs, "slice", "x.h5ad")
+
+
+def test_recorded_graph_survives_h5ad(prepared, tmp_path):
+    from tissuelens.io import read_h5ad, to_h5ad
+    from tissuelens.neighbors import section_labels
+
+    joint, _, alone = prepared
+    to_h5ad(joint, tmp_path / "j.h5ad")
+    to_h5ad(alone["A"], tmp_path / "a.h5ad")
+    back = read_h5ad(tmp_path / "j.h5ad")
+    assert list(section_labels(back).categories) == ["A", "B"]
+    assert (back.obsp["spatial_connectivities"] != joint.obsp["spatial_connectivities"]).nnz == 0
+    assert section_labels(read_h5ad(tmp_path / "a.h5ad")) is None
+
+
+# ---- platform geometry -------------------------------------------------------------------------------------
+
+def _holder(xy, obs=None):
+    a = ad.AnnData(sp.csr_matrix((len(xy), 1), dtype=np.float32), obs=obs)
+    a.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
+    return a
+
+
+def _graph(adata, source=None, **settings):
+    from tissuelens.neighbors import build_spatial_graph
+
+    record = build_spatial_graph(adata, {**step_defaults("preprocess")["spatial_graph"], **settings}, source=source,
+                                 where="t")
+    return record, sp.csr_matrix(adata.obsp["spatial_connectivities"])
+
+
+def test_square_grid_by_rings_has_four_then_twelve_neighbours():
+    """Visium HD bins (and the synthetic blocks/quilt grids): 4 edge neighbours, never 2 of 4 diagonals."""
+    a = _section("blocks", 0, "A")
+    record, g = _graph(a)
+    assert (record["method"], record["n_neighs"]) == ("grid", 4)
+    degree = np.diff(g.indptr).reshape(20, 20)
+    assert degree[1:-1, 1:-1].min() == degree[1:-1, 1:-1].max() == 4 and degree[0, 0] == 2
+    record, g = _graph(a, n_rings=2)
+    assert np.diff(g.indptr).reshape(20, 20)[5, 5] == 12  # 4 + 8 within two steps on the lattice
+    # no bin array in obs, but the source says Visium HD: still the square grid
+    record, _ = _graph(_holder(a.obsm["spatial"]), source="visium_hd")
+    assert (record["method"], record["n_neighs"]) == ("grid", 4)
+
+
+def test_hexagonal_grid_has_six_neighbours_and_no_edge_across_a_hole():
+    from tissuelens.datasets.synthetic import make_synthetic
+
+    a = make_synthetic(n_spots=400, n_genes=10, seed=0)  # the demo's hexagonal Visium-like grid
+    record, g = _graph(a)
+    assert (record["method"], record["n_neighs"]) == ("grid", 6)
+    degree = np.diff(g.indptr).reshape(20, 20)
+    assert degree[2:-2, 2:-2].min() == degree[2:-2, 2:-2].max() == 6
+    # cut a hole of 3 x 3 spots: the spots around it lose neighbours instead of being bridged across it
+    keep = ~((a.obs["array_row"].between(8, 10)) & (a.obs["array_col"].between(16, 22))).to_numpy()
+    holed = a[keep].copy()
+    _, g = _graph(holed)
+    xy = holed.obsm["spatial"]
+    coo = g.tocoo()
+    lengths = np.linalg.norm(xy[coo.row] - xy[coo.col], axis=1)
+    assert lengths.max() <= lengths.min() * 1.05  # every edge is one lattice step
+
+
+def test_single_cells_by_delaunay_without_long_edges():
+    rng = np.random.default_rng(0)
+    left = rng.uniform(0, 100, size=(300, 2))
+    right = rng.uniform(0, 100, size=(300, 2)) + [400, 0]  # a gap of 300 between two pieces of tissue
+    a = _holder(np.vstack([left, right]))
+    record, g = _graph(a, source="xenium")
+    assert record["method"] == "delaunay" and record["max_edge"] < 50
+    coo = g.tocoo()
+    assert ((coo.row < 300) != (coo.col < 300)).sum() == 0  # nothing bridges the gap
+    assert 4.5 < record["mean_degree"] < 6.0  # a triangulation: about 6 neighbours, fewer on the outline
+    record, g = _graph(a, method="knn", n_neighs=5)
+    assert record["method"] == "knn" and np.diff(g.indptr).min() == 5
+    record, g = _graph(a, method="radius", radius=10.0)
+    coo = g.tocoo()
+    assert np.linalg.norm(a.obsm["spatial"][coo.row] - a.obsm["spatial"][coo.col], axis=1).max() <= 10.0
+    with pytest.raises(InputError, match="t: preprocess.spatial_graph.method radius needs preprocess.spatial_graph.radius"):
+        _graph(a, method="radius")
+
+
+def test_setting_overrides_the_platform():
+    a = _section("blocks", 0, "A")
+    record, g = _graph(a, method="knn", n_neighs=8)
+    assert record["method"] == "knn" and record["reason"].startswith("set by")
+    assert np.diff(g.indptr).min() == 8
