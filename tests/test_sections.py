@@ -244,3 +244,125 @@ def test_setting_overrides_the_platform():
     record, g = _graph(a, method="knn", n_neighs=8)
     assert record["method"] == "knn" and record["reason"].startswith("set by")
     assert np.diff(g.indptr).min() == 8
+
+
+# ---- PNMF-GP: no covariance across sections, loadings shared ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def factor_input():
+    """Two 12 x 12 sections on one grid (blocks / quilt), groups from the synthetic data, through preprocess."""
+    a, b = _section("blocks", 0, "A", 144), _section("quilt", 1, "B", 144)
+    both = ad.concat([a, b], merge="same")
+    both.obsm["spatial"] = np.vstack([a.obsm["spatial"], b.obsm["spatial"]])
+    joint, _ = _preprocess(both, {"section_key": "slice", "group_key": "group"})
+    return joint
+
+
+def _factor_settings(**kw):
+    from factorize_fixtures import settings
+
+    return settings(n_factors=3, n_inducing=40, n_neighbors=5, max_iter=15, learning_rate=0.05, **kw)
+
+
+def test_sectioned_kernel_is_exactly_zero_across_sections():
+    import torch
+
+    from tissuelens.factorize.kernels import FactorKernel
+
+    xy = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.0]])
+    sec = torch.tensor([[0.0], [0.0], [1.0]])
+    plain = FactorKernel(2, 1.0)
+    cut = FactorKernel(2, 1.0, sectioned=True)
+    k = cut.matrix(torch.cat([xy, sec], 1), torch.cat([xy, sec], 1))
+    ref = plain.matrix(xy, xy)
+    assert k.shape == (2, 3, 3)
+    assert torch.all(k[:, 0, 2] == 0) and torch.all(k[:, 1, 2] == 0)  # same place, other section: zero
+    torch.testing.assert_close(k[:, :2, :2], ref[:, :2, :2])  # same section: the usual kernel
+    torch.testing.assert_close(cut.matrix(torch.cat([xy, sec], 1), torch.cat([xy, sec], 1), diag=True),
+                               plain.matrix(xy, xy, diag=True))
+    grouped = FactorKernel(2, 1.0, n_groups=2, sectioned=True)  # MGGP: x, y, group, section
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    kg = grouped.matrix(x, x)
+    assert torch.all(kg[:, 0, 1] > 0) and torch.all(kg[:, 0, 2] == 0)
+
+
+@pytest.mark.parametrize("variant", ["svgp", "mggp_svgp"])
+def test_svgp_inducing_points_per_section_and_no_shared_posterior(factor_input, variant):
+    """Each section gets its own inducing points; the posterior at section A's cells does not move when
+    section B's variational parameters do (no factor is shared across sections, only the loadings)."""
+    import torch
+
+    from tissuelens.factorize.data import load_factor_data
+    from tissuelens.factorize.metrics import posterior
+    from tissuelens.factorize.model import build_model
+
+    s = _factor_settings()
+    data = load_factor_data(factor_input, s, variant, 0, "two")
+    assert data.section_names == ["A", "B"]
+    model = build_model(variant, data, s)
+    z = model.prior.inducing
+    z_sec = z[:, -1].round().long().numpy()
+    assert set(z_sec) == {0, 1} and abs((z_sec == 0).sum() - (z_sec == 1).sum()) <= 1  # equal sections, equal shares
+    kuu = model.prior.kernel.matrix(z, z)
+    assert torch.all(kuu[:, z_sec == 0][:, :, z_sec == 1] == 0)
+    mu, var = posterior(model, data, variant, 64)
+    dist = model.prior.variational_strategy._variational_distribution
+    with torch.no_grad():
+        dist.variational_mean[:, z_sec == 1] += 3.0
+        dist.chol_variational_covar[:, z_sec == 1] *= 2.0
+    model.prior._kernel_cache = None
+    mu2, var2 = posterior(model, data, variant, 64)
+    in_a = data.sections == 0
+    np.testing.assert_allclose(mu2[in_a], mu[in_a], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(var2[in_a], var[in_a], rtol=1e-5, atol=1e-5)
+    assert np.abs(mu2[~in_a] - mu[~in_a]).max() > 1.0
+
+
+@pytest.mark.parametrize("variant", ["lcgp", "mggp_lcgp"])
+def test_lcgp_neighbours_stay_in_their_section(factor_input, variant):
+    from tissuelens.factorize.data import load_factor_data
+    from tissuelens.factorize.model import build_model, kernel_inputs
+
+    s = _factor_settings()
+    data = load_factor_data(factor_input, s, variant, 0, "two")
+    model = build_model(variant, data, s)
+    sec = data.sections[data.train_idx]
+    nbr = model.prior.neighbors.numpy()
+    assert (sec[nbr] == sec[:, None]).all()
+    # prediction at held-out cells conditions on cells of their own section only
+    held = data.val_idx
+    q = model.prior._knn(model.prior._search(kernel_inputs(data, variant, held)), nbr.shape[1])
+    assert (sec[q] == data.sections[held][:, None]).all()
+
+
+def test_training_and_analysis_write_per_section_results(factor_input, tmp_path):
+    from tissuelens.factorize.run import analyse_variant, train_variant
+
+    s = _factor_settings()
+    train_variant(factor_input, "svgp", s, tmp_path / "model", tmp_path / "elbo.csv", "two")
+    analyse_variant(factor_input, "svgp", s, tmp_path / "model", tmp_path / "elbo.csv", tmp_path / "out", "two")
+    moran = pd.read_csv(tmp_path / "out" / "moran_i.csv")
+    assert {"moran_i[A]", "moran_i[B]"} <= set(moran.columns)
+    mean = (moran["moran_i[A]"] * 144 + moran["moran_i[B]"] * 144) / 288  # equal sections: the plain mean
+    np.testing.assert_allclose(moran["moran_i"], mean, rtol=1e-6)
+    assert (moran["moran_i"].diff().dropna() <= 1e-12).all()  # factors ordered by it
+    inducing = pd.read_csv(tmp_path / "out" / "inducing_points.csv")
+    assert set(inducing["section"]) == {"A", "B"}
+
+
+def test_factor_morans_i_per_section_equals_the_section_alone(factor_input):
+    """Moran's I of any values, per section on the recorded graph, equals the section's own."""
+    from tissuelens.factorize.metrics import morans_i, morans_i_by_section
+    from tissuelens.neighbors import section_labels, spatial_connectivities
+
+    rng = np.random.default_rng(0)
+    values = rng.random((factor_input.n_obs, 2)) + np.asarray(factor_input.obsm["spatial"])[:, :1] / 1000
+    labels = section_labels(factor_input)
+    graph = spatial_connectivities(factor_input, "two")
+    xy = np.asarray(factor_input.obsm["spatial"])
+    _, per = morans_i_by_section(values, xy, np.asarray(labels.codes), list(labels.categories), graph)
+    for code, name in enumerate(labels.categories):
+        rows = np.flatnonzero(np.asarray(labels.codes) == code)
+        alone = morans_i(values[rows], xy[rows], graph=graph[rows][:, rows])
+        np.testing.assert_allclose(per[name], alone, rtol=1e-10)
+    assert per["A"][0] > 0.3  # the x trend is autocorrelated on each section's own graph

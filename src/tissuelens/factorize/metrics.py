@@ -18,7 +18,7 @@ def posterior(model: FactorModel, data: FactorData, variant: str, chunk_size: in
     `groups` (N,) overrides every cell's group (MGGP groupwise posteriors)."""
     x = kernel_inputs(data, variant)
     if x is not None and groups is not None:
-        x[:, -1] = torch.as_tensor(groups, dtype=x.dtype)
+        x[:, 2] = torch.as_tensor(groups, dtype=x.dtype)  # the group column (a section column may follow)
     pos = np.full(data.n_cells, -1)
     pos[data.train_idx] = np.arange(len(data.train_idx))
     device = model.w.device
