@@ -366,3 +366,43 @@ def test_factor_morans_i_per_section_equals_the_section_alone(factor_input):
         alone = morans_i(values[rows], xy[rows], graph=graph[rows][:, rows])
         np.testing.assert_allclose(per[name], alone, rtol=1e-10)
     assert per["A"][0] > 0.3  # the x trend is autocorrelated on each section's own graph
+
+
+# ---- config: the MERFISH example, the datasets sheet, the schema -----------------------------------------
+
+def test_merfish_example_sets_its_slice_column_and_validates():
+    import yaml
+
+    from tissuelens.config import REPO_CONFIG_DIR, validate_config
+
+    path = REPO_CONFIG_DIR / "examples" / "merfish.yaml"
+    config = yaml.safe_load(path.read_text())
+    validate_config(config, source=str(path))
+    assert config["datasets"]["merfish"]["section_key"] == "Bregma"
+    # Bregma values are numbers: sections sort by value, labels stay text
+    from tissuelens.neighbors import section_labels_from
+
+    obs = pd.DataFrame({"Bregma": [-9.0, 0.26, -0.04, -9.0]}, index=list("abcd"))
+    assert list(section_labels_from(obs, "Bregma", "m").categories) == ["-9.0", "-0.04", "0.26"]
+
+
+def test_sheet_column_section_key_is_text(tmp_path):
+    from tissuelens.sheet import read_sheet
+
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("dataset\tsource\tspatial\tpath\tsection_key\tpreprocess.spatial_graph.method\n"
+                     "mf\tlocal\ttrue\tx.h5ad\t12\tgrid\n")
+    entry = read_sheet(sheet)["mf"]
+    assert entry["section_key"] == "12" and entry["preprocess"]["spatial_graph"]["method"] == "grid"
+    sheet.write_text("dataset\tsource\tspatial\tpath\tpreprocess.spatial_graph.method\nmf\tlocal\ttrue\tx.h5ad\thex\n")
+    with pytest.raises(InputError, match=r"s.tsv: line 2 \(dataset 'mf'\): .*hex"):
+        read_sheet(sheet)
+
+
+def test_section_key_on_a_non_spatial_dataset_is_rejected_at_download():
+    from tissuelens.datasets.contract import finalize
+
+    a = ad.AnnData(sp.csr_matrix(np.ones((3, 2), dtype=np.int64)), obs=pd.DataFrame({"s": ["a", "b", "a"]},
+                                                                                     index=["c1", "c2", "c3"]))
+    with pytest.raises(InputError, match=r"in.h5ad: section_key 's' is set but the dataset is not spatial"):
+        finalize(a, {"source": "local", "spatial": False, "section_key": "s"}, "in.h5ad", "d", 0)
