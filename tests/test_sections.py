@@ -406,3 +406,24 @@ def test_section_key_on_a_non_spatial_dataset_is_rejected_at_download():
                                                                                      index=["c1", "c2", "c3"]))
     with pytest.raises(InputError, match=r"in.h5ad: section_key 's' is set but the dataset is not spatial"):
         finalize(a, {"source": "local", "spatial": False, "section_key": "s"}, "in.h5ad", "d", 0)
+
+
+def test_sae_feature_morans_i_per_section(factor_input):
+    """SAE features' Moran's I on the recorded graph, per section: the mean of each section's own I."""
+    from tissuelens.neighbors import section_labels, spatial_connectivities
+    from tissuelens.sae import features as F
+
+    codes = np.asarray(section_labels(factor_input).codes)
+    graph = spatial_connectivities(factor_input, "two")
+    xy = np.asarray(factor_input.obsm["spatial"])
+    rng = np.random.default_rng(1)
+    acts = sp.csr_matrix(np.column_stack([xy[:, 0] * (codes == 0), rng.random(len(xy))]))
+    res = F.morans_i(acts, xy, np.array([0, 1]), graph=graph, sections=codes).set_index("feature")
+    each = [F.morans_i(acts[codes == c], xy[codes == c], np.array([0, 1]), graph=graph[codes == c][:, codes == c])
+            .set_index("feature") for c in (0, 1)]
+    assert np.isnan(each[1].loc[0, "moran_i"])  # feature 0 is off (constant) in section B: B is left out
+    assert res.loc[0, "moran_i"] == pytest.approx(each[0].loc[0, "moran_i"], rel=1e-10)
+    assert res.loc[0, "moran_i"] > 0.8 and res.loc[0, "moran_pval"] == each[0].loc[0, "moran_pval"]
+    np.testing.assert_allclose(res.loc[1, "moran_i"], (each[0].loc[1, "moran_i"] + each[1].loc[1, "moran_i"]) / 2,
+                               rtol=1e-10)
+    assert res.loc[1, "moran_pval"] == max(each[0].loc[1, "moran_pval"], each[1].loc[1, "moran_pval"])
