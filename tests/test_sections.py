@@ -427,3 +427,21 @@ def test_sae_feature_morans_i_per_section(factor_input):
     np.testing.assert_allclose(res.loc[1, "moran_i"], (each[0].loc[1, "moran_i"] + each[1].loc[1, "moran_i"]) / 2,
                                rtol=1e-10)
     assert res.loc[1, "moran_pval"] == max(each[0].loc[1, "moran_pval"], each[1].loc[1, "moran_pval"])
+
+
+def test_report_maps_draw_sections_side_by_side(prepared, tmp_path):
+    from tissuelens.report.context import Context
+    from tissuelens.report.dataset import _tissue
+    from tissuelens.report.html import Figures
+
+    joint, _, alone = prepared
+    ctx = Context("two", joint, {}, {}, {"max_points": 50000}, {"seed": 0}, Figures(out_dir=tmp_path / "fig"))
+    xy = ctx.coords
+    section = joint.obs["slice"].astype(str).to_numpy()
+    a, b = xy[section == "A"], xy[section == "B"]
+    assert a[:, 0].max() < b[:, 0].min()  # B drawn to the right of A, no overlap
+    np.testing.assert_allclose(b[:, 1], a[:, 1])  # same rows of the shared grid
+    np.testing.assert_allclose(np.ptp(b, axis=0), np.ptp(alone["B"].obsm["spatial"], axis=0))
+    assert "2 tissue sections (A, B), drawn side by side" in _tissue(ctx)
+    single = Context("one", alone["A"], {}, {}, {}, {"seed": 0}, Figures(out_dir=tmp_path / "fig1"))
+    np.testing.assert_array_equal(single.coords, alone["A"].obsm["spatial"])
