@@ -11,7 +11,7 @@ from tissuelens.analyze import doublets, markers, spatial_stats
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
-ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "entropy": "float64"}
+ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "padj": "float64", "entropy": "float64"}
 
 
 def domain_key(spatial: bool) -> str:
@@ -32,8 +32,8 @@ def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.
         return empty, pd.DataFrame(columns=["source", "target", "weight"])
     net = markers.match_genes(markers.read_markers(m["path"], m["format"], m.get("species")), adata.var_names,
                               m["min_markers"], where)
-    scores = markers.score(adata.X, adata.obs_names, adata.var_names, net, m["method"])
-    table = markers.annotate(scores)
+    scores, padj = markers.score_and_padj(adata.X, adata.obs_names, adata.var_names, net, m["method"])
+    table = markers.annotate(scores, padj, m["alpha"])
     table.index.name = "obs_names"
     return table, net
 
@@ -90,7 +90,9 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
             out[col] = {"n": int(len(counts)), "largest_share": float(counts.iloc[0] / counts.sum()),
                         "smallest_share": float(counts.iloc[-1] / counts.sum())}
     if len(annotation):
-        out["annotation"] = {"n_types_called": int(annotation["cell_type"].nunique()),
+        called = annotation["cell_type"].astype(str) != markers.UNASSIGNED
+        out["annotation"] = {"n_types_called": int(annotation["cell_type"][called].nunique()),
+                             "unassigned_share": float(1.0 - called.mean()),
                              "mean_entropy": float(np.nanmean(annotation["entropy"])),
                              "mean_majority_share": float(majority["majority_share"].mean()) if len(majority) else None}
     if stats.get("svg") is not None and len(stats["svg"]):
