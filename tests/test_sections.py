@@ -445,3 +445,36 @@ def test_report_maps_draw_sections_side_by_side(prepared, tmp_path):
     assert "2 tissue sections (A, B), drawn side by side" in _tissue(ctx)
     single = Context("one", alone["A"], {}, {}, {}, {"seed": 0}, Figures(out_dir=tmp_path / "fig1"))
     np.testing.assert_array_equal(single.coords, alone["A"].obsm["spatial"])
+
+
+def test_scripts_preprocess_domains_analyze_on_two_sections(tmp_path):
+    """The rules' scripts end to end on a two-section raw file: the graph recorded once, used by each step."""
+    both, _, _ = two_sections()
+    raw = tmp_path / "raw.h5ad"
+    both.write_h5ad(raw)
+    entry = json.dumps({"source": "synthetic", "spatial": True, "section_key": "slice"})
+    pre = json.dumps({**step_defaults("preprocess"), "n_top_genes": None, "min_counts": 1, "min_genes": 1,
+                      "min_cells": 0})
+    analyze_settings = step_defaults("analyze")
+    analyze_settings["spatial_stats"].update(n_perms=20, co_occurrence_intervals=4)
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run(script, *args):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run("preprocess", "--raw", raw, "--entry", entry, "--settings", pre, "--out", tmp_path / "p.h5ad",
+        "--qc", tmp_path / "qc.json")
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc["spatial_graph"]["sections"] == ["A", "B"] and qc["spatial_graph"]["method"] == "grid"
+    run("domains", "--raw", raw, "--entry", entry, "--preprocess-settings", pre,
+        "--settings", json.dumps(analyze_settings["domains"]), "--out", tmp_path / "domains.parquet")
+    run("analyze", "--h5ad", tmp_path / "p.h5ad", "--domains", tmp_path / "domains.parquet", "--entry", entry,
+        "--settings", json.dumps(analyze_settings), "--outdir", tmp_path / "an")
+    svg = pd.read_csv(tmp_path / "an" / "spatially_variable_genes.csv")
+    assert svg.groupby("section").size().to_dict() == {"A": 60, "B": 60}
+    cooc = pd.read_csv(tmp_path / "an" / "co_occurrence.csv")
+    assert set(cooc["section"]) == {"A", "B"}
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert set(summary["moran"]["per_section"]) == {"A", "B"}
