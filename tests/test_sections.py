@@ -478,3 +478,16 @@ def test_scripts_preprocess_domains_analyze_on_two_sections(tmp_path):
     assert set(cooc["section"]) == {"A", "B"}
     summary = json.loads((tmp_path / "an" / "summary.json").read_text())
     assert set(summary["moran"]["per_section"]) == {"A", "B"}
+
+
+def test_a_section_too_small_for_its_graph_is_one_clear_error():
+    xy = np.random.default_rng(0).random((12, 2))
+    obs = pd.DataFrame({"s": ["a"] * 10 + ["b"] * 2}, index=[f"c{i}" for i in range(12)])
+    from tissuelens.neighbors import build_spatial_graph
+
+    settings = step_defaults("preprocess")["spatial_graph"]
+    with pytest.raises(InputError, match=r"x.h5ad: section 'b' has 2 cells after preprocessing; a delaunay spatial "
+                                         r"graph needs at least 3"):
+        build_spatial_graph(_holder(xy, obs), settings, "s", "xenium", "x.h5ad")
+    with pytest.raises(InputError, match=r"section 'b' has 2 cells .* a knn spatial graph needs at least 7"):
+        build_spatial_graph(_holder(xy, obs), {**settings, "method": "knn"}, "s", "xenium", "x.h5ad")

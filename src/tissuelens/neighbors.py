@@ -178,10 +178,6 @@ def build_spatial_graph(adata, settings: dict, section_key: str | None = None, s
     if labels is not None:
         library_key = section_key
         adata.obs[section_key] = labels
-        small = [s for s, n in zip(labels.categories, np.bincount(labels.codes, minlength=len(labels.categories))) if n < 2]
-        if small:
-            raise InputError(f"{where}: section '{small[0]}' of section_key '{section_key}' has fewer than 2 cells "
-                             "after preprocessing; a spatial graph needs at least 2 per section")
     codes = None if labels is None else np.asarray(labels.codes)
     record = {"method": method, "reason": geometry["reason"], "section_key": section_key or "",
               "sections": [] if labels is None else list(map(str, labels.categories))}
@@ -198,7 +194,7 @@ def build_spatial_graph(adata, settings: dict, section_key: str | None = None, s
     else:
         build, kwargs = sq.gr.spatial_neighbors_delaunay, {}
     record.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()})
-    _check_section_sizes(labels, method, where)
+    _check_section_sizes(labels, len(coords), method, int(kwargs.get("n_neighs", 0)), where)
     holder = _coordinate_holder(coords, adata.obs_names, labels, section_key)
     build(holder, library_key=library_key, key_added="spatial", **kwargs)
     conn = sp.csr_matrix(holder.obsp["spatial_connectivities"], dtype=np.float32)
@@ -239,13 +235,16 @@ def prune_edges(conn: sp.csr_matrix, dist: sp.csr_matrix, max_edge: float) -> tu
             sp.csr_matrix((dist.data[keep], (rows, cols)), shape=(n, n), dtype=np.float32))
 
 
-def _check_section_sizes(labels, method: str, where: str) -> None:
-    if labels is None or method != "delaunay":
+def _check_section_sizes(labels, n_obs: int, method: str, n_neighs: int, where: str) -> None:
+    """Every section (or the whole dataset) large enough for its graph: 3 cells for a triangulation, one more
+    than the neighbours asked for by a kNN or grid search, 2 otherwise."""
+    need = {"delaunay": 3, "knn": n_neighs + 1, "grid": n_neighs + 1}.get(method, 2)
+    sizes = np.array([n_obs]) if labels is None else np.bincount(labels.codes, minlength=len(labels.categories))
+    if sizes.min() >= need:
         return
-    sizes = np.bincount(labels.codes, minlength=len(labels.categories))
-    if sizes.min() < 3:
-        raise InputError(f"{where}: section '{labels.categories[int(sizes.argmin())]}' has {int(sizes.min())} cells; "
-                         "a Delaunay graph needs at least 3 per section (preprocess.spatial_graph.method: knn)")
+    what = "the dataset" if labels is None else f"section '{labels.categories[int(sizes.argmin())]}'"
+    raise InputError(f"{where}: {what} has {int(sizes.min())} cells after preprocessing; a {method} spatial graph "
+                     f"needs at least {need} (preprocess.spatial_graph)")
 
 
 def _coordinate_holder(coords, obs_names, labels, section_key):
