@@ -1,4 +1,6 @@
-"""k-nearest-neighbour graphs for every stage that builds one (embedding metrics, report UMAP/Leiden).
+"""Neighbour graphs: k-nearest-neighbour graphs in expression or embedding space for every stage that builds
+one (embedding metrics, report UMAP/Leiden), and the dataset's one spatial graph (per section, following
+the platform's geometry; `build_spatial_graph` below), which every spatial step reads.
 
 Scanpy switches from an exact search to pynndescent at 4,096 cells (8,192 for euclidean) and then
 reads the distance graph with `getnnz`, which the `csr_array` that pynndescent 0.7 returns lacks
