@@ -116,7 +116,7 @@ UNASSIGNED = "unassigned"
 
 def annotate(scores: pd.DataFrame, padj: pd.DataFrame | None = None, alpha: float = 0.05) -> pd.DataFrame:
     """Per cell: `cell_type` (highest score), `score`, `padj` (that type's adjusted p-value), `entropy`.
-    `unassigned`: cells whose best score is not positive, whose best type is not significant (padj >= alpha)
+    `unassigned`: cells whose best score is not positive, whose best type is not significant (padj > alpha)
     or whose scores are missing (no marker expressed), so no cell is forced into a type."""
     values = scores.to_numpy(dtype=np.float64)
     ok = np.isfinite(values).all(axis=1)
@@ -129,7 +129,7 @@ def annotate(scores: pd.DataFrame, padj: pd.DataFrame | None = None, alpha: floa
         best_padj = padj.reindex(index=scores.index, columns=scores.columns).to_numpy(dtype=np.float64)[rows, best]
     called = ok & (best_score > 0)
     if padj is not None:
-        called &= np.nan_to_num(best_padj, nan=1.0) < alpha
+        called &= np.nan_to_num(best_padj, nan=1.0) <= alpha
     types = np.asarray(scores.columns, dtype=object)[best]
     types[~called] = UNASSIGNED
     entropy = np.full(values.shape[0], np.nan)
