@@ -152,7 +152,7 @@ def test_bad_section_key_is_one_error_line(tmp_path):
 
 
 def test_missing_section_values_are_rejected():
-    from tissuelens.neighbors import section_labels_from
+    from tissuelens.sections import section_labels_from
 
     obs = pd.DataFrame({"slice": ["a", None, "b"]}, index=["c1", "c2", "c3"])
     with pytest.raises(InputError, match=r"x.h5ad: section_key 'slice' is missing for 1 cells \(e.g. 'c2'\)"):
@@ -161,7 +161,7 @@ def test_missing_section_values_are_rejected():
 
 def test_recorded_graph_survives_h5ad(prepared, tmp_path):
     from tissuelens.io import read_h5ad, to_h5ad
-    from tissuelens.neighbors import section_labels
+    from tissuelens.sections import section_labels
 
     joint, _, alone = prepared
     to_h5ad(joint, tmp_path / "j.h5ad")
@@ -380,7 +380,7 @@ def test_merfish_example_sets_its_slice_column_and_validates():
     validate_config(config, source=str(path))
     assert config["datasets"]["merfish"]["section_key"] == "Bregma"
     # Bregma values are numbers: sections sort by value, labels stay text
-    from tissuelens.neighbors import section_labels_from
+    from tissuelens.sections import section_labels_from
 
     obs = pd.DataFrame({"Bregma": [-9.0, 0.26, -0.04, -9.0]}, index=list("abcd"))
     assert list(section_labels_from(obs, "Bregma", "m").categories) == ["-9.0", "-0.04", "0.26"]
@@ -491,3 +491,62 @@ def test_a_section_too_small_for_its_graph_is_one_clear_error():
         build_spatial_graph(_holder(xy, obs), settings, "s", "xenium", "x.h5ad")
     with pytest.raises(InputError, match=r"section 'b' has 2 cells .* a knn spatial graph needs at least 7"):
         build_spatial_graph(_holder(xy, obs), {**settings, "method": "knn"}, "s", "xenium", "x.h5ad")
+
+
+def test_loki_patches_come_from_each_sections_own_image(tmp_path):
+    """Two sections on the same coordinates, each with its own image (library named after the section): every
+    spot's patch is cut from its own section's image, and retrieval neighbours stay in the section."""
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    import importlib.util
+
+    import scanpy as sc
+
+    from tissuelens import cli
+    from tissuelens.datasets.synthetic import make_synthetic
+    from tissuelens.embed.loki import spatial_neighbours, spot_images
+    from tissuelens.models import loki as lm
+    from tissuelens.neighbors import build_spatial_graph
+
+    parts = []
+    for name, colour in (("A", (200, 30, 30)), ("B", (30, 30, 200))):
+        a = make_synthetic(n_spots=36, n_genes=70, n_spatial_factors=2, n_groups=2, seed=2, image_size=120,
+                           library_id=name)
+        a.obs_names = [f"{name}_{i}" for i in a.obs_names]
+        a.obs["slice"] = name
+        lib = a.uns["spatial"][name]
+        lib["images"] = {k: np.broadcast_to(np.array(colour, dtype=np.uint8), v.shape[:2] + (3,)).copy()
+                         for k, v in lib["images"].items()}
+        parts.append(a)
+    both = ad.concat(parts, merge="same")
+    both.obsm["spatial"] = np.vstack([p.obsm["spatial"] for p in parts])
+    both.uns["spatial"] = {p.obs["slice"].iloc[0]: p.uns["spatial"][p.obs["slice"].iloc[0]] for p in parts}
+    both.layers["counts"] = both.X.copy()
+    sc.pp.normalize_total(both, target_sum=1e4)
+    sc.pp.log1p(both)
+    build_spatial_graph(both, step_defaults("preprocess")["spatial_graph"], "slice", "synthetic", "two")
+    pairs = spot_images(both, "two")
+    assert [one.library for _, one in pairs] == ["A", "B"] and [len(r) for r, _ in pairs] == [36, 36]
+    codes = np.repeat([0, 1], 36)
+    nbr = spatial_neighbours(both.obsm["spatial"], 6, codes)
+    assert (codes[nbr] == codes[:, None]).all()
+
+    h5ad = tmp_path / "two.h5ad"
+    both.write_h5ad(h5ad)
+    model = tmp_path / "loki_tiny"
+    lm.build_random(model, seed=0)
+    (model / lm.MANIFEST).write_text(json.dumps({"kind": "loki", "source": "random", "untrained": True}))
+    out = tmp_path / "out"
+    spec = importlib.util.spec_from_file_location("embed_loki_script", ROOT / "scripts" / "embed_loki.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cli.run(mod.main, ["--h5ad", str(h5ad), "--model-dir", str(model), "--model", "loki_tiny",
+                       "--settings", json.dumps({"progress": False}), "--out", str(out / "e.h5ad"),
+                       "--activations", str(out / "act"), "--metrics", str(out / "m.json")])
+    metrics = json.loads((out / "m.json").read_text())
+    assert metrics["image"]["library"] == ["A", "B"] and metrics["retrieval"]["neighbours"] == 6
+    img = ad.read_h5ad(out / "e.h5ad").obsm["X_loki_image"]
+    # solid images: every patch of a section is the same picture, and the two sections' pictures differ
+    np.testing.assert_allclose(img[:36], np.broadcast_to(img[0], (36, img.shape[1])), atol=1e-5)
+    np.testing.assert_allclose(img[36:], np.broadcast_to(img[36], (36, img.shape[1])), atol=1e-5)
+    assert np.abs(img[0] - img[36]).max() > 1e-3

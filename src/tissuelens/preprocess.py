@@ -144,7 +144,7 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
     if entry["spatial"] and "spatial" not in adata.obsm:
         raise InputError(f"{where}: spatial: true but obsm['spatial'] is missing")
     if entry["spatial"]:
-        from tissuelens.neighbors import section_labels_from
+        from tissuelens.sections import section_labels_from
 
         section_labels_from(adata.obs, entry.get("section_key"), where)  # a bad section_key fails before any work
 

@@ -15,7 +15,7 @@ ALL = "all"  # the section label of a dataset without sections
 
 def sections_of(adata) -> list[tuple[str, np.ndarray]]:
     """(section, boolean mask) pairs: each recorded section, or ("all", every cell)."""
-    from tissuelens.neighbors import section_labels
+    from tissuelens.sections import section_labels
 
     labels = section_labels(adata)
     if labels is None:

@@ -108,7 +108,7 @@ def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
         raise InputError(f"{where}: group_key '{group_key}' is not an obs column (has: {', '.join(map(str, adata.obs.columns))})")
 
     if entry.get("section_key"):
-        from tissuelens.neighbors import section_labels_from
+        from tissuelens.sections import section_labels_from
 
         section_labels_from(adata.obs, entry["section_key"], where)
         if not entry["spatial"]:

@@ -31,7 +31,7 @@ class Context:
     @property
     def sections(self):
         """The recorded sections (categorical, tissuelens.neighbors) or None for one section."""
-        from tissuelens.neighbors import section_labels
+        from tissuelens.sections import section_labels
 
         return section_labels(self.adata)
 
@@ -40,7 +40,7 @@ class Context:
         """Map coordinates: obsm["spatial"], with several sections drawn side by side (one region each)."""
         import numpy as np
 
-        from tissuelens.neighbors import tile_sections
+        from tissuelens.sections import tile_sections
 
         if "spatial" not in self.adata.obsm:
             return None
