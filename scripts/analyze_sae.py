@@ -58,7 +58,7 @@ def read_preprocessed(path: str):
         if "spatial" in adata.obsm:
             import numpy as np
 
-            from tissuelens.neighbors import GRAPH_RECORD, section_labels, spatial_connectivities
+            from tissuelens.spatial_graph import GRAPH_RECORD, section_labels, spatial_connectivities
 
             coords = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
             if GRAPH_RECORD in adata.uns:  # the recorded per-section graph (files from before it: a kNN graph)

@@ -118,11 +118,11 @@ def test_smoothing_averages_each_row_with_its_neighbours():
     graph = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
     x = np.array([[0.0, 3.0], [3.0, 6.0], [6.0, 0.0]])
     np.testing.assert_allclose(domains.smooth(x, graph), [[1.5, 4.5], [3.0, 3.0], [4.5, 3.0]])
-    # the graph it smooths over is the recorded one (tissuelens.neighbors), here a 1-nearest-neighbour graph
+    # the graph it smooths over is the recorded one (tissuelens.spatial_graph), here a 1-nearest-neighbour graph
     import anndata as ad
 
     from tissuelens.config import step_defaults
-    from tissuelens.neighbors import build_spatial_graph, spatial_connectivities
+    from tissuelens.spatial_graph import build_spatial_graph, spatial_connectivities
 
     holder = ad.AnnData(sp.csr_matrix((4, 1), dtype=np.float32))
     holder.obsm["spatial"] = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])

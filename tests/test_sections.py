@@ -82,7 +82,7 @@ def test_without_section_key_the_overlapping_sections_are_linked():
 
 def test_smoothing_and_morans_i_per_section_equal_each_section_alone(prepared):
     from tissuelens.analyze import domains, spatial_stats
-    from tissuelens.neighbors import spatial_connectivities
+    from tissuelens.spatial_graph import spatial_connectivities
 
     joint, _, alone = prepared
     x = np.asarray(joint.X.todense())
@@ -181,7 +181,7 @@ def _holder(xy, obs=None):
 
 
 def _graph(adata, source=None, **settings):
-    from tissuelens.neighbors import build_spatial_graph
+    from tissuelens.spatial_graph import build_spatial_graph
 
     record = build_spatial_graph(adata, {**step_defaults("preprocess")["spatial_graph"], **settings}, source=source,
                                  where="t")
@@ -353,7 +353,7 @@ def test_training_and_analysis_write_per_section_results(factor_input, tmp_path)
 def test_factor_morans_i_per_section_equals_the_section_alone(factor_input):
     """Moran's I of any values, per section on the recorded graph, equals the section's own."""
     from tissuelens.factorize.metrics import morans_i, morans_i_by_section
-    from tissuelens.neighbors import section_labels, spatial_connectivities
+    from tissuelens.spatial_graph import section_labels, spatial_connectivities
 
     rng = np.random.default_rng(0)
     values = rng.random((factor_input.n_obs, 2)) + np.asarray(factor_input.obsm["spatial"])[:, :1] / 1000
@@ -410,7 +410,7 @@ def test_section_key_on_a_non_spatial_dataset_is_rejected_at_download():
 
 def test_sae_feature_morans_i_per_section(factor_input):
     """SAE features' Moran's I on the recorded graph, per section: the mean of each section's own I."""
-    from tissuelens.neighbors import section_labels, spatial_connectivities
+    from tissuelens.spatial_graph import section_labels, spatial_connectivities
     from tissuelens.sae import features as F
 
     codes = np.asarray(section_labels(factor_input).codes)
@@ -483,7 +483,7 @@ def test_scripts_preprocess_domains_analyze_on_two_sections(tmp_path):
 def test_a_section_too_small_for_its_graph_is_one_clear_error():
     xy = np.random.default_rng(0).random((12, 2))
     obs = pd.DataFrame({"s": ["a"] * 10 + ["b"] * 2}, index=[f"c{i}" for i in range(12)])
-    from tissuelens.neighbors import build_spatial_graph
+    from tissuelens.spatial_graph import build_spatial_graph
 
     settings = step_defaults("preprocess")["spatial_graph"]
     with pytest.raises(InputError, match=r"x.h5ad: section 'b' has 2 cells after preprocessing; a delaunay spatial "
@@ -506,7 +506,7 @@ def test_loki_patches_come_from_each_sections_own_image(tmp_path):
     from tissuelens.datasets.synthetic import make_synthetic
     from tissuelens.embed.loki import spatial_neighbours, spot_images
     from tissuelens.models import loki as lm
-    from tissuelens.neighbors import build_spatial_graph
+    from tissuelens.spatial_graph import build_spatial_graph
 
     parts = []
     for name, colour in (("A", (200, 30, 30)), ("B", (30, 30, 200))):

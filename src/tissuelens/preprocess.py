@@ -194,10 +194,10 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
 
 
 def add_spatial_graph(adata, entry: dict, settings: dict, where: str) -> dict:
-    """The dataset's spatial graph, one per section (tissuelens.neighbors), in obsp/uns; returns its record.
+    """The dataset's spatial graph, one per section (tissuelens.spatial_graph), in obsp/uns; returns its record.
     `settings`: the preprocess settings (their `spatial_graph`, schema defaults for keys they lack)."""
     from tissuelens.config import deep_merge, step_defaults
-    from tissuelens.neighbors import build_spatial_graph
+    from tissuelens.spatial_graph import build_spatial_graph
 
     graph_settings = deep_merge(step_defaults("preprocess")["spatial_graph"], settings.get("spatial_graph"))
     return build_spatial_graph(adata, graph_settings, entry.get("section_key"), entry.get("source"), where)

@@ -1,5 +1,5 @@
 """Tissue sections of one dataset: each cell's section from the dataset's `section_key` obs column, as
-recorded by the spatial graph (tissuelens.neighbors.build_spatial_graph, `uns["spatial_graph"]`), and map
+recorded by the spatial graph (tissuelens.spatial_graph.build_spatial_graph, `uns["spatial_graph"]`), and map
 coordinates that draw sections side by side. numpy and pandas only, so every environment (the Python 3.9
 Loki env too) can read the sections.
 """

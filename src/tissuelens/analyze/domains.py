@@ -1,6 +1,6 @@
 """Domains without labels: Leiden on the expression PCA, and spatial domains by Leiden on the PCA
 averaged over each spot's spatial neighbours: the dataset's recorded spatial graph (preprocess builds it per
-section and per platform, tissuelens.neighbors), so no average reaches into another section.
+section and per platform, tissuelens.spatial_graph), so no average reaches into another section.
 
 Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, in Leiden's own numbering.
 """
@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tissuelens.errors import InputError
-from tissuelens.neighbors import spatial_connectivities
+from tissuelens.spatial_graph import spatial_connectivities
 
 COLUMNS = ("expr_leiden", "spatial_domain")
 

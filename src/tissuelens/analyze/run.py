@@ -40,7 +40,7 @@ def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.
 
 def run_spatial_stats(adata, keys: list[str], settings: dict, seed: int) -> dict[str, pd.DataFrame]:
     """Every statistic on the recorded spatial graph (one per section; see analyze.spatial_stats)."""
-    from tissuelens.neighbors import GRAPH_RECORD, spatial_connectivities
+    from tissuelens.spatial_graph import GRAPH_RECORD, spatial_connectivities
 
     s = settings["spatial_stats"]
     spatial_connectivities(adata, "preprocessed AnnData")  # a file without a recorded graph fails here, plainly

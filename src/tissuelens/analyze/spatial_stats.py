@@ -1,6 +1,6 @@
 """Spatial statistics with squidpy: neighbourhood enrichment and co-occurrence between domains or cell
 types, and spatially variable genes by Moran's I, all on the dataset's recorded spatial graph
-(tissuelens.neighbors: one per section). Sections: the enrichment permutes labels within each section
+(tissuelens.spatial_graph: one per section). Sections: the enrichment permutes labels within each section
 (squidpy's `library_key`); co-occurrence and Moran's I are computed section by section (`section` column;
 "all" for a dataset of one section), so no statistic pairs cells of different sections."""
 

@@ -176,7 +176,7 @@ def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str)
 
 def _sections_and_graph(adata, where: str):
     """(section codes or None, section names, recorded spatial graph or None) from preprocess's record."""
-    from tissuelens.neighbors import GRAPH_RECORD, section_labels, spatial_connectivities
+    from tissuelens.spatial_graph import GRAPH_RECORD, section_labels, spatial_connectivities
 
     if GRAPH_RECORD not in adata.uns:
         return None, [], None  # an AnnData made without preprocess: one section, Moran's I on a kNN graph

@@ -118,7 +118,7 @@ def analyse_variant(adata, variant: str, settings: dict, model_dir: Path, elbo_c
         plots.elbo_curve(history, tmp / "elbo.png")
         plots.top_genes(res.loadings, data.gene_names, a["top_genes"], tmp / "top_genes.png")
         xy = data.raw_coords
-        if xy is not None:  # several sections: drawn side by side (tissuelens.neighbors.tile_sections)
+        if xy is not None:  # several sections: drawn side by side (tissuelens.sections.tile_sections)
             from tissuelens.sections import tile_sections
 
             n_sec = len(data.section_names) or None

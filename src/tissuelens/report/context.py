@@ -30,7 +30,7 @@ class Context:
 
     @property
     def sections(self):
-        """The recorded sections (categorical, tissuelens.neighbors) or None for one section."""
+        """The recorded sections (categorical, tissuelens.sections) or None for one section."""
         from tissuelens.sections import section_labels
 
         return section_labels(self.adata)
