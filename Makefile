@@ -24,9 +24,10 @@ test: setup
 lint: setup
 	snakemake --lint
 
-# every CUDA path (tests marked cuda, the benches' CUDA rows) in one run; says so and exits 0 without a GPU
+# every CUDA path (tests marked cuda, the benches' CUDA rows) in one run; says so and exits 0 without a GPU.
+# TAHOE_PYTHON: python of a Tahoe stack with flash-attn (the container's) for its flash-vs-torch step
 gpu-check: setup
-	python bench/gpu_check.py
+	python bench/gpu_check.py $(if $(TAHOE_PYTHON),--tahoe-python $(TAHOE_PYTHON))
 
 # `snakemake --profile slurm` from any directory: link profiles/slurm into Snakemake's user profile folder
 PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake

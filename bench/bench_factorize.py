@@ -91,7 +91,8 @@ def demo_fit_seconds(variant: str) -> float:
     return time.perf_counter() - start
 
 
-def pattern_recovery(patterns, variants, overrides: dict, seed: int = 0, nonspatial: int = 0) -> pd.DataFrame:
+def pattern_recovery(patterns, variants, overrides: dict, seed: int = 0, nonspatial: int = 0, side: int = 36,
+                     genes: int = 200, device: str = "cpu") -> pd.DataFrame:
     from tissuelens.config import step_defaults
     from tissuelens.datasets.synthetic import make_synthetic
     from tissuelens.factorize.analysis import analyse
@@ -99,26 +100,27 @@ def pattern_recovery(patterns, variants, overrides: dict, seed: int = 0, nonspat
 
     rows = []
     for pattern in patterns:
-        raw = make_synthetic(n_spots=36 * 36, n_genes=200, n_spatial_factors=4, n_groups=4, seed=seed, pattern=pattern,
+        raw = make_synthetic(n_spots=side * side, n_genes=genes, n_spatial_factors=4, n_groups=4, seed=seed, pattern=pattern,
                              n_nonspatial_factors=nonspatial)
         adata, _ = preprocess(raw, {"source": "synthetic", "spatial": True, "group_key": "group"},
                               step_defaults("preprocess"), pattern)
         truth = np.asarray(adata.obsm["true_factors"], dtype=np.float64)
         for variant in variants:
-            s = complete_settings({"n_factors": 4, "log_every": 0, "checkpoint_every": 0, "device": "cpu", **overrides}, seed)
+            s = complete_settings({"n_factors": 4, "log_every": 0, "checkpoint_every": 0, "device": device, **overrides}, seed)
             data = load_factor_data(adata, s, variant, seed, pattern)
             model = build_model(variant, data, s)
             start = time.perf_counter()
-            result = Trainer(model, data, s, variant, torch.device("cpu")).fit()
+            result = Trainer(model, data, s, variant, torch.device(device)).fit()
             seconds = time.perf_counter() - start
             res = analyse(model, data, variant, s, {"iterations": result.iterations}, truth, adata.uns["true_factors_spatial"])
             r = res.metrics["recovery"]["pearson_spatial"]
-            rows.append({"pattern": pattern, "variant": variant, **{f"r{i + 1}": round(v, 3) for i, v in enumerate(r)},
+            rows.append({"device": device, "pattern": pattern, "variant": variant, **{f"r{i + 1}": round(v, 3) for i, v in enumerate(r)},
                          "min r": round(min(r), 3),
                          "min r held-out": round(min(res.metrics["recovery"].get("pearson_spatial_val", [np.nan])), 3),
                          "val nsf_deviance": round(res.metrics["val_nsf_deviance"], 3),
                          "iterations": result.iterations, "stop": result.converged or "max_iter",
-                         "train s": round(seconds, 1)})
+                         "train s": round(seconds, 1), "peak RSS MB": round(peak_rss_mb()),
+                         "spots": adata.n_obs})
             print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
@@ -136,6 +138,9 @@ def main():
     p.add_argument("--pattern-names", nargs="+", default=["quilt", "blocks"], choices=["quilt", "blocks", "smooth"])
     p.add_argument("--nonspatial", type=int, default=0,
                    help="non-spatial factors in the pattern simulations (NSF's benchmark has none)")
+    p.add_argument("--side", type=int, default=36, help="grid side of the pattern simulations (spots = side²)")
+    p.add_argument("--genes", type=int, default=200, help="genes of the pattern simulations")
+    p.add_argument("--device", default="cpu", help="device of the pattern fits (cpu, cuda)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="factorize settings for --patterns")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--n", type=int, default=10_000)
@@ -151,8 +156,9 @@ def main():
         torch.set_num_threads(args.threads)
     if args.patterns:
         overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-        table = pattern_recovery(args.pattern_names, args.variants, overrides, nonspatial=args.nonspatial)
-        print(f"\n36 x 36 grid, 200 genes, L=4, defaults + {overrides or 'nothing'}, torch threads={torch.get_num_threads()}")
+        table = pattern_recovery(args.pattern_names, args.variants, overrides, nonspatial=args.nonspatial,
+                                 side=args.side, genes=args.genes, device=args.device)
+        print(f"\n{args.side} x {args.side} grid, {args.genes} genes, L=4, defaults + {overrides or 'nothing'}, torch threads={torch.get_num_threads()}")
         print(table.to_markdown(index=False))
         return
     iters = 10 if args.quick else 30  # whole cycles of kernel_every (10): kernel steps cost more than the others

@@ -1,14 +1,23 @@
-"""The whole workflow on synthetic data of growing size: per-rule seconds, peak RSS and growth exponents.
+"""The workflow on synthetic data of growing size: per-rule seconds, peak RSS and growth exponents.
 
-    python bench/bench_scale.py                              # 10,000, 50,000 and 100,000 spots x 2,000 genes
-    python bench/bench_scale.py --spots 10000 20000 --genes 1000 --workdir /tmp/scale --keep
+    python bench/bench_scale.py                              # factorize at the defaults, 10,000-100,000 spots
+    python bench/bench_scale.py --spots 10000 --variants svgp pnmf --workdir /tmp/scale
+    python bench/bench_scale.py --slideseq                   # 40,000 spots x 2,000 genes, ~5 % non-zero
+    python bench/bench_scale.py --stages all --genes 2000    # every stage, config/test/size.yaml's budgets
 
-Config: config/test/size.yaml (every stage: Geneformer and Loki with tiny models, the SAEs, all five
-PNMF-GP variants with a fixed iteration budget, report) with `n_spots`/`n_genes` set. Each size runs
-in its own directory (`snakemake --profile profiles/local`); figures come from Snakemake's benchmark
-files (`benchmarks/**.tsv`: wall seconds `s`, peak resident memory `max_rss` in MB). The growth
-exponent of a rule is the least-squares slope of log(seconds) against log(spots): 1 = linear. Rules
-growing faster than linearly (> 1.15) or above 8 GB peak RSS are flagged. Prints tables; never asserts.
+Default (`--stages factorize`): the factorize rules only, on the sharp-edged `blocks` simulation (4 true
+spatial factors, NSF's count model) with the factorize settings at the schema defaults except `n_factors: 4`
+and `variants`: every variant trains to its plateau, and each row prints recovery (min best-matched
+Pearson over the true factors, training cells), the iterations, the stop rule and the training seconds
+beside the job's wall seconds and peak memory. `--slideseq` draws sparse counts (background 0.01,
+expression_mean 0.2: about 5 % non-zero). `--stages all` runs every stage of config/test/size.yaml
+(tiny models, a fixed 30-iteration factorize budget: for scaling of the other stages, not of training).
+
+Each size runs in its own directory (`snakemake --profile profiles/local`); figures come from
+Snakemake's benchmark files (`benchmarks/**.tsv`: wall seconds `s`, peak resident memory `max_rss` in
+MB). The growth exponent of a rule is the least-squares slope of log(seconds) against log(spots):
+1 = linear. Rules growing faster than linearly (> 1.15) or above 8 GB peak RSS are flagged. Prints
+tables; never asserts.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import tempfile
 import time
@@ -50,16 +60,41 @@ def slope(sizes, values) -> float:
     return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
 
 
-def run_size(root: Path, n_spots: int, n_genes: int, cores: int, timeout: int) -> tuple[dict, float, bool]:
+def factorize_config(n_spots: int, n_genes: int, variants: list[str], slideseq: bool) -> dict:
+    """size.yaml's dataset as the blocks simulation (a full square grid: n_spots rounded down to a square),
+    factorize at the schema defaults (n_factors 4)."""
+    config = size_config(math.isqrt(n_spots) ** 2, n_genes)
+    synthetic = next(iter(config["datasets"].values()))["synthetic"]
+    synthetic.update(pattern="blocks", n_spatial_factors=4, n_nonspatial_factors=0)
+    if slideseq:
+        synthetic.update(background=0.01, expression_mean=0.2)
+    config["factorize"] = {"n_factors": 4, "variants": variants}
+    return config
+
+
+def run_size(root: Path, config: dict, n_spots: int, cores: int, timeout: int, targets) -> tuple[dict, float, bool]:
     workdir = root / f"spots_{n_spots}"
     workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, size_config(n_spots, n_genes))
+    write_config(workdir, config)
     start = time.perf_counter()
-    proc = snakemake(workdir, "--cores", str(cores), "--keep-going", timeout=timeout, check=False)
+    proc = snakemake(workdir, *targets, "--cores", str(cores), "--keep-going", timeout=timeout, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(f"[{n_spots} spots] snakemake exited {proc.returncode}; tail of its output:\n{proc.stdout[-3000:]}", file=sys.stderr)
     return read_benchmarks(workdir), wall, proc.returncode == 0
+
+
+def training_rows(workdir: Path, n_spots: int) -> list[dict]:
+    """Per variant: recovery, iterations, stop rule and training seconds from its outputs."""
+    rows = []
+    for metrics in sorted(workdir.glob("results/*/factorize/*/metrics.json")):
+        m, variant = json.loads(metrics.read_text()), metrics.parent.name
+        training = json.loads((metrics.parent / "model" / "training.json").read_text())
+        recovery = (m.get("recovery") or {}).get("pearson_spatial") or [float("nan")]
+        rows.append({"spots": n_spots, "variant": variant, "M": m.get("n_inducing"), "min r": round(min(recovery), 3),
+                     "iterations": training["iterations"], "stop": training["converged"] or "max_iter",
+                     "train s": round(training["seconds"], 1)})
+    return rows
 
 
 def table(sizes, results) -> str:
@@ -82,26 +117,43 @@ def table(sizes, results) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spots", type=int, nargs="+", default=[10_000, 50_000, 100_000])
-    parser.add_argument("--genes", type=int, default=2_000)
+    parser.add_argument("--spots", type=int, nargs="+", default=None,
+                        help="sizes (default 10,000 50,000 100,000; 40,000 with --slideseq)")
+    parser.add_argument("--genes", type=int, default=None, help="genes (default 500; 2,000 with --slideseq)")
+    parser.add_argument("--stages", choices=["factorize", "all"], default="factorize")
+    parser.add_argument("--variants", nargs="+", default=["pnmf", "svgp", "mggp_svgp", "lcgp", "mggp_lcgp"])
+    parser.add_argument("--slideseq", action="store_true", help="sparse counts as Slide-seq's (about 5 %% non-zero)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per size")
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    spots = args.spots or ([40_000] if args.slideseq else [10_000, 50_000, 100_000])
+    genes = args.genes or (2_000 if args.slideseq or args.stages == "all" else 500)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
-        results, walls, ok = {}, {}, {}
-        for n in args.spots:
-            results[n], walls[n], ok[n] = run_size(root, n, args.genes, args.cores, args.timeout)
-            print(f"{n:,} spots x {args.genes:,} genes: {walls[n]:,.0f} s wall, {len(results[n])} jobs benchmarked, "
+        results, walls, ok, training = {}, {}, {}, []
+        for n in spots:
+            if args.stages == "all":
+                config, targets = size_config(n, genes), []
+            else:
+                config = factorize_config(n, genes, args.variants, args.slideseq)
+                targets = [f"results/{next(iter(config['datasets']))}/factorize/comparison.csv"]
+            results[n], walls[n], ok[n] = run_size(root, config, n, args.cores, args.timeout, targets)
+            training += training_rows(root / f"spots_{n}", n)
+            print(f"{n:,} spots x {genes:,} genes: {walls[n]:,.0f} s wall, {len(results[n])} jobs benchmarked, "
                   f"{'complete' if ok[n] else 'FAILED'}", flush=True)
         print()
-        print(table(args.spots, results))
+        print(table(spots, results))
+        if training:
+            import pandas as pd
+
+            print()
+            print(pd.DataFrame(training).to_markdown(index=False))
         if args.json:
-            args.json.write_text(json.dumps({"genes": args.genes, "wall_s": walls, "complete": ok,
-                                             "rules": {n: results[n] for n in args.spots}}, indent=1))
+            args.json.write_text(json.dumps({"genes": genes, "wall_s": walls, "complete": ok, "training": training,
+                                             "rules": {n: results[n] for n in spots}}, indent=1))
 
 
 if __name__ == "__main__":

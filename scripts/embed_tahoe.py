@@ -3,7 +3,8 @@
 Reads results/{dataset}/preprocessed.h5ad (raw counts in layers["counts"], Ensembl ids in
 var["gene_ids"]) and a Tahoe-x1 model folder (resources/models/{model}/: vocab.json, model_config.yml,
 collator_config.yml, model.safetensors); writes embeddings.h5ad (obsm X_{model}), the activations
-directory and a metrics JSON. Runs in the Tahoe container or envs/tahoe.yaml.
+directory and a metrics JSON. Runs in the Tahoe container or envs/tahoe.yaml (GPU, flash attention) or
+envs/tahoe_cpu.yaml (CPU, torch attention with the padding masked: tissuelens.models.tahoe).
 """
 
 import argparse
@@ -25,7 +26,6 @@ def main(argv=None):
     parser.add_argument("--activations", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args(argv)
-
 
     from tissuelens.embed.tahoe import embed_dataset
     from tissuelens.models.tahoe import load_checkpoint

@@ -89,3 +89,16 @@ def finished_run(tmp_path_factory):
     write_config(run, scaleout_config(("a", "b"), minimal=("b",)))
     snakemake(run, "--cores", "2", snakefile=tree / "workflow" / "Snakefile", timeout=1500)
     return tree, run
+
+
+@pytest.fixture(scope="session")
+def demo_preprocessed(tmp_path_factory):
+    """(the demo's preprocessed.h5ad as the core stack's rules write it, config/config.yaml): the input
+    of the rules run in their own stacks (tests/test_stacks.py, tests/test_tahoe_model.py)."""
+    import yaml
+
+    workdir = tmp_path_factory.mktemp("demo")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "results/demo/preprocessed.h5ad", timeout=600)
+    return workdir / "results" / "demo" / "preprocessed.h5ad", config

@@ -1,7 +1,9 @@
 """Virtual environments built from the per-rule conda env files (envs/*.yaml), for running a rule's
 script in the stack it declares where conda cannot be installed: the env file's Python (from pyenv,
 never downloaded) and exactly its pip list. Cached under ~/.cache/tissuelens/stacks/<name>-<hash>/,
-keyed by the env file's content, so CI builds each stack once and reuses it until the file changes."""
+keyed by the env file's content, so CI builds each stack once and reuses it until the file changes.
+An env file's `<stem>.post-deploy.sh` beside it (Snakemake's post-deploy script) runs in the new venv
+after the pip list, as Snakemake runs it in the new conda env, and is part of the key."""
 
 from __future__ import annotations
 
@@ -41,11 +43,18 @@ def find_python(version: str) -> Path:
     raise FileNotFoundError(f"no Python {version} on this machine (pyenv versions, python{version} on PATH)")
 
 
+def post_deploy(env_file: Path) -> Path | None:
+    """Snakemake's post-deploy script of a conda env file (`<stem>.post-deploy.sh` beside it), if any."""
+    script = Path(env_file).with_name(f"{Path(env_file).stem}.post-deploy.sh")
+    return script if script.is_file() else None
+
+
 def stack_python(env_file: Path, log=sys.stderr) -> Path:
     """The python of the env file's virtual environment, built on first use."""
     env_file = Path(env_file)
     version, pip = env_spec(env_file)
-    digest = hashlib.sha256(env_file.read_bytes()).hexdigest()[:12]
+    script = post_deploy(env_file)
+    digest = hashlib.sha256(env_file.read_bytes() + (script.read_bytes() if script else b"")).hexdigest()[:12]
     prefix = CACHE / f"{env_file.stem}-{digest}"
     python = prefix / "bin" / "python"
     if (prefix / COMPLETE).exists():
@@ -53,11 +62,22 @@ def stack_python(env_file: Path, log=sys.stderr) -> Path:
     shutil.rmtree(prefix, ignore_errors=True)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     print(f"building the {env_file.name} stack (Python {version}, {len(pip)} pins) in {prefix}", file=log, flush=True)
-    for cmd in ([str(find_python(version)), "-m", "venv", str(prefix)],
-                [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                [str(python), "-m", "pip", "install", "--quiet", *pip]):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    steps = [[str(find_python(version)), "-m", "venv", str(prefix)],
+             [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+             [str(python), "-m", "pip", "install", "--quiet", *pip]]
+    if script is not None:
+        steps.append(["bash", str(script)])
+    env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(prefix)}
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{env_file.name} stack: {' '.join(cmd[:4])} ... failed:\n{proc.stderr[-4000:]}")
     (prefix / COMPLETE).write_text(digest)
     return python
+
+
+def in_stack(python: Path, *args, timeout: int = 1200, **kw) -> subprocess.CompletedProcess:
+    """Run `python args...` of a stack with only that stack on PATH and the repository's src/ importable."""
+    env = {"PATH": f"{python.parent}{os.pathsep}/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": os.environ.get("HOME", "/root"),
+           "MPLBACKEND": "Agg"}
+    return subprocess.run([str(python), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, **kw)

@@ -98,19 +98,35 @@ def test_containerize_lists_every_env(workdir, tmp_path):
 
     Snakemake asks conda only for its platform name, version and channel priority; where conda is not
     installed (CI), a stand-in answers those three questions and nothing else."""
-    env = {}
-    if shutil.which("conda") is None:
-        stub = tmp_path / "bin" / "conda"
-        stub.parent.mkdir()
-        stub.write_text(CONDA_STAND_IN)
-        stub.chmod(0o755)
-        env["PATH"] = f"{stub.parent}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
-    proc = snakemake(workdir, "--containerize", profiles=(), env=env)
+    proc = snakemake(workdir, "--containerize", profiles=(), env=_conda_stand_in(tmp_path))
     assert proc.stdout.count("FROM condaforge/miniforge3") == 1, proc.stdout[-4000:]
     used = {os.path.basename(c) for c, _, _ in rule_software(workdir).values() if c and not c.startswith("<function")}
     for name in used | {"core.yaml"}:
         assert re.search(rf"COPY \S*envs/{re.escape(name)} ", proc.stdout), f"{name} missing:\n{proc.stdout[-4000:]}"
     assert "conda env create --prefix" in proc.stdout
+
+
+def _conda_stand_in(tmp_path) -> dict:
+    env = {}
+    if shutil.which("conda") is None:
+        stub = tmp_path / "bin" / "conda"
+        stub.parent.mkdir(exist_ok=True)
+        stub.write_text(CONDA_STAND_IN)
+        stub.chmod(0o755)
+        env["PATH"] = f"{stub.parent}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"
+    return env
+
+
+def test_tahoe_models_are_fetched_in_the_stack_without_flash_attn(tmp_path):
+    """download_model of a Tahoe model runs in envs/tahoe_cpu.yaml (fetching or building needs no
+    flash-attn, so it builds anywhere); embed_tahoe keeps envs/tahoe.yaml (GPU; its container first).
+    Read per job from `snakemake --containerize`, which hashes the env of every job it plans."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["embed"]["models"] = ["tahoe_tiny"]
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "--containerize", profiles=(), env=_conda_stand_in(tmp_path))
+    hashed = set(re.findall(r"Hashing conda environment \S*envs/(\S+\.yaml)\.", proc.stdout))
+    assert {f for f in hashed if f.startswith("tahoe")} == {"tahoe_cpu.yaml", "tahoe.yaml"}, proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: str(p.parent.relative_to(REPO)))

@@ -185,3 +185,14 @@ def test_svgp_reuses_its_kernel_factor_only_while_the_kernel_is_unchanged(small)
         fresh = prior.kl(idx, 10, "elbo")
     assert cached.item() == pytest.approx(fresh.item(), rel=1e-6)
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("variant,advice", [("svgp", "n_inducing"), ("lcgp", "n_neighbors"), ("pnmf", "gene_batch_size")])
+def test_a_run_over_its_time_budget_stops_after_one_kernel_cycle_naming_what_to_change(small, variant, advice):
+    t = _trainer(small, variant, kernel_every=3, time_budget_minutes=1e-9, max_iter=50, tol=0.0)
+    with pytest.raises(InputError, match=rf"factorize {variant}: .* s per iteration on cpu .* over "
+                                         rf"time_budget_minutes=1e-09: set .*{advice}") as err:
+        t.fit()
+    assert t.iteration == 3 and "\n" not in str(err.value)
+    within = _trainer(small, variant, kernel_every=3, max_iter=5, tol=0.0).fit()  # the default budget: 240 min
+    assert within.iterations == 5

@@ -180,3 +180,27 @@ def test_script_reports_bad_input_in_one_line(tmp_path, small):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {path}: layers['counts'] is missing (run preprocess first)"]
     assert not (tmp_path / "m").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_auto_inducing_takes_every_location_while_cheap_then_kmeans_centres(small, caplog):
+    from tissuelens.factorize.inducing import AUTO_INDUCING, inducing_count
+
+    caplog.set_level(logging.INFO)
+    every, centres = AUTO_INDUCING["cpu"]
+    assert inducing_count("auto", every, "cpu") == every
+    assert inducing_count("auto", every + 1, "cpu") == centres
+    assert inducing_count("auto", every + 1, "cuda") == every + 1  # a GPU affords every location longer
+    assert inducing_count(300, 10_000, "cpu") == 300
+    assert "n_inducing auto on cpu: 1000 k-means centres (1501 distinct training locations)" in caplog.text
+    s = settings(n_factors=3, n_inducing="auto", max_iter=1, device="cpu")
+    data = load_factor_data(small, s, "svgp", 0, "small")
+    prior = build_model("svgp", data, s).prior
+    assert prior.inducing.shape[0] == len(data.train_idx)  # 150 spots: every one an inducing point
+    assert prior.cell_rows is not None
+
+
+def test_schema_defaults_train_at_a_constant_rate_to_a_plateau():
+    from tissuelens.config import step_defaults
+
+    d = step_defaults("factorize")
+    assert (d["lr_schedule"], d["learning_rate"], d["tol_window"], d["n_inducing"]) == ("constant", 0.01, 50, "auto")

@@ -11,40 +11,30 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from conftest import REPO
-from scaleout import snakemake, write_config
-from stacks import env_spec, stack_python
+from stacks import env_spec, in_stack, stack_python
 
 pytestmark = pytest.mark.workflow
 LOKI_ENV = REPO / "envs" / "loki.yaml"
 # envs that are not the main venv, and why they are tested the way they are
 OWN_STACKS = {"loki.yaml": "built here from its pip list (Python 3.9)",
+              "tahoe_cpu.yaml": "built here from its pip list and post-deploy script (tests/test_tahoe_model.py)",
               "tahoe.yaml": "needs a CUDA node to build (llm-foundry[gpu] compiles flash-attn); its rule's "
-                            "preferred software is the container image"}
+                            "preferred software is the container image; envs/tahoe_cpu.yaml is its CPU twin"}
 READ_ALL = "import sys, anndata\nfor p in sys.argv[1:]:\n    a = anndata.read_h5ad(p)\n    print(p, a.shape)\n"
 
 
 @pytest.fixture(scope="module")
 def loki_python():
     return stack_python(LOKI_ENV)
-
-
-def in_stack(python: Path, *args, **kw) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{python.parent}{os.pathsep}/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": os.environ.get("HOME", "/root"),
-           "MPLBACKEND": "Agg"}
-    return subprocess.run([str(python), *map(str, args)], capture_output=True, text=True, env=env, timeout=1200, **kw)
 
 
 def test_loki_stack_is_the_env_files_pins(loki_python):
@@ -60,20 +50,11 @@ def test_loki_stack_is_the_env_files_pins(loki_python):
     assert not wrong, f"the Loki stack differs from envs/loki.yaml: {wrong}"
 
 
-@pytest.fixture(scope="module")
-def demo_preprocessed(tmp_path_factory):
-    """The demo's preprocessed.h5ad as the core stack's rules write it (config/config.yaml, two jobs)."""
-    workdir = tmp_path_factory.mktemp("demo")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    write_config(workdir, config)
-    snakemake(workdir, "--cores", "2", "results/demo/preprocessed.h5ad", timeout=600)
-    return workdir / "results" / "demo" / "preprocessed.h5ad", config["models"]["loki_tiny"]
-
-
 def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocessed, tmp_path):
     """download_model and embed_loki (the rules whose conda: is envs/loki.yaml) under Python 3.9 / anndata
     0.10.9, on the demo's preprocessed.h5ad written by the core stack, with the demo's Loki model."""
-    preprocessed, entry = demo_preprocessed
+    preprocessed, config = demo_preprocessed
+    entry = config["models"]["loki_tiny"]
     model = tmp_path / "loki_tiny"
     built = in_stack(loki_python, REPO / "scripts" / "download_model.py", "--model", "loki_tiny", "--entry", json.dumps(entry),
                      "--out", model)

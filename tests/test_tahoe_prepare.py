@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -76,5 +77,16 @@ def test_prepare_cells_cls_first_and_sampling_is_seeded():
     assert len(draws) > 1  # the seed changes the sample
 
 
-def test_tahoe_model_call():
-    pytest.importorskip("tahoe_x1", reason="tahoe-x1 is not installed here (needs llm-foundry, composer, CUDA); runs in its container")
+def test_random_tahoe_model_outside_its_stack_is_one_error_line(tmp_path):
+    """The model call itself is tested in the Tahoe stack (tests/test_tahoe_model.py); here, without
+    tahoe-x1, building a random Tahoe model says where to run it and leaves nothing behind."""
+    from conftest import error_line, run_script
+
+    if importlib.util.find_spec("tahoe_x1") is not None:
+        pytest.skip("tahoe-x1 is installed in this environment")
+    proc = run_script("download_model", "--model", "t", "--entry", json.dumps({"kind": "tahoe", "source": "random"}),
+                      "--out", tmp_path / "t")
+    assert proc.returncode == 2 and not (tmp_path / "t").exists()
+    assert error_line(proc) == ("error: models: source random for kind tahoe builds a ComposerTX and needs the tahoe-x1 "
+                                "package; run download_model in the Tahoe stack (envs/tahoe_cpu.yaml, envs/tahoe.yaml "
+                                "or the container)")

@@ -24,7 +24,9 @@ except InputError as exc:
 DATASETS = list(config["datasets"])
 SCRIPTS = Path(workflow.basedir).parent / "scripts"
 # Tahoe-x1's own image (llm-foundry, composer, flash-attn for CUDA 12); the Tahoe rule's `container:`.
-# envs/tahoe.yaml is the conda alternative.
+# envs/tahoe.yaml is the conda alternative. envs/tahoe_cpu.yaml (no flash-attn) is download_model's env for
+# Tahoe models (MODEL_ENVS); embed_tahoe keeps a fixed env, since --containerize refuses a conda function on a
+# rule outside the DAG; on a CPU, run its script in the tahoe_cpu.yaml env (README, Tahoe-x1).
 TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
 
 
@@ -396,9 +398,15 @@ def model_genes_arg(wildcards):
     return "" if dataset is None else f"--genes-h5ad {shlex.quote(f'results/{dataset}/preprocessed.h5ad')}"
 
 
+# download_model's env per kind where it is not envs/<kind>.yaml: fetching or building a Tahoe model
+# needs no flash-attn, so it uses the Tahoe stack that builds anywhere
+MODEL_ENVS = {"tahoe": "tahoe_cpu.yaml"}
+
+
 def model_env(wildcards):
     """The conda env of the model's kind (envs/<kind>.yaml), absolute so it resolves from any rule file."""
-    env = ENVS / f"{model_config(wildcards)['kind']}.yaml"
+    kind = model_config(wildcards)["kind"]
+    env = ENVS / MODEL_ENVS.get(kind, f"{kind}.yaml")
     return str(env if env.exists() else ENVS / "geneformer.yaml")
 
 

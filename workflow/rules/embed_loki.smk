@@ -131,7 +131,7 @@ rule loki_decompose:
 
 
 rule embed_tahoe:
-    """Tahoe-x1 cell embeddings and per-layer token activations, in tahoe-x1's own stack (GPU)."""
+    """Tahoe-x1 cell embeddings and per-layer token activations, in tahoe-x1's own stack (GPU; envs/tahoe_cpu.yaml runs it on a CPU)."""
     input:
         h5ad="results/{dataset}/preprocessed.h5ad",
         model="resources/models/{model}",

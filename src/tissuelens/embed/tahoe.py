@@ -14,7 +14,9 @@ no masking, no padding with unexpressed genes):
 4. length limit: a cell longer than `max_length` keeps its first `keep_first_n_tokens` tokens and a
    random sample of the rest (tahoe's `torch.randperm` order), drawn here from
    `numpy.random.default_rng([seed, cell])`, so a rerun gives the same tokens;
-5. batches are padded to their longest cell with `pad_token_id` / `pad_value`.
+5. batches are padded to their longest cell with `pad_token_id` / `pad_value`; flash attention unpads
+   them, and for torch attention the model's encoder masks the padded keys
+   (tissuelens.models.tahoe.masked_encoder_forward), so a cell's embedding does not depend on its batch.
 """
 
 from __future__ import annotations

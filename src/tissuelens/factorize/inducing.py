@@ -8,6 +8,22 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# n_inducing "auto", per device: (every distinct location up to this many, else this many k-means centres).
+# An SVGP step costs about L·M³ (the factorisations) + L·M²·batch (the cross-covariances); these keep a
+# step of L = 10 near a second on 2 CPU cores or one GPU.
+AUTO_INDUCING = {"cpu": (1500, 1000), "cuda": (6000, 4000)}
+
+
+def inducing_count(setting, n_distinct: int, device_type: str) -> int:
+    """M for `n_inducing` (an integer, or "auto"), logged; an integer is clamped to the distinct locations."""
+    if setting == "auto":
+        every, centres = AUTO_INDUCING["cuda" if device_type == "cuda" else "cpu"]
+        m = n_distinct if n_distinct <= every else centres
+        log.info("n_inducing auto on %s: %s (%d distinct training locations)", device_type,
+                 "every location" if m == n_distinct else f"{m} k-means centres", n_distinct)
+        return m
+    return int(setting)
+
 
 def kmeans_centres(xy: np.ndarray, m: int, seed: int, n_init: int) -> np.ndarray:
     """M k-means centres; all unique locations when M reaches their number (clamped, logged)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
-from tissuelens.factorize.inducing import _split_counts, kmeans_centres, mggp_inducing
+from tissuelens.factorize.inducing import _split_counts, inducing_count, kmeans_centres, mggp_inducing
 from tissuelens.factorize.kernels import make_kernel, search_space
 from tissuelens.factorize.lcgp import LCGPPrior
 from tissuelens.factorize.pnmf import PNMFPrior
@@ -164,14 +164,17 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
 def _select_inducing(variant, data, settings, groups):
     """k-means inducing points (MGGP: with their group); with sections, each section gets its own, in
     proportion to its training cells (at least one), and carries its section code in the last column."""
+    from tissuelens.device import resolve_device
+
     xy = data.coords[data.train_idx]
-    m = settings["n_inducing"]
-    if m > len(xy):
+    sections = None if data.sections is None else data.sections[data.train_idx]
+    places = xy if sections is None else np.column_stack([xy, sections])  # one spot in two sections: two places
+    m = inducing_count(settings["n_inducing"], len(np.unique(places, axis=0)), resolve_device(settings["device"]).type)
+    if groups is not None and m > len(xy):
         log.info("n_inducing=%d clamped to the %d training cells", m, len(xy))
         m = len(xy)
-    if data.sections is None:
+    if sections is None:
         return _inducing_of(xy, data.groups[data.train_idx] if groups is not None else None, groups, m, settings)
-    sections = data.sections[data.train_idx]
     sizes = np.bincount(sections, minlength=len(data.section_names))
     present = np.flatnonzero(sizes)
     per = np.zeros(len(sizes), dtype=int)

@@ -33,7 +33,17 @@ from tissuelens.progress import Progress
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 3  # 3: svgp q(u) in u-space
 # settings that do not change the numbers a run produces
-NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every"}
+NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every",
+                     "time_budget_minutes"}
+# the iterations a run at the defaults is costed at before it goes on: its plateau came at 100-450 iterations
+# on the benchmarks (README), so a run that would take longer than the budget says so within a minute
+COSTED_ITERATIONS = 500
+# what makes each variant's step cheaper, for the time-budget error
+CHEAPER = {
+    "pnmf": "a smaller gene_batch_size",
+    "svgp": "fewer inducing points (n_inducing) or a smaller batch_size",
+    "lcgp": "fewer n_neighbors (and lcgp_rank) or a smaller batch_size; or svgp",
+}
 
 
 @dataclass
@@ -251,15 +261,33 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.history = state["history"].tolist()
 
+    def check_budget(self, seconds_per_step: float) -> None:
+        """Log the cost of COSTED_ITERATIONS steps; over `time_budget_minutes`, one error line naming what to change."""
+        minutes = seconds_per_step * COSTED_ITERATIONS / 60
+        log.info("%s: %.2f s per iteration on %s, about %.0f min per %d iterations", self.variant, seconds_per_step,
+                 self.device, minutes, COSTED_ITERATIONS)
+        budget = self.settings["time_budget_minutes"]
+        if budget is not None and minutes > budget:
+            kind = "svgp" if self.variant.endswith("svgp") else "lcgp" if self.variant.endswith("lcgp") else "pnmf"
+            raise InputError(
+                f"factorize {self.variant}: {seconds_per_step:.2f} s per iteration on {self.device} "
+                f"({len(self.data.train_idx):,} cells, {self.data.n_genes:,} genes, L={self.model.n_factors}) is about "
+                f"{minutes:,.0f} min per {COSTED_ITERATIONS} iterations, over time_budget_minutes={budget:g}: set "
+                f"{CHEAPER[kind]}, run it on a GPU (device: cuda), or raise time_budget_minutes")
+
     def fit(self, checkpoint: Path | None = None) -> TrainResult:
         s = self.settings
         if checkpoint is not None and s["resume"] and Path(checkpoint).exists():
             self.restore(load_checkpoint(Path(checkpoint), self.fingerprint))
             log.info("resumed from %s at iteration %d", checkpoint, self.iteration)
         start, converged = time.perf_counter(), None
+        # the first kernel cycle (its kernel step and the cheaper ones after it) is timed for the budget check
+        probe, probe_start = self.iteration + max(s["kernel_every"], 2), start
         bar = Progress(s["max_iter"] - self.iteration, f"factorize {self.variant}", logger=log)
         while self.iteration < s["max_iter"]:
             elbo = self.step()
+            if self.iteration == probe:
+                self.check_budget((time.perf_counter() - probe_start) / max(s["kernel_every"], 2))
             bar.update(1, f"ELBO {elbo:.6g}")
             if s["log_every"] and self.iteration % s["log_every"] == 0:
                 log.info("iteration %d: ELBO %.6g", self.iteration, elbo)

@@ -3,13 +3,22 @@
 A Tahoe model directory holds `vocab.json` (token -> id; `<pad>`, `<cls>` and Ensembl ids),
 `model_config.yml`, `collator_config.yml` and the weights, `model.safetensors` (Hub) or a composer
 `best-model.pt`. Reading and checking the files needs only yaml/json; building the model needs the
-`tahoe-x1` package (its own stack: envs/tahoe.yaml or the container), so `load_model` imports it lazily
-and says so when it is missing.
+`tahoe-x1` package (its own stack: the container or envs/tahoe.yaml on a GPU, envs/tahoe_cpu.yaml on a
+CPU), so `load_model` imports it lazily and says so when it is missing.
+
+Attention. tahoe-x1 1.0.0 supports only `attn_impl: flash` (its README): its `TXEncoder.forward` always
+calls llm-foundry's `gen_flash_attn_padding_info`, a NameError without flash-attn, and with
+`use_attn_mask` it unsqueezes a (B, S, S) mask into a 5-D bias that cannot broadcast. So models are built
+with `use_attn_mask: False` and, for llm-foundry's torch attention, the encoder's forward is replaced on
+that one instance by `masked_encoder_forward`: the same layers and final norm, with the padded keys
+masked by a (B, 1, 1, S) bias (and the generative-token rule of `_make_mask` as a (B, 1, S, S) bias when a
+batch has generative tokens, which inference never has). A cell then gets the embedding it gets alone.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +93,7 @@ class TahoeCheckpoint:
         coll_cfg = om.create(self.collator_config)
         impl = attn_impl or attention_impl()
         model_cfg["attn_config"]["attn_impl"] = impl
-        model_cfg["attn_config"]["use_attn_mask"] = impl != "flash"
+        model_cfg["attn_config"]["use_attn_mask"] = False  # see the module docstring
         model_cfg["do_mlm"] = False
         model_cfg["return_gene_embeddings"] = False
         strict = True
@@ -104,7 +113,46 @@ class TahoeCheckpoint:
             model.load_state_dict(state, strict=strict)
         except RuntimeError as exc:
             raise InputError(f"{self.weights}: weights do not fit model_config.yml ({str(exc).splitlines()[0]})") from None
+        if impl != "flash":
+            use_masked_encoder(model.model.transformer_encoder)
         return model.to(device).eval()
+
+
+def masked_encoder_forward(self, total_embs, key_padding_mask=None, gen_mask=None):
+    """`TXEncoder.forward` of tahoe-x1 1.0.0 for llm-foundry's torch attention, with the padding masked.
+
+    As upstream: every block gets `attn_bias`, then the final norm. Differences: no flash padding info
+    (the torch attention does not read it), and the bias is built to broadcast to (B, heads, S, S):
+    padded keys (key_padding_mask False) get the dtype's minimum, as upstream writes it; generative
+    rows see the perceptual columns and themselves (upstream's `_make_mask` rule). Padded rows are
+    zeroed after the final norm, so `cell_emb_style: avg-pool` sums only a cell's own tokens (its mean
+    over the padded length differs from the cell's alone by a factor, which the L2 normalisation of
+    the embeddings removes)."""
+    import torch
+
+    b, s = total_embs.shape[:2]
+    allowed = torch.ones(b, 1, 1, s, dtype=torch.bool, device=total_embs.device)
+    if gen_mask is not None and bool(gen_mask.any()):
+        eye = torch.eye(s, dtype=torch.bool, device=total_embs.device)
+        allowed = ((~gen_mask).unsqueeze(1) | (gen_mask.unsqueeze(2) & eye)).unsqueeze(1)  # (B, 1, S, S)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.view(b, 1, 1, s)
+    bias = torch.zeros(allowed.shape, dtype=total_embs.dtype, device=total_embs.device)
+    bias = bias.masked_fill(~allowed, torch.finfo(total_embs.dtype).min)
+    for block in self.layers:
+        total_embs = block(total_embs, attn_bias=bias, flash_attn_padding_info=None)
+    if self.use_norm:
+        total_embs = self.norm(total_embs)
+    if key_padding_mask is not None:
+        total_embs = total_embs.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
+    return total_embs
+
+
+def use_masked_encoder(encoder) -> None:
+    """Give one `TXEncoder` instance `masked_encoder_forward` (the class and other models are untouched)."""
+    import types
+
+    encoder.forward = types.MethodType(masked_encoder_forward, encoder)
 
 
 def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None) -> TahoeCheckpoint:
@@ -131,9 +179,74 @@ def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None) -> T
     return TahoeCheckpoint(path, weights, vocab, model_cfg, coll_cfg, manifest)
 
 
-def build_random_from_settings(out, settings: dict, seed: int, genes_h5ad: str | None = None):
-    """Random Tahoe checkpoints need tahoe-x1 (TXModel, llm-foundry blocks); not offered without it."""
-    raise InputError(
-        "models: source random is not available for kind tahoe (building TXModel needs the tahoe-x1 package and its "
-        "llm-foundry stack); point the entry at the Hub (tahoebio/Tahoe-x1, subfolder 70m-model) or a local folder"
-    )
+SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
+
+
+def tiny_configs(vocab_size: int, *, n_layers: int, d_model: int, n_heads: int, expansion_ratio: int,
+                 cell_emb_style: str = "cls") -> tuple[dict, dict]:
+    """(model_config.yml, collator_config.yml) of a small TXModel, shaped like tahoe-x1's own configs
+    (configs/test_run.yaml of the repository: pre-norm, GQA attention, continuous value encoder)."""
+    model = {
+        "name": "tahoex", "vocab_size": vocab_size, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
+        "expansion_ratio": expansion_ratio, "init_device": "cpu", "standard_scale_outputs": False,
+        "transformer_activation": "relu", "norm_scheme": "pre", "use_generative_training": True,
+        "use_cell_conditioned_generation": False, "use_glu": False, "cell_emb_style": cell_emb_style,
+        "attn_config": {"attn_impl": "flash", "attn_type": "grouped_query_attention", "kv_n_heads": n_heads,
+                        "attn_pdrop": 0.0, "use_attn_mask": False},
+        "norm_config": {"norm_type": "layernorm", "eps": 1.0e-5},
+        "expression_encoder": {"input_emb_style": "continuous", "dropout": 0.1, "max_value": 512, "activation": "relu",
+                               "use_norm": True},
+        "gene_encoder": {"use_norm": True},
+        "mvc": {"arch_style": "inner product", "query_activation": "sigmoid", "scaled_dot_product": True},
+        "expression_decoder": {"n_outputs": 1, "n_layers": 1, "activation": "leaky_relu"},
+    }
+    collator = {"pad_token_id": 0, "pad_value": -2, "mask_value": -1, "num_bins": 51, "do_binning": True,
+                "right_binning": False, "keep_first_n_tokens": 1, "use_chem_token": False, "do_padding": True,
+                "sampling": True, "max_length": 1024}
+    return model, collator
+
+
+def build_random(out, genes: list[str], *, n_layers: int = 2, d_model: int = 32, n_heads: int = 2,
+                 expansion_ratio: int = 2, cell_emb_style: str = "cls", seed: int = 0) -> Path:
+    """An untrained `ComposerTX` (tahoe-x1's own classes, its own initialisation, seeded) written in the
+    Hub's layout: vocab.json, model_config.yml, collator_config.yml, model.safetensors."""
+    import torch
+    import yaml
+    from omegaconf import OmegaConf as om
+    from safetensors.torch import save_file
+    from tahoe_x1.model import ComposerTX
+
+    if d_model % n_heads:
+        raise InputError(f"random Tahoe model: hidden_size {d_model} is not a multiple of n_heads {n_heads}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = list(SPECIAL_TOKENS) + [g for g in dict.fromkeys(genes) if g not in SPECIAL_TOKENS]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    model_cfg, coll_cfg = tiny_configs(len(vocab), n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                                       expansion_ratio=expansion_ratio, cell_emb_style=cell_emb_style)
+    build_cfg = om.create(model_cfg)
+    build_cfg["attn_config"]["attn_impl"] = "torch"  # built without flash-attn; the saved config says flash (tahoe-x1 trains with it)
+    torch.manual_seed(seed)
+    model = ComposerTX(model_config=build_cfg, collator_config=om.create(coll_cfg))
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
+    (out / "model_config.yml").write_text(yaml.safe_dump(model_cfg, sort_keys=False))
+    (out / "collator_config.yml").write_text(yaml.safe_dump(coll_cfg, sort_keys=False))
+    return out
+
+
+def build_random_from_settings(out, settings: dict, seed: int, genes_h5ad: str | None = None) -> Path:
+    """Registry hook: a random Tahoe-x1 checkpoint sized by a model entry's `random:` settings, its
+    vocabulary from the dataset / genes file (tissuelens.models.vocab); needs the tahoe-x1 package."""
+    if not tahoe_available():
+        raise InputError("models: source random for kind tahoe builds a ComposerTX and needs the tahoe-x1 package; "
+                         "run download_model in the Tahoe stack (envs/tahoe_cpu.yaml, envs/tahoe.yaml or the container)")
+    from tissuelens.models.vocab import random_vocabulary
+
+    genes, _, _ = random_vocabulary(settings, seed, genes_h5ad)
+    d_model, width = int(settings["hidden_size"]), int(settings["intermediate_size"])
+    if width % d_model:
+        raise InputError(f"random Tahoe model: intermediate_size {width} is not a multiple of hidden_size {d_model} "
+                         "(TXBlock sizes its feed-forward layer as d_model x expansion_ratio)")
+    return build_random(out, genes, n_layers=int(settings["n_layers"]), d_model=d_model, n_heads=int(settings["n_heads"]),
+                        expansion_ratio=width // d_model, seed=seed)
