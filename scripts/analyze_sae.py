@@ -42,7 +42,8 @@ def parse_args(argv):
 
 
 def read_preprocessed(path: str):
-    """obs names, groups (or None), coordinates (or None) and an Ensembl id -> symbol map, without loading X."""
+    """obs names, groups (or None), coordinates (or None), an Ensembl id -> symbol map, the recorded spatial graph
+    and section codes (or None), without loading X."""
     import pandas as pd
 
     from tissuelens.io import read_h5ad
@@ -53,18 +54,24 @@ def read_preprocessed(path: str):
         groups = None
         if "group" in adata.obs:
             groups = pd.Categorical(adata.obs["group"].astype("category"))
-        coords = None
+        coords = graph = sections = None
         if "spatial" in adata.obsm:
             import numpy as np
 
+            from tissuelens.spatial_graph import GRAPH_RECORD, section_labels, spatial_connectivities
+
             coords = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+            if GRAPH_RECORD in adata.uns:  # the recorded per-section graph (files from before it: a kNN graph)
+                graph = spatial_connectivities(adata, path)
+                labels = section_labels(adata)
+                sections = None if labels is None else np.asarray(labels.codes)
         if "gene_ids" in adata.var:
             symbols = dict(zip(adata.var["gene_ids"].astype(str), adata.var_names.astype(str)))
         else:
             symbols = {}
     finally:
         adata.file.close()
-    return obs_names, groups, coords, symbols
+    return obs_names, groups, coords, symbols, graph, sections
 
 
 def main(argv=None):
@@ -88,7 +95,7 @@ def main(argv=None):
     acts = open_activations(args.activations, layer, settings["include_special_tokens"])
     if int(sae_cfg["d_in"]) != acts.d_in:
         raise InputError(f"{args.sae}: SAE d_in {sae_cfg['d_in']} does not match {acts.path} width {acts.d_in}")
-    obs_names, groups, coords, symbols = read_preprocessed(args.preprocessed)
+    obs_names, groups, coords, symbols, graph, sections = read_preprocessed(args.preprocessed)
     factors = None
     if args.factors:
         from tissuelens.sae.features import check_factors
@@ -152,7 +159,9 @@ def main(argv=None):
     live = np.flatnonzero(sums.feature_fired > 0)
     moran = None
     if coords is not None:
-        moran = features.morans_i(cell_matrix, coords[pos], live, settings["moran_neighbors"])
+        moran = features.morans_i(cell_matrix, coords[pos], live, settings["moran_neighbors"],
+                                  None if graph is None else graph[pos][:, pos],
+                                  None if sections is None else sections[pos])
     factor_r = None
     if factors is not None:
         factor_r = features.factor_correlations(cell_matrix, factors[pos])

@@ -196,7 +196,9 @@ def write_analyze_files(root: Path, adata, factors_path: Path) -> None:
     pd.DataFrame(rows, columns=["gene", "cell_type"]).to_csv(markers, index=False)
     settings = step_defaults("analyze")
     settings["domains"].update(n_neighbors=10)
-    settings["markers"].update(path=str(markers), min_markers=3)
+    # alpha 1: every positive best type is called; these few weak markers per group are rarely significant per
+    # cell, and the report and prompt tests read the called types
+    settings["markers"].update(path=str(markers), min_markers=3, alpha=1.0)
     settings["spatial_stats"].update(n_perms=50, moran_top=20)
     domains = compute_domains(adata.copy(), settings["domains"], True, 0, "demo")
     domains.to_parquet(base / "domains.parquet")

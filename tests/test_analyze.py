@@ -46,6 +46,36 @@ def test_annotation_picks_the_marked_type_and_entropy_reads_certainty():
     assert table["entropy"].iloc[0] < 0.05 and table["entropy"].iloc[2] == pytest.approx(1.0)
 
 
+def test_annotation_leaves_cells_without_a_significant_type_unassigned():
+    x = np.random.default_rng(1).random((4, 8)) * 0.1
+    x[0, :3] += 5.0  # A's markers
+    x[1, 3:6] += 5.0  # B's markers
+    x[2] = [1, 2, 3, 1, 2, 3, 0, 0]  # both sets alike: a positive score, but not significant
+    x[3, :6] = 0.0
+    x[3, 6:] = [4.0, 5.0]  # only genes of no set: negative scores
+    scores, padj = markers.score_and_padj(x, ["a", "b", "c", "d"], GENES, NET)
+    table = markers.annotate(scores, padj, alpha=0.05)
+    assert list(table["cell_type"].astype(str)) == ["A", "B", "unassigned", "unassigned"]
+    assert list(table["cell_type"].cat.categories) == ["A", "B", "unassigned"]
+    assert table["padj"].iloc[0] < 1e-6 and table["padj"].iloc[2] > 0.05
+    assert table["score"].iloc[2] > 0  # the best score is kept, the call is not
+    # missing scores (no marker expressed) are unassigned too, never a "nan" category
+    missing = markers.annotate(pd.DataFrame({"A": [np.nan, 2.0], "B": [1.0, 1.0]}, index=["p", "q"]))
+    assert list(missing["cell_type"].astype(str)) == ["unassigned", "A"]
+    assert "nan" not in missing["cell_type"].astype(str).tolist()
+
+
+def test_summary_counts_called_types_and_the_unassigned_share():
+    from tissuelens.analyze.run import summarize
+
+    idx = pd.Index(["a", "b", "c", "d"])
+    annotation = pd.DataFrame({"cell_type": pd.Categorical(["A", "A", "B", "unassigned"]), "score": 1.0,
+                               "padj": 0.01, "entropy": 0.5}, index=idx)
+    domains_table = pd.DataFrame({"expr_leiden": pd.Categorical(["C1", "C1", "C2", "C2"])}, index=idx)
+    out = summarize(domains_table, annotation, pd.DataFrame({"majority_share": [1.0]}), {}, pd.DataFrame(), None)
+    assert out["annotation"]["n_types_called"] == 2 and out["annotation"]["unassigned_share"] == 0.25
+
+
 def test_softmax_entropy_known_values():
     h = markers.softmax_entropy(np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [np.log(2), 0.0, 0.0]]))
     p = np.array([2, 1, 1]) / 4
@@ -88,8 +118,16 @@ def test_smoothing_averages_each_row_with_its_neighbours():
     graph = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
     x = np.array([[0.0, 3.0], [3.0, 6.0], [6.0, 0.0]])
     np.testing.assert_allclose(domains.smooth(x, graph), [[1.5, 4.5], [3.0, 3.0], [4.5, 3.0]])
-    coords = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
-    g = domains.spatial_graph(coords, 1).toarray()
+    # the graph it smooths over is the recorded one (tissuelens.spatial_graph), here a 1-nearest-neighbour graph
+    import anndata as ad
+
+    from tissuelens.config import step_defaults
+    from tissuelens.spatial_graph import build_spatial_graph, spatial_connectivities
+
+    holder = ad.AnnData(sp.csr_matrix((4, 1), dtype=np.float32))
+    holder.obsm["spatial"] = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
+    build_spatial_graph(holder, {**step_defaults("preprocess")["spatial_graph"], "method": "knn", "n_neighs": 1})
+    g = spatial_connectivities(holder, "t").toarray()
     assert g[0, 1] == 1 and g[2, 3] == 1 and g[0, 2] == 0
 
 

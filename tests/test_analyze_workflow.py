@@ -61,8 +61,9 @@ def test_planted_markers_annotate_the_true_groups(unlabelled):
     raw = ad.read_h5ad(unlabelled / "resources/datasets/demo/raw.h5ad")
     table = pd.read_parquet(unlabelled / "results/demo/analyze/annotation.parquet")
     truth = raw.obs.loc[table.index, "group"].astype(str)
-    accuracy = (table["cell_type"].astype(str) == truth).mean()
-    assert accuracy >= 0.9, accuracy
+    called = table["cell_type"].astype(str) != "unassigned"  # best type not significant (analyze.markers.alpha)
+    accuracy = (table["cell_type"].astype(str)[called] == truth[called]).mean()
+    assert accuracy >= 0.95 and called.mean() >= 0.5, (accuracy, called.mean())
     assert table["entropy"].between(0, 1).all()
     summary = json.loads((unlabelled / "results/demo/analyze/summary.json").read_text())
     assert summary["group_source"] == "spatial_domain" and summary["moran"]["top_I"] > 0.2

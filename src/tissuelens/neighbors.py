@@ -1,4 +1,5 @@
-"""k-nearest-neighbour graphs for every stage that builds one (embedding metrics, report UMAP/Leiden).
+"""k-nearest-neighbour graphs for every stage that builds one (embedding metrics, report UMAP/Leiden). The
+dataset's spatial graph (per section, following the platform) is tissuelens.spatial_graph.
 
 Scanpy switches from an exact search to pynndescent at 4,096 cells (8,192 for euclidean) and then
 reads the distance graph with `getnnz`, which the `csr_array` that pynndescent 0.7 returns lacks

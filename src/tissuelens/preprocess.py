@@ -4,7 +4,8 @@ Order: missing coordinates/expression -> platform QC (transcripts, control share
 remove_doublets is on) -> missing group -> small groups -> gene filter. Scrublet sees the same cells with or
 without a group column, so rule `domains` (no groups yet) and rule `preprocess` (groups from those domains)
 call the same doublets.
-Every filter records how many cells or genes it removed (returned as the QC report).
+Every filter records how many cells or genes it removed (returned as the QC report). Spatial data then get
+their one spatial graph, per section (`add_spatial_graph`), which every later step reads.
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         raise InputError(f"{where}: group_key '{group_key}' is not an obs column")
     if entry["spatial"] and "spatial" not in adata.obsm:
         raise InputError(f"{where}: spatial: true but obsm['spatial'] is missing")
+    if entry["spatial"]:
+        from tissuelens.sections import section_labels_from
+
+        section_labels_from(adata.obs, entry.get("section_key"), where)  # a bad section_key fails before any work
 
     adata = drop_missing(adata, entry["spatial"], report)
     adata = qc_filter_cells(adata, settings, report)
@@ -175,6 +180,10 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         report["genes_removed"]["not_highly_variable"] = int((~adata.var["highly_variable"]).sum())
         adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
 
+    if entry["spatial"]:
+        graph = add_spatial_graph(adata, entry, settings, where)
+        report["spatial_graph"] = {k: graph[k] for k in ("method", "reason", "section_key", "sections", "mean_degree",
+                                                         "n_isolated")}
     report.update(
         n_cells=int(adata.n_obs),
         n_genes=int(adata.n_vars),
@@ -182,6 +191,16 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         groups={str(k): int(v) for k, v in adata.obs["group"].value_counts(sort=False).items()} if group_key else {},
     )
     return adata, report
+
+
+def add_spatial_graph(adata, entry: dict, settings: dict, where: str) -> dict:
+    """The dataset's spatial graph, one per section (tissuelens.spatial_graph), in obsp/uns; returns its record.
+    `settings`: the preprocess settings (their `spatial_graph`, schema defaults for keys they lack)."""
+    from tissuelens.config import deep_merge, step_defaults
+    from tissuelens.spatial_graph import build_spatial_graph
+
+    graph_settings = deep_merge(step_defaults("preprocess")["spatial_graph"], settings.get("spatial_graph"))
+    return build_spatial_graph(adata, graph_settings, entry.get("section_key"), entry.get("source"), where)
 
 
 def read_raw(path):

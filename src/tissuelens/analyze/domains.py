@@ -1,5 +1,6 @@
 """Domains without labels: Leiden on the expression PCA, and spatial domains by Leiden on the PCA
-averaged over each spot's spatial neighbours (squidpy's spatial graph).
+averaged over each spot's spatial neighbours: the dataset's recorded spatial graph (preprocess builds it per
+section and per platform, tissuelens.spatial_graph), so no average reaches into another section.
 
 Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, in Leiden's own numbering.
 """
@@ -11,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tissuelens.errors import InputError
+from tissuelens.spatial_graph import spatial_connectivities
 
 COLUMNS = ("expr_leiden", "spatial_domain")
 
@@ -25,17 +27,6 @@ def expression_pca(adata, n_comps: int, seed: int) -> np.ndarray:
         n_comps = int(min(n_comps, mask.sum() - 1))
     sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, random_state=seed)
     return np.asarray(adata.obsm["X_pca"], dtype=np.float64)
-
-
-def spatial_graph(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
-    """squidpy's k-nearest-neighbour spatial graph (generic coordinates), binary connectivities."""
-    import anndata as ad
-    import squidpy as sq
-
-    holder = ad.AnnData(sp.csr_matrix((coords.shape[0], 0), dtype=np.float32))
-    holder.obsm["spatial"] = np.asarray(coords, dtype=np.float64)
-    sq.gr.spatial_neighbors_knn(holder, n_neighs=int(min(n_neighbors, coords.shape[0] - 1)))
-    return sp.csr_matrix(holder.obsp["spatial_connectivities"])
 
 
 def smooth(x: np.ndarray, graph: sp.spmatrix) -> np.ndarray:
@@ -74,7 +65,7 @@ def compute_domains(adata, settings: dict, spatial: bool, seed: int, where: str)
     out = pd.DataFrame(index=adata.obs_names.copy())
     out["expr_leiden"] = leiden(pcs, k, settings["resolution"], seed, "C")
     if spatial:
-        graph = spatial_graph(adata.obsm["spatial"], settings["spatial_neighbors"])
+        graph = spatial_connectivities(adata, where)
         smoothed = smooth(pcs, graph)
         out["spatial_domain"] = leiden(smoothed, k, settings["spatial_resolution"], seed, "D")
     else:

@@ -77,6 +77,12 @@ def match_genes(net: pd.DataFrame, var_names, min_markers: int, where: str) -> p
 
 def score(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> pd.DataFrame:
     """decoupler's `method` scores (cells x cell types) of the expression matrix `x` (cells x genes)."""
+    return score_and_padj(x, obs_names, var_names, net, method)[0]
+
+
+def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """decoupler's `method` scores and their adjusted p-values (BH over the cell types of each cell), both
+    cells x cell types."""
     import anndata as ad
     import decoupler as dc
 
@@ -85,8 +91,10 @@ def score(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> pd
     # an AnnData holder: decoupler reads sparse matrices in batches only from AnnData
     holder = ad.AnnData(x, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=np.asarray(var_names, dtype=str)))
     repaired = func(holder, net, tmin=0, verbose=False)  # a copy without empty cells when there are some
-    es = (repaired if repaired is not None else holder).obsm[f"score_{method}"]
-    return pd.DataFrame(es).reindex(index=names).astype(np.float64)
+    out = repaired if repaired is not None else holder
+    es = pd.DataFrame(out.obsm[f"score_{method}"]).reindex(index=names).astype(np.float64)
+    padj = pd.DataFrame(out.obsm[f"padj_{method}"]).reindex(index=names, columns=es.columns).astype(np.float64)
+    return es, padj
 
 
 def softmax_entropy(scores: np.ndarray) -> np.ndarray:
@@ -103,19 +111,34 @@ def softmax_entropy(scores: np.ndarray) -> np.ndarray:
     return h / np.log(k)
 
 
-def annotate(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: `cell_type` (highest score), `score`, `entropy`. Cells whose scores are all missing get none."""
+UNASSIGNED = "unassigned"
+
+
+def annotate(scores: pd.DataFrame, padj: pd.DataFrame | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Per cell: `cell_type` (highest score), `score`, `padj` (that type's adjusted p-value), `entropy`.
+    `unassigned`: cells whose best score is not positive, whose best type is not significant (padj > alpha)
+    or whose scores are missing (no marker expressed), so no cell is forced into a type."""
     values = scores.to_numpy(dtype=np.float64)
     ok = np.isfinite(values).all(axis=1)
     filled = np.where(np.isfinite(values), values, -np.inf)
     best = filled.argmax(axis=1)
+    rows = np.arange(len(best))
+    best_score = np.where(ok, filled[rows, best], np.nan)
+    best_padj = np.full(len(best), np.nan)
+    if padj is not None:
+        best_padj = padj.reindex(index=scores.index, columns=scores.columns).to_numpy(dtype=np.float64)[rows, best]
+    called = ok & (best_score > 0)
+    if padj is not None:
+        called &= np.nan_to_num(best_padj, nan=1.0) <= alpha
     types = np.asarray(scores.columns, dtype=object)[best]
-    types[~ok] = None
+    types[~called] = UNASSIGNED
     entropy = np.full(values.shape[0], np.nan)
     entropy[ok] = softmax_entropy(values[ok])
+    names = sorted(map(str, scores.columns))
     return pd.DataFrame({
-        "cell_type": pd.Categorical(types, categories=sorted(map(str, scores.columns))),
-        "score": np.where(ok, filled[np.arange(len(best)), best], np.nan),
+        "cell_type": pd.Categorical(types, categories=names + ([UNASSIGNED] if UNASSIGNED not in names else [])),
+        "score": best_score,
+        "padj": best_padj,
         "entropy": entropy,
     }, index=scores.index)
 

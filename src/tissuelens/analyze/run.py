@@ -11,7 +11,7 @@ from tissuelens.analyze import doublets, markers, spatial_stats
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
-ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "entropy": "float64"}
+ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "padj": "float64", "entropy": "float64"}
 
 
 def domain_key(spatial: bool) -> str:
@@ -32,27 +32,52 @@ def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.
         return empty, pd.DataFrame(columns=["source", "target", "weight"])
     net = markers.match_genes(markers.read_markers(m["path"], m["format"], m.get("species")), adata.var_names,
                               m["min_markers"], where)
-    scores = markers.score(adata.X, adata.obs_names, adata.var_names, net, m["method"])
-    table = markers.annotate(scores)
+    scores, padj = markers.score_and_padj(adata.X, adata.obs_names, adata.var_names, net, m["method"])
+    table = markers.annotate(scores, padj, m["alpha"])
     table.index.name = "obs_names"
     return table, net
 
 
 def run_spatial_stats(adata, keys: list[str], settings: dict, seed: int) -> dict[str, pd.DataFrame]:
+    """Every statistic on the recorded spatial graph (one per section; see analyze.spatial_stats)."""
+    from tissuelens.spatial_graph import GRAPH_RECORD, spatial_connectivities
+
     s = settings["spatial_stats"]
-    spatial_stats.add_spatial_graph(adata, s["n_neighbors"])
+    spatial_connectivities(adata, "preprocessed AnnData")  # a file without a recorded graph fails here, plainly
+    library_key = adata.uns[GRAPH_RECORD].get("section_key") or None
     nhood, cooc = [], []
     for key in keys:
         if adata.obs[key].nunique() < 2:
             continue
         adata.obs[key] = adata.obs[key].astype(str).astype("category")
-        nhood.append(spatial_stats.nhood_enrichment(adata, key, s["n_perms"], seed))
+        nhood.append(spatial_stats.nhood_enrichment(adata, key, s["n_perms"], seed, library_key))
         cooc.append(spatial_stats.co_occurrence(adata, key, s["co_occurrence_intervals"], s["co_occurrence_max_cells"], seed))
     return {
         "nhood": pd.concat(nhood, ignore_index=True) if nhood else pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
-        "cooccurrence": pd.concat(cooc, ignore_index=True) if cooc else pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
+        "cooccurrence": (pd.concat(cooc, ignore_index=True) if cooc
+                         else pd.DataFrame(columns=spatial_stats.COOCCURRENCE_COLUMNS)),
         "svg": spatial_stats.moran_genes(adata, s["moran_top"], seed),
     }
+
+
+def moran_summary(svg: pd.DataFrame) -> dict:
+    """Genes significant at FDR 0.05 among all genes (not only the `moran_top` written), top and median I of the
+    written genes; with several sections each section's figures under `per_section` and, at the top, the
+    largest section count, the highest I and the median of the sections' medians."""
+    counts = svg.attrs.get("n_significant")
+    per_section = {}
+    for name, part in svg.groupby("section", sort=False):
+        per_section[str(name)] = {"n_significant_fdr_0.05": int(counts[name]) if counts else int((part["pval_fdr_bh"] < 0.05).sum()),
+                                  "top_I": float(part["I"].max()), "median_top_I": float(part["I"].median())}
+    n_genes = int(svg.attrs.get("n_genes", svg["gene"].nunique()))
+    first = next(iter(per_section.values()))
+    if len(per_section) == 1:
+        return {**first, "n_genes_tested": n_genes}
+    return {"n_genes_tested": n_genes,
+            "n_significant_fdr_0.05": max(p["n_significant_fdr_0.05"] for p in per_section.values()),
+            "top_I": max(p["top_I"] for p in per_section.values()),
+            "median_top_I": float(np.median([p["median_top_I"] for p in per_section.values()])),
+            "per_section": per_section}
 
 
 def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.DataFrame, stats: dict,
@@ -65,13 +90,13 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
             out[col] = {"n": int(len(counts)), "largest_share": float(counts.iloc[0] / counts.sum()),
                         "smallest_share": float(counts.iloc[-1] / counts.sum())}
     if len(annotation):
-        out["annotation"] = {"n_types_called": int(annotation["cell_type"].nunique()),
+        called = annotation["cell_type"].astype(str) != markers.UNASSIGNED
+        out["annotation"] = {"n_types_called": int(annotation["cell_type"][called].nunique()),
+                             "unassigned_share": float(1.0 - called.mean()),
                              "mean_entropy": float(np.nanmean(annotation["entropy"])),
                              "mean_majority_share": float(majority["majority_share"].mean()) if len(majority) else None}
     if stats.get("svg") is not None and len(stats["svg"]):
-        svg = stats["svg"]
-        out["moran"] = {"n_significant_fdr_0.05": int((svg["pval_fdr_bh"] < 0.05).sum()),
-                        "top_I": float(svg["I"].iloc[0]), "median_top_I": float(svg["I"].median())}
+        out["moran"] = moran_summary(stats["svg"])
     nh = stats.get("nhood")
     if nh is not None and len(nh):
         dom = nh[nh["key"] == nh["key"].iloc[0]]
@@ -111,8 +136,8 @@ def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: i
             log.warning("doublets not scored: %s", exc)
             dbl.attrs["skipped"] = str(exc)
     stats = {"nhood": pd.DataFrame(columns=["key", "a", "b", "zscore", "count"]),
-             "cooccurrence": pd.DataFrame(columns=["key", "a", "b", "distance", "ratio"]),
-             "svg": pd.DataFrame(columns=["gene", "I", "pval", "pval_fdr_bh"])}
+             "cooccurrence": pd.DataFrame(columns=spatial_stats.COOCCURRENCE_COLUMNS),
+             "svg": pd.DataFrame(columns=spatial_stats.SVG_COLUMNS)}
     if spatial and settings["spatial_stats"]["enabled"]:
         adata.obs[key] = domains[key].to_numpy()
         keys = [key]

@@ -107,6 +107,13 @@ def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
     if group_key is not None and group_key not in adata.obs:
         raise InputError(f"{where}: group_key '{group_key}' is not an obs column (has: {', '.join(map(str, adata.obs.columns))})")
 
+    if entry.get("section_key"):
+        from tissuelens.sections import section_labels_from
+
+        section_labels_from(adata.obs, entry["section_key"], where)
+        if not entry["spatial"]:
+            raise InputError(f"{where}: section_key '{entry['section_key']}' is set but the dataset is not spatial")
+
     symbols = entry.get("gene_symbols_key")
     if symbols is not None:
         if symbols not in adata.var:
@@ -134,5 +141,6 @@ def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
         "origin": where,
         "spatial": bool(entry["spatial"]),
         "group_key": group_key or "",
+        "section_key": entry.get("section_key") or "",
     }
     return adata

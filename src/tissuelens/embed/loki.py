@@ -78,6 +78,22 @@ def spot_image(adata, where: str, image_key: str = "hires", library_id: str | No
     )
 
 
+def spot_images(adata, where: str, image_key: str = "hires", library_id: str | None = None) -> list:
+    """(rows, SpotImage) pairs covering every spot: one image for all, or, for a dataset of several sections
+    (tissuelens.sections) whose uns['spatial'] holds a library named after each section (squidpy's
+    library_key convention), each section's spots with their own image. `library_id` set: that one image."""
+    from tissuelens.sections import section_labels
+
+    labels = section_labels(adata)
+    libraries = adata.uns.get("spatial") if hasattr(adata, "uns") else None
+    if (labels is not None and library_id is None and isinstance(libraries, dict) and len(libraries) > 1
+            and set(map(str, labels.categories)) <= set(map(str, libraries))):
+        codes = np.asarray(labels.codes)
+        return [(np.flatnonzero(codes == i), spot_image(adata, where, image_key, str(name)))
+                for i, name in enumerate(labels.categories) if (codes == i).any()]
+    return [(np.arange(adata.n_obs), spot_image(adata, where, image_key, library_id))]
+
+
 def as_rgb_uint8(img: np.ndarray, where: str) -> np.ndarray:
     """(H, W, 3) uint8 from grey, RGB or RGBA, uint8 or float in [0, 1] (scanpy stores either)."""
     if img.ndim == 2:
@@ -270,15 +286,30 @@ def cosine_agreement(text: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.sum(l2_normalise(text) * l2_normalise(image), axis=1)
 
 
-def spatial_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) indices of each spot's k nearest other spots (ties by index)."""
+def section_codes(adata):
+    """Each spot's section code (tissuelens.sections), or None for a dataset of one section."""
+    from tissuelens.sections import section_labels
+
+    labels = section_labels(adata)
+    return None if labels is None else np.asarray(labels.codes)
+
+
+def spatial_neighbours(xy: np.ndarray, k: int, sections=None) -> np.ndarray:
+    """(n, k) indices of each spot's k nearest other spots (ties by index); with `sections` (codes) only spots of
+    the same section (k at most the smallest section's size - 1)."""
     from scipy.spatial import cKDTree
 
     n = len(xy)
     k = min(k, n - 1)
+    points = np.asarray(xy, dtype=np.float64)
+    if sections is not None:
+        sizes = np.bincount(sections)
+        k = min(k, int(sizes[sizes > 0].min()) - 1)
+        far = 10.0 * (float(np.ptp(points, axis=0).max()) + 1.0)  # sections this far apart: never neighbours
+        points = np.column_stack([points, np.asarray(sections, dtype=np.float64) * far])
     if k < 1:
         return np.zeros((n, 0), dtype=np.int64)
-    _, idx = cKDTree(xy).query(xy, k=k + 1)
+    _, idx = cKDTree(points).query(points, k=k + 1)
     idx = np.asarray(idx).reshape(n, k + 1)
     out = np.empty((n, k), dtype=np.int64)
     # drop each spot itself (usually column 0; with duplicate locations it may sit elsewhere)
@@ -369,21 +400,29 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
         raise InputError(f"{where}: {exc}") from None
 
     # everything that can fail on the input is checked before the model runs
-    image = None
+    images = None  # [(rows, SpotImage, side)]: one image, or one per section (each section's own)
     if s["image"] is True or s["image"] == "auto":
         try:
-            image = spot_image(adata, where, s["image_key"], s["library_id"])
+            images = spot_images(adata, where, s["image_key"], s["library_id"])
         except InputError:
             if s["image"] is True:
                 raise
             log.info("%s: no H&E image; text embeddings only", where)
-    if image is not None:
+    image = None if images is None else images[0][1]
+    if images is not None:
         if "spatial" not in adata.obsm:
             raise InputError(f"{where}: obsm['spatial'] is missing; image patches need spot coordinates")
-        side = patch_side(image, s["patch_px"], s["patch_um"], s["spot_um"])
-        x0, y0, centre = patch_boxes(np.asarray(adata.obsm["spatial"])[:, :2], image.scale, side)
-        check_patches(centre, image.image.shape, adata.obs_names, where)
-        padded = patch_padded(x0, y0, side, image.image.shape)
+        xy = np.asarray(adata.obsm["spatial"])[:, :2]
+        x0, y0, padded = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        sized = []
+        for rows, one in images:
+            side = patch_side(one, s["patch_px"], s["patch_um"], s["spot_um"])
+            bx0, by0, centre = patch_boxes(xy[rows], one.scale, side)
+            check_patches(centre, one.image.shape, adata.obs_names[rows], where)
+            x0[rows], y0[rows] = bx0, by0
+            padded[rows] = patch_padded(bx0, by0, side, one.image.shape)
+            sized.append((rows, one, side))
+        images = sized
         if padded.any():
             log.info("%s: %d spots' patches reach past the image edge; padded white and flagged (obs loki_patch_padded)",
                      where, int(padded.sum()))
@@ -430,8 +469,12 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
     text = encode_texts(model, tokenizer, list(sentences), device=device, batch_size=int(s["batch_size"]),
                         layers=layers if writer else None, on_tokens=on_tokens if writer else None, progress=bool(s["progress"]))
     img = None
-    if image is not None:
-        img = encode_images(model, preprocess, image.image, x0, y0, side, device=device, batch_size=int(s["batch_size"]), progress=bool(s["progress"]))
+    for rows, one, side in images or []:
+        part = encode_images(model, preprocess, one.image, x0[rows], y0[rows], side, device=device,
+                             batch_size=int(s["batch_size"]), progress=bool(s["progress"]))
+        if img is None:
+            img = np.zeros((n, part.shape[1]), dtype=part.dtype)
+        img[rows] = part
 
     metrics = {
         "model": model_name,
@@ -449,14 +492,18 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
     out = _embedding_anndata(adata, text, img, sentences, in_context, n_expr, model_name)
     if img is not None:
         cos = cosine_agreement(text, img)
-        neighbours = spatial_neighbours(np.asarray(adata.obsm["spatial"])[:, :2], int(s["retrieval_neighbours"]))
+        neighbours = spatial_neighbours(np.asarray(adata.obsm["spatial"])[:, :2], int(s["retrieval_neighbours"]),
+                                        section_codes(adata))
         hits = retrieval_hits(text, img, neighbours)
         out.obs["loki_text_image_cosine"] = cos.astype(np.float32)
         out.obs["loki_retrieval_hit"] = hits
         out.obs["loki_patch_padded"] = padded
-        spot_px = image.spot_diameter_fullres * image.scale
-        metrics["image"] = {"library": image.library, "image_key": image.key, "patch_px": int(side),
-                            "patch_um": s["patch_um"], "spot_px": round(float(spot_px), 2),
+        spot_px = [round(float(one.spot_diameter_fullres * one.scale), 2) for _, one, _ in images]
+        one_image = len(images) == 1  # several: one value per section's image, in section order
+        metrics["image"] = {"library": image.library if one_image else [one.library for _, one, _ in images],
+                            "image_key": image.key,
+                            "patch_px": images[0][2] if one_image else [side for _, _, side in images],
+                            "patch_um": s["patch_um"], "spot_px": spot_px[0] if one_image else spot_px,
                             "padded_spots": int(padded.sum()), "model_input_px": ckpt.image_size}
         metrics["text_image_cosine"] = summary(cos)
         metrics["retrieval"] = {"accuracy": float(hits.mean()), "neighbours": int(neighbours.shape[1]),

@@ -32,6 +32,8 @@ class Analysis:
     groupwise: dict = field(default_factory=dict)  # group name -> (N, L) exp-space (MGGP only)
     inducing: np.ndarray | None = None  # (M, 2) raw coordinate units
     inducing_groups: np.ndarray | None = None
+    moran_by_section: dict = field(default_factory=dict)  # section -> (L,) Moran's I, Moran order (several sections)
+    inducing_sections: np.ndarray | None = None
 
 
 def to_raw_units(z: np.ndarray, data: FactorData) -> np.ndarray:
@@ -73,9 +75,14 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
     moran = None
     order = np.arange(w.shape[1])
     if data.raw_coords is not None:
-        moran = metrics.morans_i(np.exp(mu), data.raw_coords, a["moran_neighbors"])
+        if data.sections is None:
+            moran = metrics.morans_i(np.exp(mu), data.raw_coords, a["moran_neighbors"], data.graph)
+        else:  # per section, on each section's own graph; the order follows their cell-weighted mean
+            moran, by_section = metrics.morans_i_by_section(np.exp(mu), data.raw_coords, data.sections,
+                                                            data.section_names, data.graph, a["moran_neighbors"])
         order = np.argsort(-moran, kind="stable")
         moran = moran[order]
+        by_section = {k: v[order] for k, v in by_section.items()} if data.sections is not None else {}
     mu, var, w = mu[:, order], var[:, order], w[:, order]
     factors, scales = np.exp(mu), np.sqrt(var)
     rate_f = factors if a["rate"] == "median" else np.exp(mu + var / 2)
@@ -131,11 +138,14 @@ def analyse(model: FactorModel, data: FactorData, variant: str, settings: dict, 
         steps.update(1, "groupwise posteriors")
 
     z = inducing_of(model).numpy().astype(np.float64)
-    inducing = inducing_groups = None
+    inducing = inducing_groups = inducing_sections = None
     if len(z) and data.raw_coords is not None:
         inducing = to_raw_units(z[:, :2], data)
-        inducing_groups = z[:, 2].round().astype(int) if z.shape[1] > 2 else None
-    return Analysis(factors, scales, w, order, moran, m, enrichment, lfc, group_w, groupwise, inducing, inducing_groups)
+        inducing_groups = z[:, 2].round().astype(int) if variant in GROUP_VARIANTS else None
+        if data.sections is not None:
+            inducing_sections = z[:, -1].round().astype(int)
+    return Analysis(factors, scales, w, order, moran, m, enrichment, lfc, group_w, groupwise, inducing, inducing_groups,
+                    by_section if data.raw_coords is not None else {}, inducing_sections)
 
 
 def hyperparameters(model: FactorModel, order: np.ndarray) -> dict:

@@ -31,6 +31,9 @@ class FactorData:
     size_factors: np.ndarray | None = None  # (N,), ones when off
     train_idx: np.ndarray | None = None
     val_idx: np.ndarray | None = None
+    sections: np.ndarray | None = None  # (N,) int codes of the recorded sections; None for one section
+    section_names: list[str] = field(default_factory=list)
+    graph: sp.csr_matrix | None = None  # the recorded spatial graph (binary), for Moran's I
 
     @property
     def n_cells(self) -> int:
@@ -130,6 +133,7 @@ def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str)
             bad = int((~np.isfinite(raw)).any(axis=1).sum())
             raise InputError(f"{where}: obsm['spatial'] has {bad} cells with non-finite coordinates")
         coords = rescale_coords(raw, settings["spatial_scale"])
+    sections, section_names, graph = _sections_and_graph(adata, where) if coords is not None else (None, [], None)
 
     groups, names = None, []
     if "group" in adata.obs:
@@ -168,7 +172,23 @@ def load_factor_data(adata, settings: dict, variant: str, seed: int, where: str)
         size_factors=size_factors,
         train_idx=train,
         val_idx=val,
+        sections=sections,
+        section_names=section_names,
+        graph=graph,
     )
+
+
+def _sections_and_graph(adata, where: str):
+    """(section codes or None, section names, recorded spatial graph or None) from preprocess's record."""
+    from tissuelens.spatial_graph import GRAPH_RECORD, section_labels, spatial_connectivities
+
+    if GRAPH_RECORD not in adata.uns:
+        return None, [], None  # an AnnData made without preprocess: one section, Moran's I on a kNN graph
+    labels = section_labels(adata)
+    graph = spatial_connectivities(adata, where)
+    if labels is None:
+        return None, [], graph
+    return np.asarray(labels.codes, dtype=np.int64), [str(c) for c in labels.categories], graph
 
 
 class CountBatches:

@@ -4,6 +4,11 @@ Each factor ℓ has its own amplitude a_ℓ and lengthscale ℓ_ℓ (softplus-co
 the kernel's own optimiser or frozen (`train_kernel: false`, the reference). Inputs of the MGGP kernel are
 spatial columns followed by one column holding the integer group code (as a float), so that gpytorch's
 variational strategies can carry groups with the inducing points.
+
+Sections (a dataset's `section_key`): one more last column holds the section code, and the kernel is
+multiplied by 1[same section], so covariance across sections is exactly zero: each section's factors are
+independent GPs with the shared per-factor amplitude and lengthscale, and the loadings W stay shared, so a
+factor means the same genes in every section. Inducing points carry their section the same way.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ class FactorKernel(gpytorch.kernels.Kernel):
 
     def __init__(self, n_factors: int, lengthscale: float, amplitude: float = 1.0, train: bool = True,
                  n_groups: int | None = None, group_diff: float = 1.0, train_group_diff: bool = False,
-                 length_unit: float = 1.0):
+                 length_unit: float = 1.0, sectioned: bool = False):
         super().__init__(batch_shape=torch.Size([n_factors]))
+        self.sectioned = bool(sectioned)
         # lengthscale = length_unit · softplus(raw): with length_unit = spatial_scale the raw parameter lives in
         # NSF's box-of-side-4 units, so one Adam step moves a lengthscale by the same share of the tissue as
         # in NSF (softplus is linear above ~2: in model units a step of 0.01 would barely move ℓ = 20)
@@ -80,6 +86,14 @@ class FactorKernel(gpytorch.kernels.Kernel):
     def matrix(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, per_factor: bool = False) -> torch.Tensor:
         """(L, *batch, n, m), or (L, *batch, n) with `diag`, for inputs (*batch, n, d) and (*batch, m, d).
         With `per_factor` the inputs' leading dimension already is the factor's (as gpytorch passes them)."""
+        if self.sectioned:  # 1[same section] x the kernel of the remaining columns
+            c1, c2 = x1[..., -1].round(), x2[..., -1].round()
+            same = (c1 == c2) if diag else (c1.unsqueeze(-1) == c2.unsqueeze(-2))
+            out = self._matrix(x1[..., :-1], x2[..., :-1], diag, per_factor)
+            return out * same.to(out.dtype)
+        return self._matrix(x1, x2, diag, per_factor)
+
+    def _matrix(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool, per_factor: bool) -> torch.Tensor:
         grouped = self.n_groups is not None
         s1, s2 = (x1[..., :-1], x2[..., :-1]) if grouped else (x1, x2)
         if diag:
@@ -102,8 +116,21 @@ class FactorKernel(gpytorch.kernels.Kernel):
         return self.matrix(x1, x2, diag, per_factor=x1.dim() > 2)
 
 
-def make_kernel(settings: dict, n_factors: int, lengthscale: float, n_groups: int | None = None) -> FactorKernel:
+def make_kernel(settings: dict, n_factors: int, lengthscale: float, n_groups: int | None = None,
+                sectioned: bool = False) -> FactorKernel:
     """The kernel a variant's settings ask for (`lengthscale` is the resolved initial value)."""
     return FactorKernel(n_factors, lengthscale, settings["amplitude"], settings["train_kernel"], n_groups,
                         settings["group_diff"], settings["train_group_diff"] and settings["train_kernel"],
-                        length_unit=settings["spatial_scale"])
+                        length_unit=settings["spatial_scale"], sectioned=sectioned)
+
+
+SECTION_SEPARATION = 1e6  # model units between sections in neighbour searches (the tissue spans ~4 x spatial_scale)
+
+
+def search_space(x: np.ndarray, sectioned: bool) -> np.ndarray:
+    """Kernel inputs as points for a nearest-neighbour search: x, y, and with sections the section code times
+    SECTION_SEPARATION, so a cell's nearest cells are those of its own section."""
+    x = np.asarray(x, dtype=np.float64)
+    if not sectioned:
+        return x[:, :2]
+    return np.column_stack([x[:, :2], x[:, -1] * SECTION_SEPARATION])

@@ -2,8 +2,8 @@
 
 q(u_l) = N(m_l, Lu_l Lu_lᵀ) with a dense rank-R factor Lu_l (N, R). The prior (constant mean β_l, kernel
 k_l per factor) enters through a sum of K-nearest-neighbour conditional KL terms; prediction conditions
-each query on its K nearest cells. Neighbours are spatial only; for MGGP the group column enters through
-the kernel.
+each query on its K nearest cells. Neighbours are spatial only (within the cell's own section when the data
+have sections); for MGGP the group column enters through the kernel.
 
 The rank must exceed K: with R ≤ K the K neighbours' rows of Lu span its whole column space, so the
 variational conditional variance of u_j given u_n collapses to the jitter and −½ log of it rewards an
@@ -72,7 +72,13 @@ class LCGPPrior(nn.Module):
 
     @property
     def spatial(self) -> torch.Tensor:
-        return self.inputs[:, :2]
+        return torch.as_tensor(self._search(self.inputs))
+
+    def _search(self, x: torch.Tensor) -> np.ndarray:
+        """Points for the neighbour search: x, y (and the section, far apart: neighbours stay in their section)."""
+        from tissuelens.factorize.kernels import search_space
+
+        return search_space(x.detach().cpu().numpy(), getattr(self.kernel, "sectioned", False))
 
     @property
     def inducing(self) -> torch.Tensor:
@@ -109,7 +115,7 @@ class LCGPPrior(nn.Module):
         eye = torch.eye(k, device=x.device)
         for start in range(0, x.shape[0], chunk_size):
             xq = x[start : start + chunk_size]
-            nbr = torch.as_tensor(self._knn(xq[:, :2].cpu().numpy(), k), device=x.device)
+            nbr = torch.as_tensor(self._knn(self._search(xq), k), device=x.device)
             x_n = self.inputs[nbr]
             k_nn = self.kernel.matrix(x_n, x_n) + self.jitter * eye  # (L,C,K,K)
             k_nq = self.kernel.matrix(x_n, xq.unsqueeze(-2)).squeeze(-1)  # (L,C,K)

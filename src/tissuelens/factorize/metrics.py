@@ -18,7 +18,7 @@ def posterior(model: FactorModel, data: FactorData, variant: str, chunk_size: in
     `groups` (N,) overrides every cell's group (MGGP groupwise posteriors)."""
     x = kernel_inputs(data, variant)
     if x is not None and groups is not None:
-        x[:, -1] = torch.as_tensor(groups, dtype=x.dtype)
+        x[:, 2] = torch.as_tensor(groups, dtype=x.dtype)  # the group column (a section column may follow)
     pos = np.full(data.n_cells, -1)
     pos[data.train_idx] = np.arange(len(data.train_idx))
     device = model.w.device
@@ -86,20 +86,41 @@ def reconstruction_error(counts, factors: np.ndarray, loadings: np.ndarray, chun
     return float(np.sqrt(num / den))
 
 
-def morans_i(values: np.ndarray, xy: np.ndarray, n_neighs: int = 6) -> np.ndarray:
-    """Moran's I of each column of `values` on squidpy's k-NN graph (binary, row-normalised):
+def morans_i(values: np.ndarray, xy: np.ndarray, n_neighs: int = 6, graph=None) -> np.ndarray:
+    """Moran's I of each column of `values` (squidpy, row-normalised weights) on `graph` (the dataset's recorded
+    spatial graph) or, without one, squidpy's k-NN graph of `xy`:
     I = Σ_i z_i (mean of z over i's neighbours) / Σ_i z_i², z = x − x̄."""
     import anndata as ad
     import pandas as pd
+    import scipy.sparse as sp
     import squidpy as sq
 
     cols = [f"f{i}" for i in range(values.shape[1])]
     holder = ad.AnnData(obs=pd.DataFrame(values, columns=cols, index=[str(i) for i in range(len(values))]))
     holder.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
-    sq.gr.spatial_neighbors_knn(holder, n_neighs=n_neighs)
+    if graph is None:
+        sq.gr.spatial_neighbors_knn(holder, n_neighs=n_neighs)
+    else:
+        holder.obsp["spatial_connectivities"] = sp.csr_matrix(graph, dtype=np.float64)
     table = sq.gr.spatial_autocorr(holder, mode="moran", attr="obs", genes=cols, n_perms=None,
                                    transformation=True, copy=True)
     return table.loc[cols, "I"].to_numpy(dtype=np.float64)
+
+
+def morans_i_by_section(values: np.ndarray, xy: np.ndarray, sections: np.ndarray, names: list[str], graph,
+                        n_neighs: int = 6) -> tuple[np.ndarray, dict]:
+    """Moran's I of each column within each section on its own block of `graph` (or its k-NN graph):
+    (the sections' mean weighted by their cells, {section: (L,) values})."""
+    per, weights = {}, []
+    for code, name in enumerate(names):
+        rows = np.flatnonzero(sections == code)
+        if len(rows) < 3:
+            continue
+        block = None if graph is None else graph[rows][:, rows]
+        per[name] = morans_i(values[rows], xy[rows], min(n_neighs, len(rows) - 1), block)
+        weights.append(len(rows))
+    combined = np.average(np.vstack(list(per.values())), axis=0, weights=weights)
+    return combined, per
 
 
 def group_loadings(counts, factors: np.ndarray, loadings: np.ndarray, groups: np.ndarray, n_groups: int,

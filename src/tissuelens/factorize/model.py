@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
-from tissuelens.factorize.inducing import inducing_count, kmeans_centres, mggp_inducing
-from tissuelens.factorize.kernels import make_kernel
+from tissuelens.factorize.inducing import _split_counts, inducing_count, kmeans_centres, mggp_inducing
+from tissuelens.factorize.kernels import make_kernel, search_space
 from tissuelens.factorize.lcgp import LCGPPrior
 from tissuelens.factorize.pnmf import PNMFPrior
 from tissuelens.factorize.svgp import SVGPPrior
@@ -56,13 +56,16 @@ def lcgp_rank(settings: dict, k: int) -> int:
 
 
 def kernel_inputs(data: FactorData, variant: str, cells=None) -> torch.Tensor | None:
-    """Coordinates (plus the group code as a float column for MGGP) of `cells` (default all)."""
+    """Coordinates (plus the group code as a float column for MGGP, then the section code when the data have
+    sections) of `cells` (default all)."""
     if data.coords is None:
         return None
     cells = np.arange(data.n_cells) if cells is None else cells
     x = data.coords[cells]
     if variant in GROUP_VARIANTS:
         x = np.column_stack([x, data.groups[cells]])
+    if data.sections is not None:
+        x = np.column_stack([x, data.sections[cells]])
     return torch.as_tensor(x, dtype=torch.float32)
 
 
@@ -102,8 +105,9 @@ def _svgp_init(prior: SVGPPrior, logf, x_train, settings, gen):
         from sklearn.neighbors import KNeighborsRegressor
 
         k = min(max(2, math.ceil(len(x_train) / m)), len(x_train))
-        u = KNeighborsRegressor(n_neighbors=k).fit(x_train[:, :2].numpy(), logf.numpy())
-        mean = torch.as_tensor(u.predict(z[:, :2].numpy()), dtype=torch.float32).T  # (L, M)
+        sectioned = prior.kernel.sectioned  # neighbours of an inducing point within its own section
+        u = KNeighborsRegressor(n_neighbors=k).fit(search_space(x_train.numpy(), sectioned), logf.numpy())
+        mean = torch.as_tensor(u.predict(search_space(z.numpy(), sectioned)), dtype=torch.float32).T  # (L, M)
         diag = torch.full((L, m), 0.5)
     else:
         mean = torch.randn(L, m, generator=gen)
@@ -129,11 +133,12 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
         return FactorModel(PNMFPrior(L, n, logf, settings["train_kernel"]), w, trainable_w)
 
     learn_mean = settings["train_kernel"]
+    sectioned = data.sections is not None
     x_train = kernel_inputs(data, variant, data.train_idx)
     if variant.endswith("svgp"):
         if not restoring:
             inducing = _select_inducing(variant, data, settings, groups)
-        kernel = make_kernel(settings, L, initial_lengthscale(settings, np.asarray(inducing)), groups)
+        kernel = make_kernel(settings, L, initial_lengthscale(settings, np.asarray(inducing)), groups, sectioned)
         prior = SVGPPrior(torch.as_tensor(inducing, dtype=torch.float32), L, kernel, settings["jitter"], learn_mean)
         prior.set_inputs(x_train)
         if not restoring:
@@ -144,7 +149,7 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
     if k < settings["n_neighbors"]:
         log.info("n_neighbors=%d clamped to %d (training cells - 1)", settings["n_neighbors"], k)
     rank = lcgp_rank(settings, k)
-    kernel = make_kernel(settings, L, initial_lengthscale(settings, x_train.numpy()), groups)
+    kernel = make_kernel(settings, L, initial_lengthscale(settings, x_train.numpy()), groups, sectioned)
     if restoring:
         mean, lu = torch.zeros(L, n), torch.zeros(L, n, rank)
     elif settings["init"] == "nmf":
@@ -157,15 +162,37 @@ def build_model(variant: str, data: FactorData, settings: dict, inducing=None) -
 
 
 def _select_inducing(variant, data, settings, groups):
+    """k-means inducing points (MGGP: with their group); with sections, each section gets its own, in
+    proportion to its training cells (at least one), and carries its section code in the last column."""
     from tissuelens.device import resolve_device
 
     xy = data.coords[data.train_idx]
-    m = inducing_count(settings["n_inducing"], len(np.unique(xy, axis=0)), resolve_device(settings["device"]).type)
-    if groups is None:
-        return kmeans_centres(xy, m, settings["seed"], settings["kmeans_n_init"])
-    if m > len(xy):
+    sections = None if data.sections is None else data.sections[data.train_idx]
+    places = xy if sections is None else np.column_stack([xy, sections])  # one spot in two sections: two places
+    m = inducing_count(settings["n_inducing"], len(np.unique(places, axis=0)), resolve_device(settings["device"]).type)
+    if groups is not None and m > len(xy):
         log.info("n_inducing=%d clamped to the %d training cells", m, len(xy))
         m = len(xy)
-    z, gz = mggp_inducing(xy, data.groups[data.train_idx], groups, m, settings["inducing_allocation"],
+    if sections is None:
+        return _inducing_of(xy, data.groups[data.train_idx] if groups is not None else None, groups, m, settings)
+    sizes = np.bincount(sections, minlength=len(data.section_names))
+    present = np.flatnonzero(sizes)
+    per = np.zeros(len(sizes), dtype=int)
+    per[present] = _split_counts(sizes[present], max(m, len(present)), "proportional")
+    parts = []
+    for s in present:
+        rows = sections == s
+        g = data.groups[data.train_idx][rows] if groups is not None else None
+        z = _inducing_of(xy[rows], g, groups, int(per[s]), settings)
+        parts.append(np.column_stack([z, np.full(len(z), s)]))
+    return np.concatenate(parts)
+
+
+def _inducing_of(xy, groups_of_cells, groups, m, settings):
+    """Inducing points of one set of cells; MGGP: among the groups these cells hold (a section may lack some)."""
+    if groups is None:
+        return kmeans_centres(xy, m, settings["seed"], settings["kmeans_n_init"])
+    present, local = np.unique(groups_of_cells, return_inverse=True)
+    z, gz = mggp_inducing(xy, local, len(present), m, settings["inducing_allocation"],
                           settings["seed"], settings["kmeans_n_init"])
-    return np.column_stack([z, gz])
+    return np.column_stack([z, present[gz]])

@@ -94,12 +94,18 @@ def analyse_variant(adata, variant: str, settings: dict, model_dir: Path, elbo_c
               {n: res.group_loadings[g].astype(np.float32) for g, n in enumerate(names)})
     _save_npz(out / "groupwise_factors.npz", {n: f.astype(np.float32) for n, f in res.groupwise.items()})
     with atomic_path(out / "moran_i.csv") as tmp:
-        pd.DataFrame({"factor": np.arange(len(res.order)), "original_index": res.order,
-                      "moran_i": res.moran if res.moran is not None else np.nan}).to_csv(tmp, index=False)
+        table = pd.DataFrame({"factor": np.arange(len(res.order)), "original_index": res.order,
+                              "moran_i": res.moran if res.moran is not None else np.nan})
+        for name, values in res.moran_by_section.items():  # several sections: moran_i is their cell-weighted mean
+            table[f"moran_i[{name}]"] = values
+        table.to_csv(tmp, index=False)
     with atomic_path(out / "inducing_points.csv") as tmp:
         z = res.inducing if res.inducing is not None else np.zeros((0, 2))
         g = [names[i] for i in res.inducing_groups] if res.inducing_groups is not None else [""] * len(z)
-        pd.DataFrame({"x": z[:, 0], "y": z[:, 1], "group": g}).to_csv(tmp, index=False)
+        table = pd.DataFrame({"x": z[:, 0], "y": z[:, 1], "group": g})
+        if res.inducing_sections is not None:
+            table["section"] = [data.section_names[i] for i in res.inducing_sections]
+        table.to_csv(tmp, index=False)
     write_json(res.enrichment, out / "gene_enrichment.json")
     write_json(res.metrics, out / "metrics.json")
 
@@ -112,7 +118,15 @@ def analyse_variant(adata, variant: str, settings: dict, model_dir: Path, elbo_c
         plots.elbo_curve(history, tmp / "elbo.png")
         plots.top_genes(res.loadings, data.gene_names, a["top_genes"], tmp / "top_genes.png")
         xy = data.raw_coords
-        if xy is not None:
+        if xy is not None:  # several sections: drawn side by side (tissuelens.sections.tile_sections)
+            from tissuelens.sections import tile_sections
+
+            n_sec = len(data.section_names) or None
+            xy = tile_sections(xy, data.sections, n_sec)
+            if res.inducing is not None and res.inducing_sections is not None:
+                z_all = np.vstack([data.raw_coords, res.inducing])
+                s_all = np.concatenate([data.sections, res.inducing_sections])
+                res.inducing = tile_sections(z_all, s_all, n_sec)[len(xy):]
             plots.factor_maps(xy, res.factors, res.moran, f"{variant}: factors exp(μ)", tmp / "factors.png")
             plots.factor_maps(xy, res.scales, None, f"{variant}: posterior sd σ", tmp / "scales.png", cmap="cividis")
             plots.groups_and_inducing(xy, data.groups, names, res.inducing, res.inducing_groups, tmp / "groups_inducing.png")

@@ -222,9 +222,13 @@ def _svg(files: dict, summary: dict) -> str:
     if svg is None or svg.empty:
         return ""
     moran = summary.get("moran", {})
-    text = (f"<p>{esc(moran.get('n_significant_fdr_0.05', '?'))} of the {len(svg)} genes with the highest Moran's I "
-            "are significant at FDR 0.05.</p>") if moran else ""
-    return h3("Spatially variable genes (Moran's I)") + text + table(frame=svg.head(TOP_SVG), digits=3)
+    tested = moran.get("n_genes_tested", "the")
+    text = (f"<p>{esc(moran.get('n_significant_fdr_0.05', '?'))} of {esc(tested)} genes are significant at FDR 0.05"
+            + (" (in the section with the most)" if "per_section" in moran else "")
+            + "; the highest Moran's I" + (" per section" if "per_section" in moran else "") + ":</p>") if moran else ""
+    n_sections = svg["section"].nunique() if "section" in svg else 1
+    top = svg.groupby("section", sort=False).head(max(3, TOP_SVG // n_sections)) if n_sections > 1 else svg.head(TOP_SVG)
+    return h3("Spatially variable genes (Moran's I)") + text + table(frame=top, digits=3)
 
 
 def _agreement(ctx: Context, files: dict) -> str:

@@ -29,12 +29,26 @@ class Context:
         return None
 
     @property
+    def sections(self):
+        """The recorded sections (categorical, tissuelens.sections) or None for one section."""
+        from tissuelens.sections import section_labels
+
+        return section_labels(self.adata)
+
+    @property
     def coords(self):
+        """Map coordinates: obsm["spatial"], with several sections drawn side by side (one region each)."""
         import numpy as np
 
-        if "spatial" in self.adata.obsm:
-            return np.asarray(self.adata.obsm["spatial"], dtype=float)[:, :2]
-        return None
+        from tissuelens.sections import tile_sections
+
+        if "spatial" not in self.adata.obsm:
+            return None
+        xy = np.asarray(self.adata.obsm["spatial"], dtype=float)[:, :2]
+        labels = self.sections
+        if labels is None:
+            return xy
+        return tile_sections(xy, np.asarray(labels.codes), len(labels.categories))
 
 
 STAGE_TITLES = {"factorize": "spatial factorisation", "embed": "embedding", "sae": "sparse-autoencoder",

@@ -123,7 +123,8 @@ def _tissue(ctx: Context) -> str:
     pl = plt()
     idx = subsample(len(coords), int(ctx.settings.get("max_points", 50000)))
     groups = ctx.groups
-    img = tissue_image(ctx.adata)
+    sections = ctx.sections
+    img = tissue_image(ctx.adata) if sections is None else None  # several sections: drawn side by side, no underlay
     panels = 2 if img is not None else 1
     fig, axes = pl.subplots(1, panels, figsize=(4.6 * panels + 1.2, 4.4))
     axes = np.atleast_1d(axes)
@@ -142,6 +143,10 @@ def _tissue(ctx: Context) -> str:
     fig.tight_layout()
     caption = "The tissue image and the spots coloured by group" if img is not None else "Spots on tissue coordinates"
     text = "" if img is not None else note("The dataset has coordinates but no tissue image.", "info")
+    if sections is not None:
+        text = note(f"{len(sections.categories)} tissue sections ({', '.join(map(str, sections.categories))}), drawn "
+                    "side by side from left to right in every map of this report; no spatial statistic links two "
+                    "sections.", "info")
     return h3("Tissue") + text + ctx.figures.embed(fig, "dataset", "tissue", caption)
 
 

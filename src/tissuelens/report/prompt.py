@@ -208,9 +208,9 @@ def _domain_lines(b: PromptBuilder, plan: dict, qc: dict) -> None:
         b.add(line + ".")
     moran = summary.get("moran")
     if moran and "spatially_variable_genes.csv" in files:
-        n = len(readers.read_csv(files["spatially_variable_genes.csv"]))
-        b.add(f"- Spatially variable genes (Moran's I): among the most autocorrelated genes, a share of "
-              f"{num(moran['n_significant_fdr_0.05'] / max(n, 1))} is significant at FDR 0.05; highest I "
+        n = moran.get("n_genes_tested") or len(readers.read_csv(files["spatially_variable_genes.csv"]))
+        b.add(f"- Spatially variable genes (Moran's I): a share of "
+              f"{num(moran['n_significant_fdr_0.05'] / max(n, 1))} of the genes is significant at FDR 0.05; highest I "
               f"{num(moran['top_I'])}, median {num(moran['median_top_I'])}.")
     nhood = summary.get("nhood_enrichment")
     if nhood:

@@ -12,7 +12,7 @@ From these:
   with eps = 1% of the feature's mean over all tokens; top genes by mean activation and by enrichment;
 * groups: mean cell activation per group, `log2fc` against the other cells (same eps rule on the cell
   means) and one-versus-rest AUROC (Mann-Whitney with tied ranks averaged);
-* space: Moran's I of the per-spot activation (squidpy, k-nearest-neighbour graph);
+* space: Moran's I of the per-spot activation (squidpy, the dataset's recorded spatial graph, per section);
 * factors: Pearson correlation of the per-spot activation with each PNMF-GP factor.
 """
 
@@ -218,27 +218,52 @@ def group_table(cell_matrix: sp.spmatrix, groups: pd.Categorical, chunk: int = 5
     return out.sort_values(["feature", "group"], kind="stable").reset_index(drop=True)
 
 
-def morans_i(cell_matrix: sp.spmatrix, coords: np.ndarray, features: np.ndarray, n_neighs: int = 6) -> pd.DataFrame:
-    """Moran's I (squidpy, kNN graph on the coordinates) of the per-spot activation of `features`."""
-    import anndata as ad
-    import squidpy as sq
-
+def morans_i(cell_matrix: sp.spmatrix, coords: np.ndarray, features: np.ndarray, n_neighs: int = 6,
+             graph: sp.spmatrix | None = None, sections: np.ndarray | None = None) -> pd.DataFrame:
+    """Moran's I (squidpy) of the per-spot activation of `features`, on `graph` (the dataset's recorded spatial
+    graph restricted to these cells) or, without one, a kNN graph of the coordinates. With `sections` (codes)
+    each section is scored on its own block: moran_i is the sections' mean weighted by their cells, moran_pval
+    the largest of their p-values (spatial in every section); a section where a feature is constant is left out."""
     features = np.asarray(features, dtype=np.int64)
     if features.size == 0 or cell_matrix.shape[0] < 3:
         return pd.DataFrame({"feature": np.empty(0, np.int64), "moran_i": [], "moran_pval": []})
     x = sp.csr_matrix(sp.csc_matrix(cell_matrix)[:, features], dtype=np.float64)
+    if sections is None:
+        res = _moran_block(x, coords, features, n_neighs, graph)
+        i, p = res["I"].to_numpy(float), res["pval_norm"].to_numpy(float)
+    else:
+        parts, weights = [], []
+        for code in np.unique(sections):
+            rows = np.flatnonzero(sections == code)
+            if len(rows) < 3:
+                continue
+            block = None if graph is None else sp.csr_matrix(graph)[rows][:, rows]
+            parts.append(_moran_block(x[rows], coords[rows], features, n_neighs, block))
+            weights.append(len(rows))
+        i_all = np.vstack([r["I"].to_numpy(float) for r in parts])  # NaN where a feature is constant in a section
+        w = np.asarray(weights, dtype=float)[:, None] * np.isfinite(i_all)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            i = np.where(w.sum(0) > 0, np.nansum(i_all * w, axis=0) / w.sum(0), np.nan)
+        p_all = np.vstack([r["pval_norm"].to_numpy(float) for r in parts])
+        p = np.where(np.isfinite(p_all).any(0), np.nanmax(np.where(np.isfinite(p_all), p_all, -np.inf), axis=0), np.nan)
+    return pd.DataFrame({"feature": features, "moran_i": i, "moran_pval": p}).sort_values("feature").reset_index(drop=True)
+
+
+def _moran_block(x: sp.csr_matrix, coords: np.ndarray, features: np.ndarray, n_neighs: int, graph) -> pd.DataFrame:
+    """squidpy's Moran's I of each column of `x`, rows in the order of `features`."""
+    import anndata as ad
+    import squidpy as sq
+
     adata = ad.AnnData(X=x, obsm={"spatial": np.asarray(coords, dtype=np.float64)})
     adata.var_names = [str(f) for f in features]
     adata.obs_names = [str(i) for i in range(adata.n_obs)]
-    n_neighs = int(min(n_neighs, adata.n_obs - 1))
-    sq.gr.spatial_neighbors_knn(adata, n_neighs=n_neighs)
+    if graph is None:
+        sq.gr.spatial_neighbors_knn(adata, n_neighs=int(min(n_neighs, adata.n_obs - 1)))
+    else:
+        adata.obsp["spatial_connectivities"] = sp.csr_matrix(graph, dtype=np.float64)
     res = sq.gr.spatial_autocorr(adata, mode="moran", genes=list(adata.var_names), n_perms=None,
                                  copy=True, n_jobs=1, show_progress_bar=False)
-    return pd.DataFrame({
-        "feature": res.index.astype(np.int64),
-        "moran_i": res["I"].to_numpy(float),
-        "moran_pval": res["pval_norm"].to_numpy(float),
-    }).sort_values("feature").reset_index(drop=True)
+    return res.loc[list(adata.var_names)]
 
 
 def factor_correlations(cell_matrix: sp.spmatrix, factors: np.ndarray, chunk: int = 1024) -> np.ndarray:
