@@ -59,7 +59,8 @@ class TrainResult:
 def fingerprint(variant: str, settings: dict, data: FactorData) -> str:
     core = {k: v for k, v in settings.items() if k not in NOT_FINGERPRINTED}
     core.update(variant=variant, n_train=len(data.train_idx), n_genes=data.n_genes,
-                train_head=data.train_idx[:50].tolist(), genes=data.gene_names[:50].tolist())
+                train_head=data.train_idx[:50].tolist(), genes=data.gene_names[:50].tolist(),
+                sections=list(data.section_names))  # a checkpoint from another sectioning is refused by name
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
