@@ -62,12 +62,13 @@ def slope(sizes, values) -> float:
 
 def factorize_config(n_spots: int, n_genes: int, variants: list[str], slideseq: bool) -> dict:
     """size.yaml's dataset as the blocks simulation (a full square grid: n_spots rounded down to a square),
-    factorize at the schema defaults (n_factors 4)."""
+    preprocess and factorize at the schema defaults (n_factors 4)."""
     config = size_config(math.isqrt(n_spots) ** 2, n_genes)
     synthetic = next(iter(config["datasets"].values()))["synthetic"]
     synthetic.update(pattern="blocks", n_spatial_factors=4, n_nonspatial_factors=0)
     if slideseq:
         synthetic.update(background=0.01, expression_mean=0.2)
+    config["preprocess"] = {}  # the schema defaults (2,000 highly variable genes), as a user's first run
     config["factorize"] = {"n_factors": 4, "variants": variants}
     return config
 
