@@ -8,6 +8,7 @@ after the pip list, as Snakemake runs it in the new conda env, and is part of th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -81,3 +82,18 @@ def in_stack(python: Path, *args, timeout: int = 1200, **kw) -> subprocess.Compl
     env = {"PATH": f"{python.parent}{os.pathsep}/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": os.environ.get("HOME", "/root"),
            "MPLBACKEND": "Agg"}
     return subprocess.run([str(python), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, **kw)
+
+
+_VERSIONS = ("import sys, json, importlib.util\nfrom importlib import metadata\n"
+             "print(json.dumps([sys.version.split()[0], importlib.util.find_spec('flash_attn') is not None, "
+             "{d.metadata['Name'].lower().replace('_', '-'): d.version for d in metadata.distributions()}]))")
+
+
+def stack_mismatches(python: Path, pins: dict[str, str]) -> tuple[str, bool, dict]:
+    """(the stack's Python version, whether flash_attn imports, {name: installed version} of every pin it
+    does not satisfy); names compared as pip normalises them."""
+    proc = in_stack(python, "-c", _VERSIONS)
+    assert proc.returncode == 0, proc.stderr
+    version, flash, have = json.loads(proc.stdout)
+    norm = lambda name: name.lower().replace("_", "-")  # noqa: E731
+    return version, flash, {n: have.get(norm(n)) for n, v in pins.items() if have.get(norm(n)) != v}

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from stacks import env_spec, in_stack, stack_python
+from stacks import env_spec, in_stack, stack_mismatches, stack_python
 
 pytestmark = pytest.mark.workflow
 LOKI_ENV = REPO / "envs" / "loki.yaml"
@@ -39,14 +39,8 @@ def loki_python():
 
 def test_loki_stack_is_the_env_files_pins(loki_python):
     version, pins = env_spec(LOKI_ENV)
-    proc = in_stack(loki_python, "-c", "import sys, json\nfrom importlib import metadata\n"
-                    "print(json.dumps([sys.version.split()[0], {d.metadata['Name'].lower().replace('_', '-'): d.version "
-                    "for d in metadata.distributions()}]))")
-    assert proc.returncode == 0, proc.stderr
-    python, have = json.loads(proc.stdout)
+    python, _, wrong = stack_mismatches(loki_python, dict(p.split("==") for p in pins))
     assert python.startswith(version + ".")
-    wrong = {p: have.get(p.split("==")[0].lower().replace("_", "-")) for p in pins
-             if have.get(p.split("==")[0].lower().replace("_", "-")) != p.split("==")[1]}
     assert not wrong, f"the Loki stack differs from envs/loki.yaml: {wrong}"
 
 

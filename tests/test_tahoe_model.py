@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import REPO
-from stacks import env_spec, in_stack, stack_python
+from stacks import env_spec, in_stack, stack_mismatches, stack_python
 
 pytestmark = pytest.mark.workflow
 TAHOE_ENV = REPO / "envs" / "tahoe_cpu.yaml"
@@ -38,15 +38,9 @@ def probe(python, what: str, workdir) -> dict:
 
 def test_tahoe_stack_is_the_env_files_pins_without_flash_attn(tahoe_python):
     version, pins = env_spec(TAHOE_ENV)
-    proc = in_stack(tahoe_python, "-c", "import sys, json, importlib.util\nfrom importlib import metadata\n"
-                    "print(json.dumps([sys.version.split()[0], importlib.util.find_spec('flash_attn') is not None, "
-                    "{d.metadata['Name'].lower().replace('_', '-'): d.version for d in metadata.distributions()}]))")
-    assert proc.returncode == 0, proc.stderr
-    python, flash, have = json.loads(proc.stdout)
-    assert python.startswith(version + ".") and not flash
     wanted = dict(p.split("==") for p in pins) | {"tahoe-x1": "1.0.0"}  # the post-deploy script's
-    wrong = {name: have.get(name.lower().replace("_", "-")) for name, v in wanted.items()
-             if have.get(name.lower().replace("_", "-")) != v}
+    python, flash, wrong = stack_mismatches(tahoe_python, wanted)
+    assert python.startswith(version + ".") and not flash
     assert not wrong, f"the Tahoe stack differs from envs/tahoe_cpu.yaml: {wrong}"
 
 
