@@ -20,7 +20,7 @@ SETTINGS = {
     "min_counts": 10, "min_genes": 3, "min_cells": 2, "max_pct_mt": 50, "drop_mt_genes": False,
     "min_group_fraction": 0.05, "min_group_size": 0, "n_top_genes": None, "hvg_flavor": "seurat_v3",
     "subset_hvg": False, "target_sum": 10000, "min_transcripts": 10, "max_control_fraction": None,
-    "remove_doublets": False,
+    "remove_doublets": False, "spatial_graph": {},
 }
 
 

@@ -493,6 +493,19 @@ def test_a_section_too_small_for_its_graph_is_one_clear_error():
         build_spatial_graph(_holder(xy, obs), {**settings, "method": "knn"}, "s", "xenium", "x.h5ad")
 
 
+def test_cells_on_a_line_get_a_knn_graph_instead_of_a_triangulation(caplog):
+    """Collinear coordinates (a strip of spots) have no Delaunay triangulation: a logged kNN graph instead."""
+    from tissuelens.spatial_graph import build_spatial_graph
+
+    xy = np.column_stack([np.arange(20.0), np.zeros(20)])
+    a = _holder(xy, pd.DataFrame(index=[f"c{i}" for i in range(20)]))
+    record = build_spatial_graph(a, step_defaults("preprocess")["spatial_graph"], None, "xenium", "line.h5ad")
+    assert record["method"] == "knn" and "collinear" in record["reason"]
+    conn = a.obsp["spatial_connectivities"]
+    assert (np.diff(conn.indptr) >= 6).all() and conn[0, 1] > 0  # every cell linked to its neighbours on the line
+    assert "lie on a line" in caplog.text
+
+
 def test_loki_patches_come_from_each_sections_own_image(tmp_path):
     """Two sections on the same coordinates, each with its own image (library named after the section): every
     spot's patch is cut from its own section's image, and retrieval neighbours stay in the section."""

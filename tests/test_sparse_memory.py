@@ -17,6 +17,7 @@ import numpy as np, pandas as pd, scipy.sparse as sp, anndata as ad
 from tissuelens.config import step_defaults
 from tissuelens.factorize import metrics
 from tissuelens.preprocess import preprocess
+import squidpy  # noqa: F401  preprocess's spatial graph imports it: its libraries' address space is not data
 
 N, D, NNZ, L, G = 200_000, 4_000, 2_000_000, 4, 3  # dense float32: 3.2 GB; sparse: ~25 MB
 rng = np.random.default_rng(0)

@@ -8,13 +8,17 @@ block-diagonally, so no edge links cells of different sections.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.spatial import QhullError
 
 from tissuelens.errors import InputError
 from tissuelens.sections import GRAPH_RECORD, section_labels, section_labels_from  # noqa: F401 (re-exported)
 
+log = logging.getLogger(__name__)
 GRID_SPACING_TOLERANCE = 0.05  # neighbours within (1 + this) x the nearest distance count as one lattice shell
 
 
@@ -84,7 +88,15 @@ def build_spatial_graph(adata, settings: dict, section_key: str | None = None, s
     record.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()})
     _check_section_sizes(labels, len(coords), method, int(kwargs.get("n_neighs", 0)), where)
     holder = _coordinate_holder(coords, adata.obs_names, labels, section_key)
-    build(holder, library_key=library_key, key_added="spatial", **kwargs)
+    try:
+        build(holder, library_key=library_key, key_added="spatial", **kwargs)
+    except QhullError:  # cells on one line (a strip of spots, a 1-D test layout) have no triangulation
+        method, kwargs = "knn", {"n_neighs": int(settings["n_neighs"] or 6)}
+        _check_section_sizes(labels, len(coords), method, kwargs["n_neighs"], where)
+        log.warning("%s: the coordinates of a section lie on a line, which has no Delaunay triangulation; "
+                    "a %d-nearest-neighbour graph instead", where, kwargs["n_neighs"])
+        record.update(method=method, reason=record["reason"] + "; collinear coordinates: knn", **kwargs)
+        sq.gr.spatial_neighbors_knn(holder, library_key=library_key, key_added="spatial", **kwargs)
     conn = sp.csr_matrix(holder.obsp["spatial_connectivities"], dtype=np.float32)
     dist = sp.csr_matrix(holder.obsp["spatial_distances"], dtype=np.float32)
     if method == "delaunay":
