@@ -15,7 +15,7 @@ AUTO_INDUCING = {"cpu": (1500, 1000), "cuda": (6000, 4000)}
 
 
 def inducing_count(setting, n_distinct: int, device_type: str) -> int:
-    """M for `n_inducing` (an integer, or "auto"), logged; an integer is clamped to the distinct locations."""
+    """M for `n_inducing` (an integer, or "auto", logged); kmeans_centres clamps it to the distinct locations."""
     if setting == "auto":
         every, centres = AUTO_INDUCING["cuda" if device_type == "cuda" else "cpu"]
         m = n_distinct if n_distinct <= every else centres

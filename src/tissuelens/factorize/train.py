@@ -40,7 +40,7 @@ NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "devic
 COSTED_ITERATIONS = 500
 # what makes each variant's step cheaper, for the time-budget error
 CHEAPER = {
-    "pnmf": "a smaller gene_batch_size",
+    "pnmf": "a smaller batch_size or gene_batch_size",
     "svgp": "fewer inducing points (n_inducing) or a smaller batch_size",
     "lcgp": "fewer n_neighbors (and lcgp_rank) or a smaller batch_size; or svgp",
 }
