@@ -37,7 +37,7 @@ def kmeans_centres(xy: np.ndarray, m: int, seed: int, n_init: int) -> np.ndarray
     return KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(xy).cluster_centers_
 
 
-def _split_counts(sizes: np.ndarray, m: int, mode: str) -> np.ndarray:
+def split_counts(sizes: np.ndarray, m: int, mode: str) -> np.ndarray:
     """Per-group numbers of inducing points summing to m (largest remainder), at least 1, at most the size."""
     share = sizes / sizes.sum() if mode == "proportional" else np.full(len(sizes), 1.0 / len(sizes))
     raw = share * m
@@ -65,7 +65,7 @@ def mggp_inducing(xy, groups, n_groups: int, m: int, allocation: str, seed: int,
             z[slot], gz[slot] = xy[rng.choice(np.flatnonzero(groups == g))], g
         return z, gz
     sizes = np.bincount(groups, minlength=n_groups)
-    per = _split_counts(sizes, m, allocation)
+    per = split_counts(sizes, m, allocation)
     zs, gs = [], []
     for g in range(n_groups):
         zg = kmeans_centres(xy[groups == g], int(per[g]), seed, n_init)

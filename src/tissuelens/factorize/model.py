@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tissuelens.factorize.data import FactorData, GROUP_VARIANTS
-from tissuelens.factorize.inducing import _split_counts, inducing_count, kmeans_centres, mggp_inducing
+from tissuelens.factorize.inducing import inducing_count, kmeans_centres, mggp_inducing, split_counts
 from tissuelens.factorize.kernels import make_kernel, search_space
 from tissuelens.factorize.lcgp import LCGPPrior
 from tissuelens.factorize.pnmf import PNMFPrior
@@ -178,7 +178,7 @@ def _select_inducing(variant, data, settings, groups):
     sizes = np.bincount(sections, minlength=len(data.section_names))
     present = np.flatnonzero(sizes)
     per = np.zeros(len(sizes), dtype=int)
-    per[present] = _split_counts(sizes[present], max(m, len(present)), "proportional")
+    per[present] = split_counts(sizes[present], max(m, len(present)), "proportional")
     parts = []
     for s in present:
         rows = sections == s

@@ -283,12 +283,13 @@ class Trainer:
             log.info("resumed from %s at iteration %d", checkpoint, self.iteration)
         start, converged = time.perf_counter(), None
         # the first kernel cycle (its kernel step and the cheaper ones after it) is timed for the budget check
-        probe, probe_start = self.iteration + max(s["kernel_every"], 2), start
+        cycle = max(s["kernel_every"], 2)
+        probe, probe_start = self.iteration + cycle, start
         bar = Progress(s["max_iter"] - self.iteration, f"factorize {self.variant}", logger=log)
         while self.iteration < s["max_iter"]:
             elbo = self.step()
             if self.iteration == probe:
-                self.check_budget((time.perf_counter() - probe_start) / max(s["kernel_every"], 2))
+                self.check_budget((time.perf_counter() - probe_start) / cycle)
             bar.update(1, f"ELBO {elbo:.6g}")
             if s["log_every"] and self.iteration % s["log_every"] == 0:
                 log.info("iteration %d: ELBO %.6g", self.iteration, elbo)
