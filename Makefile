@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: setup
-	snakemake --profile profiles/local
+	snakemake
 
 test: setup
 	python -m pytest

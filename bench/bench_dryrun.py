@@ -3,7 +3,7 @@
     python bench/bench_dryrun.py                 # 20 datasets
     python bench/bench_dryrun.py --datasets 50 --repeats 5
 
-Config: config/test/scaleout.yaml with every model and factorisation variant, its dataset copied N times. "plan all" is a dry
+Config: tests/configs/scaleout.yaml with every model and factorisation variant, its dataset copied N times. "plan all" is a dry
 run in an empty directory (every job planned); "no-op" is a dry run once every planned output exists
 (empty placeholders) and `snakemake --touch` has recorded them as up to date: Snakemake still checks
 every file's time and every job's params, as after a real run.

@@ -3,17 +3,17 @@
     python bench/bench_scale.py                              # factorize at the defaults, 10,000-100,000 spots
     python bench/bench_scale.py --spots 10000 --variants svgp pnmf --workdir /tmp/scale
     python bench/bench_scale.py --slideseq                   # 40,000 spots x 2,000 genes, ~5 % non-zero
-    python bench/bench_scale.py --stages all --genes 2000    # every stage, config/test/size.yaml's budgets
+    python bench/bench_scale.py --stages all --genes 2000    # every stage, tests/configs/size.yaml's budgets
 
 Default (`--stages factorize`): the factorize rules only, on the sharp-edged `blocks` simulation (4 true
 spatial factors, NSF's count model) with the factorize settings at the schema defaults except `n_factors: 4`
 and `variants`: every variant trains to its plateau, and each row prints recovery (min best-matched
 Pearson over the true factors, training cells), the iterations, the stop rule and the training seconds
 beside the job's wall seconds and peak memory. `--slideseq` draws sparse counts (background 0.01,
-expression_mean 0.2: about 5 % non-zero). `--stages all` runs every stage of config/test/size.yaml
+expression_mean 0.2: about 5 % non-zero). `--stages all` runs every stage of tests/configs/size.yaml
 (tiny models, a fixed 30-iteration factorize budget: for scaling of the other stages, not of training).
 
-Each size runs in its own directory (`snakemake --profile profiles/local`); figures come from
+Each size runs in its own directory (`snakemake`); figures come from
 Snakemake's benchmark files (`benchmarks/**.tsv`: wall seconds `s`, peak resident memory `max_rss` in
 MB). The growth exponent of a rule is the least-squares slope of log(seconds) against log(spots):
 1 = linear. Rules growing faster than linearly (> 1.15) or above 8 GB peak RSS are flagged. Prints

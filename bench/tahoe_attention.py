@@ -1,7 +1,7 @@
 """Tahoe-x1 attention paths on one GPU: flash-attn against llm-foundry's torch attention (our masked
 encoder, tissuelens.models.tahoe), the same tiny random ComposerTX, the same padded batches.
 
-    python bench/tahoe_attention.py          # in the Tahoe container or envs/tahoe.yaml, on a GPU
+    python bench/tahoe_attention.py          # in the Tahoe container or workflow/envs/tahoe.yaml, on a GPU
 
 Prints one line per path and `tahoe-attention: ok|FAILED ...`. Exits 0 with `skipped: ...` where
 tahoe-x1, flash-attn or CUDA is missing (`make gpu-check` runs it with TAHOE_PYTHON, default the

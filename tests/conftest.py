@@ -19,10 +19,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def run_script(name: str, *args, cwd=None, check=False) -> subprocess.CompletedProcess:
-    """Run scripts/<name>.py like a rule does; returns the completed process (text output)."""
+    """Run workflow/scripts/<name>.py like a rule does; returns the completed process (text output)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)],
+        [sys.executable, str(REPO / "workflow" / "scripts" / f"{name}.py"), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True,
     )
     if check and proc.returncode != 0:
@@ -30,12 +30,11 @@ def run_script(name: str, *args, cwd=None, check=False) -> subprocess.CompletedP
     return proc
 
 
-def run_snakemake(workdir: Path, *args, profile: str = "profiles/local", check=True, timeout=1800) -> subprocess.CompletedProcess:
-    """Run the repo's workflow with `workdir` as working directory (its own config/config.yaml)."""
-    cmd = [
-        str(BIN / "snakemake"), "-s", str(REPO / "workflow" / "Snakefile"),
-        "--profile", str(REPO / profile), "--cores", "2", *map(str, args),
-    ]
+def run_snakemake(workdir: Path, *args, profile: str | None = None, check=True, timeout=1800) -> subprocess.CompletedProcess:
+    """Run the repo's workflow with `workdir` as working directory (its own config/config.yaml), under the
+    workflow's own profile (workflow/profiles/default) and `profile` if given."""
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "workflow" / "Snakefile"),
+           *(["--profile", str(REPO / profile)] if profile else []), "--cores", "2", *map(str, args)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
@@ -69,9 +68,8 @@ def small_synthetic():
     return make_synthetic(n_spots=200, n_genes=60, n_spatial_factors=2, n_groups=3, seed=1, image_size=128)
 
 
-# Copied once: runs refer to scripts by absolute path (a params value), so every copy of the finished
-# run must use the same workflow tree, and touching a script must not touch the repository.
-TREE = ("workflow", "scripts", "src", "envs")
+# Copied once, so that touching a script or moving the tree does not touch the repository.
+TREE = ("workflow", "src")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def write_preprocessed(root: Path, n_spots: int = 160, n_genes: int = 50, seed: 
                          image_size=96)
     adata, qc = preprocess(raw, {"source": "synthetic", "spatial": True, "group_key": "group"}, defaults, "demo")
     qc["settings"] = defaults
-    qc["group_source"] = "group_key"  # as scripts/preprocess.py records it
+    qc["group_source"] = "group_key"  # as workflow/scripts/preprocess.py records it
     out = root / "results" / "demo"
     out.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out / "preprocessed.h5ad")
@@ -85,7 +85,7 @@ def write_stage_files(root: Path, adata) -> dict:
             emb.obsm[key] = (truth @ rng.normal(size=(N_FACTORS, 8)) + rng.normal(scale=0.1, size=(n, 8))).astype(np.float32)
         emb.write_h5ad(d / "embeddings.h5ad")
         metrics = {"silhouette_group": 0.21, "knn_group_accuracy": 0.74, "n_cells": n}
-        if model == "loki":  # the Loki rule's own metrics.json (scripts/embed_loki.py's layout)
+        if model == "loki":  # the Loki rule's own metrics.json (workflow/scripts/embed_loki.py's layout)
             emb.obs["group"] = adata.obs["group"].to_numpy()
             emb.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
             emb.obs["loki_text_image_cosine"] = rng.uniform(-0.2, 0.6, n).astype(np.float32)

@@ -17,8 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
-TEST_CONFIG = REPO / "config" / "test" / "scaleout.yaml"
-SIZE_CONFIG = REPO / "config" / "test" / "size.yaml"
+TEST_CONFIG = REPO / "tests" / "configs" / "scaleout.yaml"
+SIZE_CONFIG = REPO / "tests" / "configs" / "size.yaml"
 
 
 # per-dataset overrides that leave a dataset with download, preprocess, one factorisation, report
@@ -26,7 +26,7 @@ MINIMAL = {"embed": {"models": []}, "sae": {"enabled": False}, "factorize": {"va
 
 
 def scaleout_config(datasets=("a",), minimal=()) -> dict:
-    """config/test/scaleout.yaml (every stage, tiny sizes) with its dataset copied under `datasets`;
+    """tests/configs/scaleout.yaml (every stage, tiny sizes) with its dataset copied under `datasets`;
     those also named in `minimal` skip embeddings and SAEs and train one variant (fewer jobs)."""
     config = yaml.safe_load(TEST_CONFIG.read_text())
     template = next(iter(config["datasets"].values()))
@@ -43,7 +43,7 @@ def scaleout_config(datasets=("a",), minimal=()) -> dict:
 
 
 def size_config(n_spots: int | None = None, n_genes: int | None = None) -> dict:
-    """config/test/size.yaml (every stage above the libraries' size thresholds), optionally resized."""
+    """tests/configs/size.yaml (every stage above the libraries' size thresholds), optionally resized."""
     config = yaml.safe_load(SIZE_CONFIG.read_text())
     synthetic = next(iter(config["datasets"].values()))["synthetic"]
     synthetic.update({k: v for k, v in (("n_spots", n_spots), ("n_genes", n_genes)) if v is not None})
@@ -59,13 +59,14 @@ def write_config(workdir: Path, config: dict) -> None:
 def snakemake(
     workdir: Path,
     *args,
-    profiles=("profiles/local",),
+    profiles=(),
     env: dict | None = None,
     timeout: int = 900,
     check: bool = True,
     snakefile: Path = SNAKEFILE,
 ) -> subprocess.CompletedProcess:
-    """`snakemake -s workflow/Snakefile --profile …` in `workdir`, under `timeout -s INT -k 30`.
+    """`snakemake -s workflow/Snakefile [--profile …]` in `workdir` (the workflow's own profile applies), under
+    `timeout -s INT -k 30`.
 
     SIGINT (not SIGTERM, which a polling run ignores) lets Snakemake cancel its jobs and unlock.
     The returned process has stdout and stderr merged in `.stdout`.

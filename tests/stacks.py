@@ -1,4 +1,4 @@
-"""Virtual environments built from the per-rule conda env files (envs/*.yaml), for running a rule's
+"""Virtual environments built from the per-rule conda env files (workflow/envs/*.yaml), for running a rule's
 script in the stack it declares where conda cannot be installed: the env file's Python (from pyenv,
 never downloaded) and exactly its pip list. Cached under ~/.cache/tissuelens/stacks/<name>-<hash>/,
 keyed by the env file's content, so CI builds each stack once and reuses it until the file changes.

@@ -1,4 +1,4 @@
-"""Run inside the Tahoe stack (envs/tahoe_cpu.yaml) by tests/test_tahoe_model.py; prints one JSON object.
+"""Run inside the Tahoe stack (workflow/envs/tahoe_cpu.yaml) by tests/test_tahoe_model.py; prints one JSON object.
 
     python tahoe_probe.py padding WORKDIR   # padded batches vs each cell alone, per cell_emb_style
     python tahoe_probe.py upstream WORKDIR  # tahoe-x1's own encoder forward on the CPU (what fails)

@@ -24,7 +24,7 @@ N_SPOTS = 200
 
 
 def unlabelled_demo_config() -> dict:
-    """config/config.yaml without group_key, every stage on: tiny models (as config/test/scaleout.yaml)."""
+    """config/config.yaml without group_key, every stage on: tiny models (as tests/configs/scaleout.yaml)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     demo = config["datasets"]["demo"]
     assert demo.pop("group_key") == "group"  # the labels this test removes

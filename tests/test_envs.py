@@ -12,8 +12,8 @@ import pytest
 import yaml
 from scaleout import BIN, REPO, list_rules, rule_info, scaleout_config, snakemake, write_config
 
-ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
-PROFILES = sorted(REPO.glob("profiles/*/config.yaml")) + sorted(REPO.glob("tests/profiles/*/config.yaml"))
+ENV_FILES = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
+PROFILES = sorted(REPO.glob("workflow/profiles/*/config.yaml")) + sorted(REPO.glob("profiles/*/config.yaml")) + sorted(REPO.glob("tests/profiles/*/config.yaml"))
 # exact conda pins (name=1.2.3 or name==1.2.3) and exact pip pins (name==1.2.3, name[extra]==1.2.3)
 CONDA_PIN = re.compile(r"^[A-Za-z0-9_.\-]+(::[A-Za-z0-9_.\-]+)?={1,2}[0-9][A-Za-z0-9_.+!]*$")
 PIP_PIN = re.compile(r"^[A-Za-z0-9_.\-]+(\[[A-Za-z0-9_,\-]+\])?==[0-9][A-Za-z0-9_.+!]*$")
@@ -64,7 +64,7 @@ def test_env_pins_are_checked(tmp_path):
 
 
 def test_loki_env_is_python_39():
-    env = yaml.safe_load((REPO / "envs" / "loki.yaml").read_text())
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "loki.yaml").read_text())
     assert "python=3.9" in env["dependencies"]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "open_clip_torch==2.26.1" in pip and not any(p.split("==")[0] == "loki" for p in pip)
@@ -84,7 +84,7 @@ def test_every_rule_names_a_conda_env_or_container(workdir):
     for name, (conda, _container, _norun) in software.items():
         # a function (chosen per job, e.g. download_model by model kind) is checked by --containerize
         if conda and not conda.startswith("<function"):
-            assert os.path.basename(conda) in env_names and "/envs/" in conda, f"rule {name}: conda env {conda} is not in envs/"
+            assert os.path.basename(conda) in env_names and "/envs/" in conda, f"rule {name}: conda env {conda} is not in workflow/envs/"
     assert software["embed_tahoe"][1] and "tahoe-x1" in software["embed_tahoe"][1], "the Tahoe rule names its image"
 
 
@@ -102,7 +102,7 @@ def test_containerize_lists_every_env(workdir, tmp_path):
     assert proc.stdout.count("FROM condaforge/miniforge3") == 1, proc.stdout[-4000:]
     used = {os.path.basename(c) for c, _, _ in rule_software(workdir).values() if c and not c.startswith("<function")}
     for name in used | {"core.yaml"}:
-        assert re.search(rf"COPY \S*envs/{re.escape(name)} ", proc.stdout), f"{name} missing:\n{proc.stdout[-4000:]}"
+        assert re.search(rf"COPY \S*workflow/envs/{re.escape(name)} ", proc.stdout), f"{name} missing:\n{proc.stdout[-4000:]}"
     assert "conda env create --prefix" in proc.stdout
 
 
@@ -118,14 +118,14 @@ def _conda_stand_in(tmp_path) -> dict:
 
 
 def test_tahoe_models_are_fetched_in_the_stack_without_flash_attn(tmp_path):
-    """download_model of a Tahoe model runs in envs/tahoe_cpu.yaml (fetching or building needs no
-    flash-attn, so it builds anywhere); embed_tahoe keeps envs/tahoe.yaml (GPU; its container first).
+    """download_model of a Tahoe model runs in workflow/envs/tahoe_cpu.yaml (fetching or building needs no
+    flash-attn, so it builds anywhere); embed_tahoe keeps workflow/envs/tahoe.yaml (GPU; its container first).
     Read per job from `snakemake --containerize`, which hashes the env of every job it plans."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["embed"]["models"] = ["tahoe_tiny"]
     write_config(tmp_path, config)
     proc = snakemake(tmp_path, "--containerize", profiles=(), env=_conda_stand_in(tmp_path))
-    hashed = set(re.findall(r"Hashing conda environment \S*envs/(\S+\.yaml)\.", proc.stdout))
+    hashed = set(re.findall(r"Hashing conda environment \S*workflow/envs/(\S+\.yaml)\.", proc.stdout))
     assert {f for f in hashed if f.startswith("tahoe")} == {"tahoe_cpu.yaml", "tahoe.yaml"}, proc.stdout[-3000:]
 
 

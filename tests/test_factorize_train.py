@@ -173,7 +173,7 @@ def test_script_reports_bad_input_in_one_line(tmp_path, small):
     path = tmp_path / "bad.h5ad"
     ad.write_h5ad(path)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "factorize.py"), "--h5ad", str(path), "--variant", "pnmf",
+        [sys.executable, str(ROOT / "workflow" / "scripts" / "factorize.py"), "--h5ad", str(path), "--variant", "pnmf",
          "--settings", '{"n_factors": 2}', "--seed", "0", "--model", str(tmp_path / "m"), "--elbo", str(tmp_path / "e.csv")],
         capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 2

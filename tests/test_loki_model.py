@@ -107,7 +107,7 @@ def _run(tmp_path, h5ad, model, settings=None, capsys=None):
     from tissuelens import cli
 
     out = tmp_path / "out"
-    spec = importlib.util.spec_from_file_location("embed_loki_script", REPO / "scripts" / "embed_loki.py")
+    spec = importlib.util.spec_from_file_location("embed_loki_script", REPO / "workflow" / "scripts" / "embed_loki.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     code = 0
@@ -246,9 +246,9 @@ def third_party_imports(script: Path) -> set:
 
 
 def test_loki_script_imports_only_what_the_loki_env_has():
-    """Everything embed_loki.py reaches in tissuelens parses as Python 3.9 and imports only envs/loki.yaml
+    """Everything embed_loki.py reaches in tissuelens parses as Python 3.9 and imports only workflow/envs/loki.yaml
     packages (scanpy/sklearn/pynndescent appear only behind the ImportError guard of the shared metrics)."""
-    third = third_party_imports(REPO / "scripts" / "embed_loki.py")
+    third = third_party_imports(REPO / "workflow" / "scripts" / "embed_loki.py")
     assert third <= LOKI_ENV_MODULES, third - LOKI_ENV_MODULES
-    pins = "\n".join(str(x) for x in __import__("yaml").safe_load((REPO / "envs" / "loki.yaml").read_text())["dependencies"])
+    pins = "\n".join(str(x) for x in __import__("yaml").safe_load((REPO / "workflow" / "envs" / "loki.yaml").read_text())["dependencies"])
     assert "pyarrow" in pins and "python=3.9" in pins

@@ -134,7 +134,7 @@ def test_task_scripts_import_only_what_the_loki_env_has():
     from test_loki_model import LOKI_ENV_MODULES, third_party_imports  # the embed script's check, reused
 
     for script in ("loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose"):
-        third = third_party_imports(REPO / "scripts" / f"{script}.py")
+        third = third_party_imports(REPO / "workflow" / "scripts" / f"{script}.py")
         # decoupler: imported lazily by analyze.markers.score, which the Loki tasks never call
         assert third <= LOKI_ENV_MODULES | {"decoupler", "tangram"}, (script, third - LOKI_ENV_MODULES)
 

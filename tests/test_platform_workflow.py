@@ -1,6 +1,6 @@
 """A Visium HD section (16 µm bins, the smallest valid Space Ranger outs/ folder, written here) through the
 whole workflow to the report: download via spatialdata-io, preprocess, Loki (text and H&E
-patches) embeddings, SAE, an SVGP factorisation, report. Tiny models and sizes (config/test/scaleout.yaml)."""
+patches) embeddings, SAE, an SVGP factorisation, report. Tiny models and sizes (tests/configs/scaleout.yaml)."""
 
 from __future__ import annotations
 

@@ -228,7 +228,7 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
 
 
 def test_script_passes_every_planned_stage_to_the_report(built, tmp_path):
-    """scripts/report.py keeps the analyze stage of the plan (files per stage, no units)."""
+    """workflow/scripts/report.py keeps the analyze stage of the plan (files per stage, no units)."""
     plan = json.loads(json.dumps(built["plan"]))
     for stage in ("factorize", "embed", "sae"):  # keeps the test short
         plan[stage] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}

@@ -1,5 +1,5 @@
 """Reruns redo only what changed: after one full run of two tiny datasets, each test edits a copy of
-the finished directory and checks what `snakemake -n` plans (profiles/local: rerun-triggers mtime,
+the finished directory and checks what `snakemake -n` plans (workflow/profiles/default: rerun-triggers mtime,
 input, params)."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_adding_a_second_dataset_builds_only_it(finished_run, tmp_path):
 
 def test_touching_scripts_and_library_reruns_nothing(finished_run, tmp_path):
     tree, run = workflow_copy(finished_run, tmp_path)
-    touched = [tree / "scripts" / "download.py", tree / "scripts" / "preprocess.py"]
+    touched = [tree / "workflow" / "scripts" / "download.py", tree / "workflow" / "scripts" / "preprocess.py"]
     touched += sorted((tree / "src" / "tissuelens").rglob("*.py"))
     saved = {path: path.stat() for path in touched}
     try:
@@ -103,3 +103,16 @@ def test_deleting_an_intermediate_rebuilds_only_its_descendants(finished_run, tm
     assert "download" not in {rule for rule, _ in jobs}
     assert {"factorize", "embed_geneformer", "report"} <= {rule for rule, _ in jobs}
     assert sorted(jobs, key=repr) == sorted(expected, key=repr)
+
+
+def test_a_moved_checkout_plans_nothing(finished_run, tmp_path):
+    """Scripts, envs and the library are found from the workflow's own folder and no param holds a path
+    of the checkout, so the same run under a copy of the workflow elsewhere is up to date."""
+    import shutil
+
+    tree, run = workflow_copy(finished_run, tmp_path)
+    moved = tmp_path / "elsewhere" / "tissuelens"
+    for part in ("workflow", "src"):
+        shutil.copytree(tree / part, moved / part, ignore=shutil.ignore_patterns("__pycache__"))
+    assert dry(moved, run) == []
+    assert dry(moved, run, "--forcerun", "preprocess") != []  # the copy plans, and plans the same graph

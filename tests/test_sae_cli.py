@@ -1,4 +1,4 @@
-"""scripts/train_sae.py and scripts/analyze_sae.py on a planted export: outputs, and bad input."""
+"""workflow/scripts/train_sae.py and workflow/scripts/analyze_sae.py on a planted export: outputs, and bad input."""
 
 import importlib.util
 import json
@@ -19,7 +19,7 @@ SETTINGS = {"expansion_factor": 4, "k": 4, "lr": 0.003, "training_tokens": 60000
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "workflow" / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -195,7 +195,7 @@ def test_script_process_exit_code_and_single_line(data, tmp_path):
     base, _ = data
     acts = _broken_copy(base / "activations", tmp_path / "activations", "nan")
     out = tmp_path / "results" / "sae" / "toy"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_sae.py"), *_train_argv(acts, out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "train_sae.py"), *_train_argv(acts, out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {acts / 'layer_1.npy'}: non-finite activation (NaN or inf) at token row 40"]

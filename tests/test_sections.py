@@ -141,7 +141,7 @@ def test_bad_section_key_is_one_error_line(tmp_path):
     both.write_h5ad(raw)
     entry = json.dumps({"source": "synthetic", "spatial": True, "section_key": "region"})
     settings = json.dumps(step_defaults("preprocess"))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "preprocess.py"), "--raw", str(raw), "--entry", entry,
+    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "preprocess.py"), "--raw", str(raw), "--entry", entry,
                            "--settings", settings, "--out", str(tmp_path / "p.h5ad"), "--qc", str(tmp_path / "qc.json")],
                           capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
@@ -460,7 +460,7 @@ def test_scripts_preprocess_domains_analyze_on_two_sections(tmp_path):
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
 
     def run(script, *args):
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
+        proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / f"{script}.py"), *map(str, args)],
                               capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -550,7 +550,7 @@ def test_loki_patches_come_from_each_sections_own_image(tmp_path):
     lm.build_random(model, seed=0)
     (model / lm.MANIFEST).write_text(json.dumps({"kind": "loki", "source": "random", "untrained": True}))
     out = tmp_path / "out"
-    spec = importlib.util.spec_from_file_location("embed_loki_script", ROOT / "scripts" / "embed_loki.py")
+    spec = importlib.util.spec_from_file_location("embed_loki_script", ROOT / "workflow" / "scripts" / "embed_loki.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cli.run(mod.main, ["--h5ad", str(h5ad), "--model-dir", str(model), "--model", "loki_tiny",

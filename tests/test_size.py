@@ -1,4 +1,4 @@
-"""Every stage on a dataset above the libraries' size thresholds (config/test/size.yaml: 6,000 spots x 1,000
+"""Every stage on a dataset above the libraries' size thresholds (tests/configs/size.yaml: 6,000 spots x 1,000
 genes), to the report: scanpy's kNN switch at 4,096 cells (embedding metrics, Loki's quality block, report
 UMAP/Leiden), factorize minibatches and analysis chunks, the synthetic H&E growing with the spots, SAE memmap
 streaming. Before tissuelens.neighbors, scanpy's approximate kNN path crashed here and no report was built."""

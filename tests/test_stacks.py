@@ -1,6 +1,6 @@
 """Each rule's declared software stack, run for real (issue: every stack that a rule's conda: names runs it).
 
-* The Loki stack (envs/loki.yaml: Python 3.9, Loki's pins, anndata 0.10.9) is built as a virtual environment
+* The Loki stack (workflow/envs/loki.yaml: Python 3.9, Loki's pins, anndata 0.10.9) is built as a virtual environment
   from the env file's pip list (tests/stacks.py, cached by the file's hash) and runs the Loki rule's script
   on a preprocessed.h5ad written by the main stack.
 * Cross-stack file contract: every .h5ad the main stack writes is read by the oldest reader (the Loki
@@ -23,12 +23,12 @@ from conftest import REPO
 from stacks import env_spec, in_stack, stack_mismatches, stack_python
 
 pytestmark = pytest.mark.workflow
-LOKI_ENV = REPO / "envs" / "loki.yaml"
+LOKI_ENV = REPO / "workflow" / "envs" / "loki.yaml"
 # envs that are not the main venv, and why they are tested the way they are
 OWN_STACKS = {"loki.yaml": "built here from its pip list (Python 3.9)",
               "tahoe_cpu.yaml": "built here from its pip list and post-deploy script (tests/test_tahoe_model.py)",
               "tahoe.yaml": "needs a CUDA node to build (llm-foundry[gpu] compiles flash-attn); its rule's "
-                            "preferred software is the container image; envs/tahoe_cpu.yaml is its CPU twin"}
+                            "preferred software is the container image; workflow/envs/tahoe_cpu.yaml is its CPU twin"}
 READ_ALL = "import sys, anndata\nfor p in sys.argv[1:]:\n    a = anndata.read_h5ad(p)\n    print(p, a.shape)\n"
 
 
@@ -41,20 +41,20 @@ def test_loki_stack_is_the_env_files_pins(loki_python):
     version, pins = env_spec(LOKI_ENV)
     python, _, wrong = stack_mismatches(loki_python, dict(p.split("==") for p in pins))
     assert python.startswith(version + ".")
-    assert not wrong, f"the Loki stack differs from envs/loki.yaml: {wrong}"
+    assert not wrong, f"the Loki stack differs from workflow/envs/loki.yaml: {wrong}"
 
 
 def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocessed, tmp_path):
-    """download_model and embed_loki (the rules whose conda: is envs/loki.yaml) under Python 3.9 / anndata
+    """download_model and embed_loki (the rules whose conda: is workflow/envs/loki.yaml) under Python 3.9 / anndata
     0.10.9, on the demo's preprocessed.h5ad written by the core stack, with the demo's Loki model."""
     preprocessed, config = demo_preprocessed
     entry = config["models"]["loki_tiny"]
     model = tmp_path / "loki_tiny"
-    built = in_stack(loki_python, REPO / "scripts" / "download_model.py", "--model", "loki_tiny", "--entry", json.dumps(entry),
+    built = in_stack(loki_python, REPO / "workflow" / "scripts" / "download_model.py", "--model", "loki_tiny", "--entry", json.dumps(entry),
                      "--out", model)
     assert built.returncode == 0, built.stderr[-4000:]
     out = tmp_path / "embed"
-    proc = in_stack(loki_python, REPO / "scripts" / "embed_loki.py", "--h5ad", preprocessed, "--model-dir", model,
+    proc = in_stack(loki_python, REPO / "workflow" / "scripts" / "embed_loki.py", "--h5ad", preprocessed, "--model-dir", model,
                     "--model", "loki_tiny", "--settings", json.dumps({"progress": False}), "--seed", 0,
                     "--out", out / "embeddings.h5ad", "--activations", out / "activations", "--metrics", out / "metrics.json")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -65,7 +65,7 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)  # L2-normalised, as Loki's
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_spots"] == n and metrics["untrained"] is True and (out / "activations" / "meta.json").exists()
-    # scikit-learn and igraph are in envs/loki.yaml: the shared quality metrics run in the Loki stack itself
+    # scikit-learn and igraph are in workflow/envs/loki.yaml: the shared quality metrics run in the Loki stack itself
     assert "skipped" not in metrics["quality"], metrics["quality"]
     assert metrics["quality"]["X_loki_image"]["labels"]["n_cells"] == n
     assert metrics["image"]["patch_px"] == 20  # Loki's segment_patches size
@@ -85,7 +85,7 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
                                json.dumps({"label_key": "group", "spot_embedding": "auto", "num_epochs": 50, "device": "cpu"}),
                                "--out", out / "decompose.parquet", "--summary", out / "decompose.json"]
     for script, args in tasks.items():
-        proc = in_stack(loki_python, REPO / "scripts" / f"{script}.py", *args)
+        proc = in_stack(loki_python, REPO / "workflow" / "scripts" / f"{script}.py", *args)
         assert proc.returncode == 0, (script, proc.stderr[-4000:])
     assert json.loads((out / "annotation.json").read_text())["cell_types"] == ["domain_1", "domain_2", "domain_3", "domain_4"]
     assert json.loads((out / "retrieval.json").read_text())["n_query"] == n
@@ -124,7 +124,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@pytest.mark.parametrize("env_file", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("env_file", sorted((REPO / "workflow" / "envs").glob("*.yaml")), ids=lambda p: p.name)
 def test_other_envs_pin_what_the_main_venv_has(env_file):
     if env_file.name in OWN_STACKS:
         pytest.skip(f"{env_file.name}: {OWN_STACKS[env_file.name]}")

@@ -1,6 +1,6 @@
 """Tahoe-x1 called for real on the CPU, in its own stack.
 
-The stack is envs/tahoe_cpu.yaml (llm-foundry 0.22.0 without its [gpu] extra, torch 2.7.0) plus its
+The stack is workflow/envs/tahoe_cpu.yaml (llm-foundry 0.22.0 without its [gpu] extra, torch 2.7.0) plus its
 post-deploy script (tahoe-x1 1.0.0 with --no-deps), built as a virtual environment by tests/stacks.py and
 cached by the two files' hash (about 4-5 minutes and 7.5 GB the first time: PyPI has only the CUDA
 build of torch 2.7.0; then reused). The model is a tiny untrained ComposerTX of tahoe-x1's own classes,
@@ -21,7 +21,7 @@ from conftest import REPO
 from stacks import env_spec, in_stack, stack_mismatches, stack_python
 
 pytestmark = pytest.mark.workflow
-TAHOE_ENV = REPO / "envs" / "tahoe_cpu.yaml"
+TAHOE_ENV = REPO / "workflow" / "envs" / "tahoe_cpu.yaml"
 PROBE = REPO / "tests" / "tahoe_probe.py"
 
 
@@ -41,7 +41,7 @@ def test_tahoe_stack_is_the_env_files_pins_without_flash_attn(tahoe_python):
     wanted = dict(p.split("==") for p in pins) | {"tahoe-x1": "1.0.0"}  # the post-deploy script's
     python, flash, wrong = stack_mismatches(tahoe_python, wanted)
     assert python.startswith(version + ".") and not flash
-    assert not wrong, f"the Tahoe stack differs from envs/tahoe_cpu.yaml: {wrong}"
+    assert not wrong, f"the Tahoe stack differs from workflow/envs/tahoe_cpu.yaml: {wrong}"
 
 
 def test_upstream_encoder_needs_flash_attn(tahoe_python, tmp_path):
@@ -71,7 +71,7 @@ def test_padded_batch_gives_each_cell_its_embedding_alone(tahoe_python, tmp_path
 
 
 def _embed(python, preprocessed, model, out, settings):
-    return in_stack(python, REPO / "scripts" / "embed_tahoe.py", "--h5ad", preprocessed, "--model-dir", model,
+    return in_stack(python, REPO / "workflow" / "scripts" / "embed_tahoe.py", "--h5ad", preprocessed, "--model-dir", model,
                     "--model", "tahoe_tiny", "--settings", json.dumps(settings), "--seed", 0,
                     "--out", out / "embeddings.h5ad", "--activations", out / "activations", "--metrics", out / "metrics.json")
 
@@ -83,7 +83,7 @@ def test_download_model_and_embed_tahoe_run_in_their_stack_on_the_demo(tahoe_pyt
     error line and no output."""
     preprocessed, config = demo_preprocessed
     model = tmp_path / "tahoe_tiny"
-    built = in_stack(tahoe_python, REPO / "scripts" / "download_model.py", "--model", "tahoe_tiny",
+    built = in_stack(tahoe_python, REPO / "workflow" / "scripts" / "download_model.py", "--model", "tahoe_tiny",
                      "--entry", json.dumps(config["models"]["tahoe_tiny"]), "--genes-h5ad", preprocessed, "--out", model)
     assert built.returncode == 0, built.stderr[-4000:]
     assert {p.name for p in model.iterdir()} == {"vocab.json", "model_config.yml", "collator_config.yml", "model.safetensors",

@@ -88,5 +88,5 @@ def test_random_tahoe_model_outside_its_stack_is_one_error_line(tmp_path):
                       "--out", tmp_path / "t")
     assert proc.returncode == 2 and not (tmp_path / "t").exists()
     assert error_line(proc) == ("error: models: source random for kind tahoe builds a ComposerTX and needs the tahoe-x1 "
-                                "package; run download_model in the Tahoe stack (envs/tahoe_cpu.yaml, envs/tahoe.yaml "
+                                "package; run download_model in the Tahoe stack (workflow/envs/tahoe_cpu.yaml, workflow/envs/tahoe.yaml "
                                 "or the container)")

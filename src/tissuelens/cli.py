@@ -1,4 +1,4 @@
-"""Shared command-line plumbing for scripts/*.py: settings parsing and one-line errors."""
+"""Shared command-line plumbing for workflow/scripts/*.py: settings parsing and one-line errors."""
 
 from __future__ import annotations
 

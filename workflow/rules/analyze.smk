@@ -5,7 +5,6 @@ rule domains:
     output:
         "results/{dataset}/analyze/domains.parquet",
     params:
-        script=script("domains"),
         entry=dataset_entry,
         preprocess=settings_of("preprocess"),
         settings=domain_settings,
@@ -16,9 +15,9 @@ rule domains:
     benchmark:
         "benchmarks/{dataset}/analyze/domains.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     shell:
-        "python {params.script:q} --raw {input:q} --entry {params.entry:q} "
+        "python \"$TISSUELENS_SCRIPTS/domains.py\" --raw {input:q} --entry {params.entry:q} "
         "--preprocess-settings {params.preprocess:q} --settings {params.settings:q} --seed {params.seed} "
         "{params.doublets} --out {output:q} > {log:q} 2>&1"
 
@@ -39,7 +38,6 @@ rule analyze:
         svg="results/{dataset}/analyze/spatially_variable_genes.csv",
         summary="results/{dataset}/analyze/summary.json",
     params:
-        script=script("analyze"),
         entry=dataset_entry,
         settings=analyze_settings,
         source=group_source_arg,
@@ -51,9 +49,9 @@ rule analyze:
     benchmark:
         "benchmarks/{dataset}/analyze/analyze.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --domains {input.domains:q} --entry {params.entry:q} "
+        "python \"$TISSUELENS_SCRIPTS/analyze.py\" --h5ad {input.h5ad:q} --domains {input.domains:q} --entry {params.entry:q} "
         "--settings {params.settings:q} {params.markers} --group-source '{params.source}' --seed {params.seed} "
         "--outdir {params.outdir:q} > {log:q} 2>&1"
 
@@ -65,7 +63,6 @@ rule agreement:
     output:
         "results/{dataset}/analyze/agreement.csv",
     params:
-        script=script("agreement"),
         settings=domain_settings,
         source=group_source_arg,
         args=agreement_args,
@@ -75,8 +72,8 @@ rule agreement:
     benchmark:
         "benchmarks/{dataset}/analyze/agreement.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --domains {input.domains:q} {params.args} "
+        "python \"$TISSUELENS_SCRIPTS/agreement.py\" --h5ad {input.h5ad:q} --domains {input.domains:q} {params.args} "
         "--settings {params.settings:q} --group-source '{params.source}' --seed {params.seed} "
         "--out {output:q} > {log:q} 2>&1"

@@ -4,12 +4,17 @@ import shlex
 import sys
 from pathlib import Path
 
+# This checkout's workflow/ folder, from this file's own location: right also when the workflow is used as a
+# module of another (workflow.basedir is then the including workflow's folder).
+WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
 # scripts and this file import the library from src/ without an install
-SRC = str(Path(workflow.basedir).parent / "src")
+SRC = str(WORKFLOW_DIR.parent / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
-# jobs (local, conda, cluster) see the same library through PYTHONPATH
-shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Jobs (local, conda, cluster) see the same library through PYTHONPATH, and name their entry point as
+# "$TISSUELENS_SCRIPTS/<name>.py": a path in the shell environment, not a param, so a moved checkout reruns nothing.
+shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
+             f"TISSUELENS_SCRIPTS={shlex.quote(str(WORKFLOW_DIR / 'scripts'))}; ")
 
 from tissuelens.config import STEPS, step_settings, validate_config
 from tissuelens.errors import InputError
@@ -22,9 +27,13 @@ except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
 DATASETS = list(config["datasets"])
-SCRIPTS = Path(workflow.basedir).parent / "scripts"
+# Rules that take CUDA when present (device: auto) hold one `gpu`. On one machine at most one such job runs at a
+# time unless `--resources gpu=N` says otherwise (on a CPU-only machine it only serialises them); a cluster
+# executor leaves GPUs to its scheduler.
+if workflow.local_exec and "gpu" not in workflow.global_resources:
+    workflow.global_resources["gpu"] = 1
 # Tahoe-x1's own image (llm-foundry, composer, flash-attn for CUDA 12); the Tahoe rule's `container:`.
-# envs/tahoe.yaml is the conda alternative. envs/tahoe_cpu.yaml (no flash-attn) is download_model's env for
+# workflow/envs/tahoe.yaml is the conda alternative. workflow/envs/tahoe_cpu.yaml (no flash-attn) is download_model's env for
 # Tahoe models (MODEL_ENVS); embed_tahoe keeps a fixed env, since --containerize refuses a conda function on a
 # rule outside the DAG; on a CPU, run its script in the tahoe_cpu.yaml env (README, Tahoe-x1).
 TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
@@ -32,11 +41,6 @@ TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
 
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
-
-
-def script(name):
-    """Path of a scripts/*.py entry point."""
-    return str(SCRIPTS / f"{name}.py")
 
 
 def dataset_entry(wildcards):
@@ -383,7 +387,7 @@ def loki_reference_args(wildcards):
 
 # --- models and the Geneformer embed stage (workflow/rules/embed.smk) -----------------------------
 MODELS = list(config.get("models") or {})
-ENVS = Path(workflow.basedir).parent / "envs"
+ENVS = WORKFLOW_DIR / "envs"
 # keys of embed settings that only select jobs or belong to other kinds' rules (kept out of params)
 EMBED_SELECTION_KEYS = ("models", "loki", "tahoe")
 
@@ -430,13 +434,13 @@ def model_genes_arg(wildcards):
     return "" if dataset is None else f"--genes-h5ad {shlex.quote(f'results/{dataset}/preprocessed.h5ad')}"
 
 
-# download_model's env per kind where it is not envs/<kind>.yaml: fetching or building a Tahoe model
+# download_model's env per kind where it is not workflow/envs/<kind>.yaml: fetching or building a Tahoe model
 # needs no flash-attn, so it uses the Tahoe stack that builds anywhere
 MODEL_ENVS = {"tahoe": "tahoe_cpu.yaml"}
 
 
 def model_env(wildcards):
-    """The conda env of the model's kind (envs/<kind>.yaml), absolute so it resolves from any rule file."""
+    """The conda env of the model's kind (workflow/envs/<kind>.yaml), absolute so it resolves from any rule file."""
     kind = model_config(wildcards)["kind"]
     env = ENVS / MODEL_ENVS.get(kind, f"{kind}.yaml")
     return str(env if env.exists() else ENVS / "geneformer.yaml")
@@ -545,7 +549,7 @@ def analyze_settings(wildcards):
     return json.dumps({k: v for k, v in values.items() if k not in ("domains", "group_source")}, sort_keys=True)
 
 
-REPO_DIR = Path(workflow.basedir).parent
+REPO_DIR = WORKFLOW_DIR.parent
 
 
 def markers_path(dataset):

@@ -5,7 +5,6 @@ rule download:
     output:
         "resources/datasets/{dataset}/raw.h5ad",
     params:
-        script=script("download"),
         entry=dataset_entry,
         seed=dataset_seed,
     log:
@@ -13,7 +12,7 @@ rule download:
     benchmark:
         "benchmarks/{dataset}/download.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     shell:
-        "python {params.script:q} --dataset {wildcards.dataset} --entry {params.entry:q} "
+        "python \"$TISSUELENS_SCRIPTS/download.py\" --dataset {wildcards.dataset} --entry {params.entry:q} "
         "--seed {params.seed} --out {output:q} > {log:q} 2>&1"

@@ -5,7 +5,6 @@ rule download_model:
     output:
         directory("resources/models/{model}"),
     params:
-        script=script("download_model"),
         entry=model_entry,
         genes=model_genes_arg,
     wildcard_constraints:
@@ -17,7 +16,7 @@ rule download_model:
     conda:
         model_env
     shell:
-        "python {params.script:q} --model {wildcards.model} --entry {params.entry:q} {params.genes} "
+        "python \"$TISSUELENS_SCRIPTS/download_model.py\" --model {wildcards.model} --entry {params.entry:q} {params.genes} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -30,20 +29,21 @@ rule embed_geneformer:
         h5ad="results/{dataset}/embed/{model}/embeddings.h5ad",
         activations=directory("results/{dataset}/embed/{model}/activations"),
     params:
-        script=script("embed_geneformer"),
         settings=embed_settings("embed"),
         seed=dataset_seed,
     wildcard_constraints:
         model=kind_model_pattern("geneformer"),
     threads: 4
+    resources:
+        gpu=1,  # device: auto takes the GPU when there is one
     log:
         "logs/{dataset}/embed/{model}.log",
     benchmark:
         "benchmarks/{dataset}/embed/{model}.tsv"
     conda:
-        "../../envs/geneformer.yaml"
+        "../envs/geneformer.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} --model {wildcards.model} "
+        "python \"$TISSUELENS_SCRIPTS/embed_geneformer.py\" --h5ad {input.h5ad:q} --checkpoint {input.model:q} --model {wildcards.model} "
         "--settings {params.settings:q} --seed {params.seed} --threads {threads} --out {output.h5ad:q} "
         "--activations {output.activations:q} > {log:q} 2>&1"
 
@@ -55,7 +55,6 @@ rule embedding_metrics:
     output:
         "results/{dataset}/embed/{model}/embedding_metrics.json",
     params:
-        script=script("embedding_metrics"),
         settings=embed_settings("metrics"),
         seed=dataset_seed,
     log:
@@ -63,9 +62,9 @@ rule embedding_metrics:
     benchmark:
         "benchmarks/{dataset}/embed/{model}_metrics.tsv"
     conda:
-        "../../envs/geneformer.yaml"
+        "../envs/geneformer.yaml"
     shell:
-        "python {params.script:q} --embeddings {input:q} --model {wildcards.model} --settings {params.settings:q} "
+        "python \"$TISSUELENS_SCRIPTS/embedding_metrics.py\" --embeddings {input:q} --model {wildcards.model} --settings {params.settings:q} "
         "--seed {params.seed} --out {output:q} > {log:q} 2>&1"
 
 
@@ -79,19 +78,20 @@ rule perturb_geneformer:
         cells="results/{dataset}/embed/{model}/perturbation_cells.parquet",
         genes="results/{dataset}/embed/{model}/perturbation_genes.parquet",
     params:
-        script=script("perturb_geneformer"),
         settings=embed_settings("perturb"),
         seed=dataset_seed,
     wildcard_constraints:
         model=kind_model_pattern("geneformer"),
     threads: 4
+    resources:
+        gpu=1,  # device: auto takes the GPU when there is one
     log:
         "logs/{dataset}/embed/{model}_perturb.log",
     benchmark:
         "benchmarks/{dataset}/embed/{model}_perturb.tsv"
     conda:
-        "../../envs/geneformer.yaml"
+        "../envs/geneformer.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --checkpoint {input.model:q} "
+        "python \"$TISSUELENS_SCRIPTS/perturb_geneformer.py\" --h5ad {input.h5ad:q} --checkpoint {input.model:q} "
         "--model {wildcards.model} --settings {params.settings:q} --seed {params.seed} --threads {threads} "
         "--out {output.tsv:q} --cells {output.cells:q} --genes {output.genes:q} > {log:q} 2>&1"

@@ -8,20 +8,21 @@ rule embed_loki:
         activations=directory("results/{dataset}/embed/{model}/activations"),
         metrics="results/{dataset}/embed/{model}/metrics.json",
     params:
-        script=script("embed_loki"),
         settings=embed_kind_settings("loki"),
         seed=dataset_seed,
     wildcard_constraints:
         model=kind_model_pattern("loki"),
     threads: 2
+    resources:
+        gpu=1,  # device: auto takes the GPU when there is one
     log:
         "logs/{dataset}/embed/{model}.log",
     benchmark:
         "benchmarks/{dataset}/embed/{model}.tsv"
     conda:
-        "../../envs/loki.yaml"
+        "../envs/loki.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --model-dir {input.model:q} --model {wildcards.model} "
+        "python \"$TISSUELENS_SCRIPTS/embed_loki.py\" --h5ad {input.h5ad:q} --model-dir {input.model:q} --model {wildcards.model} "
         "--settings {params.settings:q} --seed {params.seed} --out {output.h5ad:q} "
         "--activations {output.activations:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
@@ -37,7 +38,6 @@ rule loki_annotate:
         table="results/{dataset}/loki/{model}/annotation.parquet",
         summary="results/{dataset}/loki/{model}/annotation.json",
     params:
-        script=script("loki_annotate"),
         settings=loki_task_settings("annotate"),
     wildcard_constraints:
         model=kind_model_pattern("loki"),
@@ -46,9 +46,9 @@ rule loki_annotate:
     benchmark:
         "benchmarks/{dataset}/loki/{model}/annotate.tsv"
     conda:
-        "../../envs/loki.yaml"
+        "../envs/loki.yaml"
     shell:
-        "python {params.script:q} --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} "
+        "python \"$TISSUELENS_SCRIPTS/loki_annotate.py\" --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} "
         "--model-dir {input.model:q} --settings {params.settings:q} --out {output.table:q} "
         "--summary {output.summary:q} > {log:q} 2>&1"
 
@@ -61,7 +61,6 @@ rule loki_retrieve:
         table="results/{dataset}/loki/{model}/retrieval.parquet",
         summary="results/{dataset}/loki/{model}/retrieval.json",
     params:
-        script=script("loki_retrieve"),
         settings=loki_task_settings("retrieve"),
         reference=loki_reference_args,
     wildcard_constraints:
@@ -71,9 +70,9 @@ rule loki_retrieve:
     benchmark:
         "benchmarks/{dataset}/loki/{model}/retrieve.tsv"
     conda:
-        "../../envs/loki.yaml"
+        "../envs/loki.yaml"
     shell:
-        "python {params.script:q} --embeddings {input.embeddings:q} {params.reference} --settings {params.settings:q} "
+        "python \"$TISSUELENS_SCRIPTS/loki_retrieve.py\" --embeddings {input.embeddings:q} {params.reference} --settings {params.settings:q} "
         "--out {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -86,7 +85,6 @@ rule loki_predex:
         spots="results/{dataset}/loki/{model}/predex_spots.parquet",
         summary="results/{dataset}/loki/{model}/predex.json",
     params:
-        script=script("loki_predex"),
         settings=loki_task_settings("predex"),
         reference=loki_predex_reference_args,
         seed=dataset_seed,
@@ -97,9 +95,9 @@ rule loki_predex:
     benchmark:
         "benchmarks/{dataset}/loki/{model}/predex.tsv"
     conda:
-        "../../envs/loki.yaml"
+        "../envs/loki.yaml"
     shell:
-        "python {params.script:q} --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} {params.reference} "
+        "python \"$TISSUELENS_SCRIPTS/loki_predex.py\" --embeddings {input.embeddings:q} --preprocessed {input.preprocessed:q} {params.reference} "
         "--settings {params.settings:q} --seed {params.seed} --genes-out {output.genes:q} "
         "--spots-out {output.spots:q} --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -112,7 +110,6 @@ rule loki_decompose:
         table="results/{dataset}/loki/{model}/decompose.parquet",
         summary="results/{dataset}/loki/{model}/decompose.json",
     params:
-        script=script("loki_decompose"),
         settings=loki_task_settings("decompose"),
         reference=loki_decompose_reference_name,
         seed=dataset_seed,
@@ -123,15 +120,15 @@ rule loki_decompose:
     benchmark:
         "benchmarks/{dataset}/loki/{model}/decompose.tsv"
     conda:
-        "../../envs/loki.yaml"
+        "../envs/loki.yaml"
     shell:
-        "python {params.script:q} --embeddings {input.embeddings:q} --reference {input.reference:q} "
+        "python \"$TISSUELENS_SCRIPTS/loki_decompose.py\" --embeddings {input.embeddings:q} --reference {input.reference:q} "
         "--reference-name {params.reference:q} --settings {params.settings:q} --seed {params.seed} "
         "--out {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule embed_tahoe:
-    """Tahoe-x1 cell embeddings and per-layer token activations, in tahoe-x1's own stack (GPU; envs/tahoe_cpu.yaml runs it on a CPU)."""
+    """Tahoe-x1 cell embeddings and per-layer token activations, in tahoe-x1's own stack (GPU; workflow/envs/tahoe_cpu.yaml runs it on a CPU)."""
     input:
         h5ad="results/{dataset}/preprocessed.h5ad",
         model="resources/models/{model}",
@@ -140,7 +137,6 @@ rule embed_tahoe:
         activations=directory("results/{dataset}/embed/{model}/activations"),
         metrics="results/{dataset}/embed/{model}/metrics.json",
     params:
-        script=script("embed_tahoe"),
         settings=embed_kind_settings("tahoe"),
         seed=dataset_seed,
     wildcard_constraints:
@@ -157,8 +153,8 @@ rule embed_tahoe:
     container:
         TAHOE_IMAGE
     conda:
-        "../../envs/tahoe.yaml"
+        "../envs/tahoe.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --model-dir {input.model:q} --model {wildcards.model} "
+        "python \"$TISSUELENS_SCRIPTS/embed_tahoe.py\" --h5ad {input.h5ad:q} --model-dir {input.model:q} --model {wildcards.model} "
         "--settings {params.settings:q} --seed {params.seed} --out {output.h5ad:q} "
         "--activations {output.activations:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -10,7 +10,6 @@ rule factorize:
         model=directory("results/{dataset}/factorize/{variant}/model"),
         elbo="results/{dataset}/factorize/{variant}/elbo.csv",
     params:
-        script=script("factorize"),
         settings=factorize_settings("train"),
         seed=dataset_seed,
     threads: 4
@@ -21,9 +20,9 @@ rule factorize:
     benchmark:
         "benchmarks/{dataset}/factorize/{variant}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     shell:
-        "python {params.script:q} --h5ad {input:q} --variant {wildcards.variant} --settings {params.settings:q} "
+        "python \"$TISSUELENS_SCRIPTS/factorize.py\" --h5ad {input:q} --variant {wildcards.variant} --settings {params.settings:q} "
         "--seed {params.seed} --threads {threads} --model {output.model:q} --elbo {output.elbo:q} > {log:q} 2>&1"
 
 
@@ -50,7 +49,6 @@ rule analyze_factors:
             subcategory="{dataset}: {variant}",
         ),
     params:
-        script=script("analyze_factors"),
         settings=factorize_settings("analysis"),
         seed=dataset_seed,
         outdir=subpath(output.factors, parent=True),
@@ -60,9 +58,9 @@ rule analyze_factors:
     benchmark:
         "benchmarks/{dataset}/analyze_factors/{variant}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     shell:
-        "python {params.script:q} --h5ad {input.h5ad:q} --variant {wildcards.variant} --settings {params.settings:q} "
+        "python \"$TISSUELENS_SCRIPTS/analyze_factors.py\" --h5ad {input.h5ad:q} --variant {wildcards.variant} --settings {params.settings:q} "
         "--seed {params.seed} --threads {threads} --model {input.model:q} --elbo {input.elbo:q} "
         "--outdir {params.outdir:q} > {log:q} 2>&1"
 
@@ -73,13 +71,11 @@ rule compare_factorizations:
         factorize_metrics,
     output:
         "results/{dataset}/factorize/comparison.csv",
-    params:
-        script=script("compare_factorizations"),
     log:
         "logs/{dataset}/compare_factorizations.log",
     benchmark:
         "benchmarks/{dataset}/compare_factorizations.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out {output:q} > {log:q} 2>&1"
+        "python \"$TISSUELENS_SCRIPTS/compare_factorizations.py\" --metrics {input:q} --out {output:q} > {log:q} 2>&1"

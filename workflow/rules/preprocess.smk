@@ -7,7 +7,6 @@ rule preprocess:
         h5ad="results/{dataset}/preprocessed.h5ad",
         qc="results/{dataset}/qc.json",
     params:
-        script=script("preprocess"),
         entry=dataset_entry,
         settings=settings_of("preprocess"),
         groups=preprocess_groups_arg,
@@ -17,7 +16,7 @@ rule preprocess:
     benchmark:
         "benchmarks/{dataset}/preprocess.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     shell:
-        "python {params.script:q} --raw {input.raw:q} --entry {params.entry:q} "
+        "python \"$TISSUELENS_SCRIPTS/preprocess.py\" --raw {input.raw:q} --entry {params.entry:q} "
         "--settings {params.settings:q} {params.groups} {params.doublets} --out {output.h5ad:q} --qc {output.qc:q} > {log:q} 2>&1"

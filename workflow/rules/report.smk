@@ -5,7 +5,6 @@ rule narrative:
     output:
         "results/{dataset}/report/narrative.json",
     params:
-        script=script("narrative"),
         entry=dataset_entry,
         plan=report_plan_json,
         settings=narrative_settings,
@@ -16,9 +15,9 @@ rule narrative:
     benchmark:
         "benchmarks/{dataset}/narrative.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
-        "python {params.script:q} --dataset {wildcards.dataset} --entry {params.entry:q} --qc {input.qc:q} "
+        "python \"$TISSUELENS_SCRIPTS/narrative.py\" --dataset {wildcards.dataset} --entry {params.entry:q} --qc {input.qc:q} "
         "--preprocessed {input.preprocessed:q} --plan {params.plan:q} --settings {params.settings:q} "
         "--out {output:q} > {log:q} 2>&1"
 
@@ -44,7 +43,6 @@ rule report:
             labels={"dataset": "{dataset}", "section": "{section}", "figure": "{name}"},
         ),
     params:
-        script=script("report"),
         plan=report_plan_json,
         settings=report_settings,
         run_config=report_run_config,
@@ -54,9 +52,9 @@ rule report:
     benchmark:
         "benchmarks/{dataset}/report.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
-        "python {params.script:q} --dataset {wildcards.dataset} --qc {input.qc:q} "
+        "python \"$TISSUELENS_SCRIPTS/report.py\" --dataset {wildcards.dataset} --qc {input.qc:q} "
         "--preprocessed {input.preprocessed:q} --plan {params.plan:q} --settings {params.settings:q} "
         "--run-config {params.run_config:q} {params.narrative} --out {output.html:q} "
         "--figures {output.figures:q} > {log:q} 2>&1"

@@ -14,20 +14,21 @@ rule train_sae:
             labels={"model": "{model}", "figure": "training"},
         ),
     params:
-        script=script("train_sae"),
         settings=sae_settings("train"),
         seed=dataset_seed,
     wildcard_constraints:
         model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     threads: 4
+    resources:
+        gpu=1,  # device: auto takes the GPU when there is one
     log:
         "logs/{dataset}/sae/{model}/train.log",
     benchmark:
         "benchmarks/{dataset}/sae/{model}/train.tsv"
     conda:
-        "../../envs/sae.yaml"
+        "../envs/sae.yaml"
     shell:
-        "python {params.script:q} --activations {input:q} --settings {params.settings:q} --seed {params.seed} "
+        "python \"$TISSUELENS_SCRIPTS/train_sae.py\" --activations {input:q} --settings {params.settings:q} --seed {params.seed} "
         "--threads {threads} --out-sae {output.sae:q} --metrics {output.metrics:q} "
         "--history {output.history:q} --loss-curve {output.curve:q} "
         "--checkpoints results/{wildcards.dataset}/sae/{wildcards.model}/checkpoints > {log:q} 2>&1"
@@ -51,20 +52,21 @@ rule analyze_sae:
             labels={"model": "{model}", "figure": "dashboard"},
         ),
     params:
-        script=script("analyze_sae"),
         settings=sae_settings("analyze"),
         factors=sae_factors_flag,
     wildcard_constraints:
         model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     threads: 2
+    resources:
+        gpu=1,  # device: auto takes the GPU when there is one
     log:
         "logs/{dataset}/sae/{model}/analyze.log",
     benchmark:
         "benchmarks/{dataset}/sae/{model}/analyze.tsv"
     conda:
-        "../../envs/sae.yaml"
+        "../envs/sae.yaml"
     shell:
-        "python {params.script:q} --sae {input.sae:q} --activations {input.activations:q} "
+        "python \"$TISSUELENS_SCRIPTS/analyze_sae.py\" --sae {input.sae:q} --activations {input.activations:q} "
         "--preprocessed {input.preprocessed:q} --metrics {input.metrics:q} --loss-curve {input.curve:q} "
         "{params.factors} --settings {params.settings:q} --threads {threads} "
         "--title 'SAE features: {wildcards.dataset} / {wildcards.model}' "

@@ -3,7 +3,7 @@
 A Tahoe model directory holds `vocab.json` (token -> id; `<pad>`, `<cls>` and Ensembl ids),
 `model_config.yml`, `collator_config.yml` and the weights, `model.safetensors` (Hub) or a composer
 `best-model.pt`. Reading and checking the files needs only yaml/json; building the model needs the
-`tahoe-x1` package (its own stack: the container or envs/tahoe.yaml on a GPU, envs/tahoe_cpu.yaml on a
+`tahoe-x1` package (its own stack: the container or workflow/envs/tahoe.yaml on a GPU, workflow/envs/tahoe_cpu.yaml on a
 CPU), so `load_model` imports it lazily and says so when it is missing.
 
 Attention. tahoe-x1 1.0.0 supports only `attn_impl: flash` (its README): its `TXEncoder.forward` always
@@ -82,7 +82,7 @@ class TahoeCheckpoint:
     def load_model(self, device, attn_impl: str | None = None):
         """`ComposerTX` in eval mode, as `ComposerTX.from_hf` builds it, from this folder (tahoe-x1 needed)."""
         if not tahoe_available():
-            raise InputError(f"{self.path}: the tahoe-x1 package is not installed here; run the Tahoe rule in its container or envs/tahoe.yaml")
+            raise InputError(f"{self.path}: the tahoe-x1 package is not installed here; run the Tahoe rule in its container or workflow/envs/tahoe.yaml")
         import torch
         from omegaconf import OmegaConf as om
         from tahoe_x1.model import ComposerTX
@@ -240,7 +240,7 @@ def build_random_from_settings(out, settings: dict, seed: int, genes_h5ad: str |
     vocabulary from the dataset / genes file (tissuelens.models.vocab); needs the tahoe-x1 package."""
     if not tahoe_available():
         raise InputError("models: source random for kind tahoe builds a ComposerTX and needs the tahoe-x1 package; "
-                         "run download_model in the Tahoe stack (envs/tahoe_cpu.yaml, envs/tahoe.yaml or the container)")
+                         "run download_model in the Tahoe stack (workflow/envs/tahoe_cpu.yaml, workflow/envs/tahoe.yaml or the container)")
     from tissuelens.models.vocab import random_vocabulary
 
     genes, _, _ = random_vocabulary(settings, seed, genes_h5ad)

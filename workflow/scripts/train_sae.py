@@ -4,7 +4,7 @@ Writes the SAE in SAELens' format (a directory that `sae_lens.SAE.load_from_disk
 (L0, fraction of variance explained, MSE, dead and dense features on held-out tokens), the per-step
 training log and the loss-curve figure. Bad input: one `error:` line, exit 2, no outputs.
 
-    python scripts/train_sae.py --activations results/demo/embed/geneformer/activations \
+    python workflow/scripts/train_sae.py --activations results/demo/embed/geneformer/activations \
         --settings '{"k": 16}' --seed 0 --out-sae results/demo/sae/geneformer/sae \
         --metrics results/demo/sae/geneformer/metrics.json \
         --history results/demo/sae/geneformer/training_log.tsv \

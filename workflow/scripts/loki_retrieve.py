@@ -2,7 +2,7 @@
 (Loki's retrieve_st_by_image), within the dataset or against a reference dataset's embeddings.
 
 Writes retrieval.parquet (one row per spot and rank) and retrieval.json (accuracy at k against the spot
-itself and against its label). Runs in the main environment or in envs/loki.yaml (Python 3.9).
+itself and against its label). Runs in the main environment or in workflow/envs/loki.yaml (Python 3.9).
 """
 
 import argparse

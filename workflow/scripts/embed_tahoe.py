@@ -3,8 +3,8 @@
 Reads results/{dataset}/preprocessed.h5ad (raw counts in layers["counts"], Ensembl ids in
 var["gene_ids"]) and a Tahoe-x1 model folder (resources/models/{model}/: vocab.json, model_config.yml,
 collator_config.yml, model.safetensors); writes embeddings.h5ad (obsm X_{model}), the activations
-directory and a metrics JSON. Runs in the Tahoe container or envs/tahoe.yaml (GPU, flash attention) or
-envs/tahoe_cpu.yaml (CPU, torch attention with the padding masked: tissuelens.models.tahoe).
+directory and a metrics JSON. Runs in the Tahoe container or workflow/envs/tahoe.yaml (GPU, flash attention) or
+workflow/envs/tahoe_cpu.yaml (CPU, torch attention with the padding masked: tissuelens.models.tahoe).
 """
 
 import argparse

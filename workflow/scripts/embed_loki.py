@@ -2,7 +2,7 @@
 
 Reads results/{dataset}/preprocessed.h5ad and a Loki model directory (resources/models/{model}/), writes
 embeddings.h5ad (obsm X_loki_text, X_loki_image), the activations directory for the SAE stage and a
-metrics JSON. Runs in the main environment or in envs/loki.yaml (Python 3.9): imports only what that
+metrics JSON. Runs in the main environment or in workflow/envs/loki.yaml (Python 3.9): imports only what that
 env has.
 """
 

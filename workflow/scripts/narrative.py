@@ -6,7 +6,7 @@ before anything is written. With `--settings '{"checkpoint": DIR}'` the local ch
 transformers' image-text-to-text pipeline on the prompt and the letterboxed tissue image.
 
 By hand:
-    python scripts/narrative.py --dataset demo --entry '{"source": "synthetic", "spatial": true}' \
+    python workflow/scripts/narrative.py --dataset demo --entry '{"source": "synthetic", "spatial": true}' \
         --qc results/demo/qc.json --preprocessed results/demo/preprocessed.h5ad --plan '{}' \
         --out /tmp/narrative.json
 """

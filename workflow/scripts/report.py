@@ -5,7 +5,7 @@ disabled or not built becomes a section that says so; a corrupt stage file stops
 `error:` line naming it, and no output is left behind.
 
 By hand (the plan lists each stage's files; see tissuelens.report.stages):
-    python scripts/report.py --dataset demo --qc results/demo/qc.json \
+    python workflow/scripts/report.py --dataset demo --qc results/demo/qc.json \
         --preprocessed results/demo/preprocessed.h5ad --plan '{}' --out /tmp/index.html
 """
 

@@ -6,7 +6,7 @@ of their expression, scored by per-gene Pearson against the measured expression.
 
 Writes predex_genes.csv (per gene: Pearson, mean measured and predicted), predex_spots.parquet (held-out
 spots, best genes, measured and predicted) and predex.json. Runs in the main environment or in
-envs/loki.yaml (Python 3.9).
+workflow/envs/loki.yaml (Python 3.9).
 """
 
 import argparse

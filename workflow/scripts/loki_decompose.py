@@ -3,7 +3,7 @@ single-cell reference dataset's cells (OmiCLIP text embeddings, grouped by label
 image embeddings, seeded for every seed value. Writes decompose.parquet (per spot: proportion of each type
 weighted by its abundance, the dominant type, Tangram's raw projection `mapping:<type>`, and with nms_mode
 Loki's `percentile:<type>` / `nms:<type>`) and decompose.json. Runs in the main environment or in
-envs/loki.yaml (Python 3.9, tangram-sc 1.0.4).
+workflow/envs/loki.yaml (Python 3.9, tangram-sc 1.0.4).
 """
 
 import argparse

@@ -3,7 +3,7 @@
 Reads results/{dataset}/embed/{model}/embeddings.h5ad, preprocessed.h5ad (gene names), the Loki model
 directory and a marker file (PanglaoDB TSV or gene,cell_type CSV); writes annotation.parquet (per spot:
 best type, similarity and softmax entropy from the image and the text embeddings, cosine to every type)
-and annotation.json. Runs in the main environment or in envs/loki.yaml (Python 3.9).
+and annotation.json. Runs in the main environment or in workflow/envs/loki.yaml (Python 3.9).
 """
 
 import argparse
