@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tissuelens.config import REPO_CONFIG_DIR, step_settings, validate_config
+from tissuelens.config import REPO_CONFIG_DIR, step_defaults, step_settings, validate_config
 from tissuelens.errors import InputError
 
 DEMO = yaml.safe_load((REPO_CONFIG_DIR / "config.yaml").read_text())
@@ -28,9 +28,25 @@ def test_default_config_is_valid():
     validate_config(DEMO)
 
 
+def as_snakemake_loads(example: Path) -> dict:
+    """`snakemake --configfile <example>`: the file merged key by key onto config/config.yaml."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(DEMO)
+    update_config(config, yaml.safe_load(example.read_text()))
+    return config
+
+
 @pytest.mark.parametrize("example", sorted((REPO_CONFIG_DIR / "examples").glob("*.yaml")), ids=lambda p: p.stem)
-def test_example_configs_are_valid(example: Path):
-    validate_config(yaml.safe_load(example.read_text()), source=str(example))
+def test_example_configs_are_valid_merged_onto_the_default(example: Path):
+    validate_config(as_snakemake_loads(example), source=str(example))
+
+
+def test_template_gives_the_users_dataset_the_defaults_not_the_demos_sizes():
+    config = as_snakemake_loads(REPO_CONFIG_DIR / "examples" / "template.yaml")
+    assert step_settings(config, "mine", "factorize") == step_defaults("factorize")
+    assert step_settings(config, "mine", "embed")["models"] == []
+    assert step_settings(config, "mine", "analyze")["markers"]["path"] is None
 
 
 def test_example_configs_cover_the_field():
