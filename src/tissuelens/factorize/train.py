@@ -36,7 +36,7 @@ CHECKPOINT_VERSION = 3  # 3: svgp q(u) in u-space
 NOT_FINGERPRINTED = {"enabled", "variants", "checkpoint_every", "resume", "device", "chunk_size", "analysis", "log_every",
                      "time_budget_minutes"}
 # the iterations a run at the defaults is costed at before it goes on: its plateau came at 100-450 iterations
-# on the benchmarks (README), so a run that would take longer than the budget says so within a minute
+# on the benchmarks (docs/benchmarks.md), so a run that would take longer than the budget says so within a minute
 COSTED_ITERATIONS = 500
 # what makes each variant's step cheaper, for the time-budget error
 CHEAPER = {
