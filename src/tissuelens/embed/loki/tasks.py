@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from tissuelens.analyze.markers import softmax_entropy
-from tissuelens.embed.loki import l2_normalise
+from tissuelens.embed.loki.agreement import l2_normalise
 from tissuelens.errors import InputError
 
 
@@ -176,3 +176,13 @@ def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = (p * t).sum(axis=0) / denom
     return np.where(denom > 0, r, np.nan)
+
+
+def bulk_scores(image_emb: np.ndarray, bulk_emb: np.ndarray) -> np.ndarray:
+    """(spots, samples): Loki's annotate_with_bulk (tensor=False) per sample: dot product of every spot's
+    image embedding with the sample's text embedding, softmax over the spots, then min-max to [0, 1]."""
+    sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(bulk_emb, dtype=np.float64).T
+    e = np.exp(sim - sim.max(axis=0, keepdims=True))
+    p = e / e.sum(axis=0, keepdims=True)
+    lo, hi = p.min(axis=0, keepdims=True), p.max(axis=0, keepdims=True)
+    return (p - lo) / np.where(hi > lo, hi - lo, 1.0)
