@@ -1,4 +1,4 @@
-"""Loki's tasks on hand-made embeddings: annotation, retrieval, PredEx (tissuelens.embed.loki.tasks)."""
+"""Loki's tasks on hand-made embeddings: annotation (markers, bulk), retrieval, PredEx, Tangram decomposition (tissuelens.embed.loki)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
-"""What Loki builds on OmiCLIP embeddings: zero-shot annotation, image-to-transcriptome retrieval, PredEx.
+"""What Loki builds on OmiCLIP embeddings: zero-shot annotation, image-to-transcriptome retrieval, PredEx (the math;
+Tangram decomposition: `decompose`).
 
-All three compare L2-normalised embeddings by their dot product (= cosine), as Loki does:
+All compare L2-normalised embeddings by their dot product (= cosine), as Loki does:
 
 * Annotate (`loki.annotate.annotate_with_marker_genes`): one sentence per cell type (its marker genes
   joined by spaces, as Loki's marker-gene notebooks), encoded by the text encoder; `image @ text.T` per
   spot and type, the best type by argmax. We add the softmax entropy over types (probabilities as CLIP's:
   softmax of `logit_scale x cosine`), and the same annotation from the spots' text embeddings.
+* Annotate with bulk samples (`loki.annotate.annotate_with_bulk`): `bulk_scores`.
 * Retrieve (`loki.retrieve.retrieve_st_by_image`): `image @ text.T`, top k by similarity.
 * PredEx (`loki.predex.predict_st_gene_expr`): expression = similarity-weighted mean of the reference
   spots' expression, `(S @ X) / S.sum(1)`. Options beyond Loki: keep only each row's top k similarities,
