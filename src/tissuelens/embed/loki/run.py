@@ -162,8 +162,8 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
         "n_spots": int(n),
         "n_top_genes": int(s["n_top_genes"]),
         "genes_per_sentence": int(gene_idx.shape[1]),
-        "expressed_genes_in_sentence": summary(n_expr),
-        "genes_in_context": {**summary(in_context), "context_length": ctx, "text_token_budget": ctx - 2},
+        "expressed_genes_in_sentence": summary_of(n_expr),
+        "genes_in_context": {**summary_of(in_context), "context_length": ctx, "text_token_budget": ctx - 2},
         "sentences_truncated_fraction": float(np.mean(in_context < gene_idx.shape[1])),
         "image": None,
     }
@@ -183,7 +183,7 @@ def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, act
                             "patch_px": images[0][2] if one_image else [side for _, _, side in images],
                             "patch_um": s["patch_um"], "spot_px": spot_px[0] if one_image else spot_px,
                             "padded_spots": int(padded.sum()), "model_input_px": ckpt.image_size}
-        metrics["text_image_cosine"] = summary(cos)
+        metrics["text_image_cosine"] = summary_of(cos)
         metrics["retrieval"] = {"accuracy": float(hits.mean()), "neighbours": int(neighbours.shape[1]),
                                 "chance": 1.0 / (neighbours.shape[1] + 1)}
 
