@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tissuelens.embed import gene_sentences as gs
+from tissuelens.embed.loki import sentences as gs
 
 
 def dataset(n_spots: int, n_genes: int, density: float, seed: int = 0):

@@ -47,7 +47,7 @@ def synthetic(n_cells: int, n_genes: int, density: float, seed: int = 0):
 
 
 def bench_tokenizer(args) -> list[dict]:
-    from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize, tokenize_per_cell
+    from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize, tokenize_per_cell
 
     a, ids, medians = synthetic(args.cells, args.genes, args.density)
     rows = []
@@ -79,8 +79,8 @@ def bench_tokenizer(args) -> list[dict]:
 def bench_extraction(args) -> list[dict]:
     import torch
 
-    from tissuelens.embed.geneformer_extract import Encoder, embed_cells
-    from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+    from tissuelens.embed.geneformer.extract import Encoder, embed_cells
+    from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
     from tissuelens.models.geneformer import build_random, load_checkpoint
 
     a, ids, medians = synthetic(args.extract_cells, args.genes, args.density, seed=1)
@@ -111,9 +111,9 @@ def bench_extraction(args) -> list[dict]:
 def bench_perturbation(args) -> list[dict]:
     import torch
 
-    from tissuelens.embed.geneformer_extract import Encoder
-    from tissuelens.embed.geneformer_perturb import Job, score_jobs
-    from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+    from tissuelens.embed.geneformer.extract import Encoder
+    from tissuelens.embed.geneformer.perturb import Job, score_jobs
+    from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
     from tissuelens.models.geneformer import build_random, load_checkpoint
 
     a, ids, medians = synthetic(args.isp_cells, 2000, 0.2, seed=2)

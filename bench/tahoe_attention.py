@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("skipped: no CUDA device")
         return 0
-    from tissuelens.embed.tahoe import embed_cells, prepare_cells
+    from tissuelens.embed.tahoe.encode import embed_cells
+    from tissuelens.embed.tahoe.prepare import prepare_cells
     from tissuelens.models.tahoe import build_random, load_checkpoint
 
     genes = [f"ENSG{i:011d}" for i in range(500)]

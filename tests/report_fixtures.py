@@ -138,10 +138,10 @@ def write_stage_files(root: Path, adata) -> dict:
 
 
 def write_loki_tasks(d: Path, emb, adata) -> None:
-    """The Loki task rules' files, computed by their own code (tissuelens.embed.loki_run) on the fixture's
+    """The Loki task rules' files, computed by their own code (tissuelens.embed.loki.run) on the fixture's
     embeddings; the annotation from made-up type embeddings (the rule needs the model's text encoder)."""
-    from tissuelens.embed import loki_tasks as lt
-    from tissuelens.embed.loki_run import run_predex, run_retrieve
+    from tissuelens.embed.loki import tasks as lt
+    from tissuelens.embed.loki.run import run_predex, run_retrieve
     from tissuelens.io import write_json
 
     d.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def write_loki_tasks(d: Path, emb, adata) -> None:
     write_json(summary, d / "retrieval.json")
     genes, spots, summary = run_predex(emb, adata, {"test_fraction": 0.2, "genes": "all", "top_k": 10, "temperature": 0.1,
                                                     "report_genes": 3}, 0, "fixture")
-    from tissuelens.embed.loki_run import proportions
+    from tissuelens.embed.loki.decompose import proportions
 
     props = proportions(rng.gamma(1.0, 1.0, (len(table), 3)))
     dec = table[["obs_name", "x", "y"]].copy()

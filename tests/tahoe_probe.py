@@ -17,7 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from tissuelens.embed.tahoe import embed_cells, prepare_cells
+from tissuelens.embed.tahoe.encode import embed_cells
+from tissuelens.embed.tahoe.prepare import prepare_cells
 from tissuelens.models.tahoe import build_random, load_checkpoint
 
 N_GENES = 60

@@ -21,7 +21,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def geneformer(tmp_path_factory):
-    from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+    from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
     from tissuelens.models.geneformer import load_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("gf"), "V2"))
@@ -30,7 +30,7 @@ def geneformer(tmp_path_factory):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_geneformer_extraction_on_cuda_matches_cpu(geneformer, precision):
-    from tissuelens.embed.geneformer_extract import Encoder, embed_cells
+    from tissuelens.embed.geneformer.extract import Encoder, embed_cells
 
     ck, tokens = geneformer
     layer = ck.n_layers - 1
@@ -41,8 +41,8 @@ def test_geneformer_extraction_on_cuda_matches_cpu(geneformer, precision):
 
 
 def test_geneformer_perturbation_on_cuda_matches_cpu(geneformer):
-    from tissuelens.embed.geneformer_extract import Encoder
-    from tissuelens.embed.geneformer_perturb import Job, score_jobs
+    from tissuelens.embed.geneformer.extract import Encoder
+    from tissuelens.embed.geneformer.perturb import Job, score_jobs
 
     ck, tokens = geneformer
     gene = int(tokens.cell(0)[2])  # a gene the first cells express

@@ -14,8 +14,8 @@ from geneformer_fixtures import embed_defaults, small_adata, tiny_checkpoint
 
 from tissuelens import cli
 from tissuelens.embed.activations import read_activations
-from tissuelens.embed.geneformer_extract import Encoder, embed_cells, hidden_index, length_batches, pooling_mode
-from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+from tissuelens.embed.geneformer.extract import Encoder, embed_cells, hidden_index, length_batches, pooling_mode
+from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
 from tissuelens.errors import InputError
 from tissuelens.models import fetch_model
 from tissuelens.models.geneformer import load_checkpoint
@@ -71,7 +71,7 @@ def test_embeddings_match_unpadded_reference_in_input_order(tmp_path, version, m
 
 
 def test_run_embed_outputs_and_activations(tmp_path):
-    from tissuelens.embed.geneformer import run_embed
+    from tissuelens.embed.geneformer.run import run_embed
 
     a = small_adata(n_cells=30)
     h5 = tmp_path / "pre.h5ad"

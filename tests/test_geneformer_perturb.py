@@ -15,10 +15,10 @@ import pytest
 import torch
 from geneformer_fixtures import embed_defaults, gene_ids, small_adata, tiny_checkpoint
 
-from tissuelens.embed.geneformer_extract import Encoder
-from tissuelens.embed.geneformer_perturb import Job, perturb_sequence, resolve_emb_mode, score_jobs, trim_original
-from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
-from tissuelens.embed.perturb_stats import bh_fdr, summarise
+from tissuelens.embed.geneformer.extract import Encoder
+from tissuelens.embed.geneformer.perturb import Job, perturb_sequence, resolve_emb_mode, score_jobs, trim_original
+from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
+from tissuelens.embed.geneformer.perturb_stats import bh_fdr, summarise
 from tissuelens.errors import InputError
 from tissuelens.models import fetch_model
 from tissuelens.models.geneformer import load_checkpoint
@@ -445,7 +445,7 @@ def step(tmp_path_factory):
 
 
 def _run(d, name, **perturb):
-    from tissuelens.embed.geneformer import run_perturb
+    from tissuelens.embed.geneformer.run import run_perturb
 
     s = embed_defaults(perturb={"max_cells": 6, "batch_size": 4, **perturb})
     out = [d / f"{name}.tsv", d / f"{name}_cells.parquet", d / f"{name}_genes.parquet"]
@@ -485,7 +485,7 @@ def test_goal_run_derives_the_start_state_and_tests_against_random_sets(step, ca
     perturbed; p-values come from random gene sets of each set's size, which are in the cells table."""
     import logging
 
-    with caplog.at_level(logging.INFO, logger="tissuelens.embed.geneformer"):
+    with caplog.at_level(logging.INFO, logger="tissuelens.embed.geneformer.run"):
         table, cells, _ = _run(step, "derive", genes=["SYM3", ["SYM4", "SYM5"]], goal_group="g1", types=["overexpress"],
                                emb_mode="cls", max_cells=None, null_draws=2)
     assert "the start state is 'g0'" in caplog.text and (table["start_group"] == "g0").all()
@@ -528,7 +528,7 @@ def test_run_mixture_model(step):
 
 
 def test_goal_run_with_several_other_groups_needs_a_start_group(step, tmp_path):
-    from tissuelens.embed.geneformer import run_perturb
+    from tissuelens.embed.geneformer.run import run_perturb
 
     small_adata(n_cells=12, groups=3).write_h5ad(tmp_path / "pre3.h5ad")
     s = embed_defaults(perturb={"genes": ["SYM1"], "goal_group": "g2"})
@@ -560,7 +560,7 @@ def test_run_perturb_bad_input(step, perturb, message):
 
 
 def test_cls_on_v1_is_refused(tmp_path):
-    from tissuelens.embed.geneformer import run_perturb
+    from tissuelens.embed.geneformer.run import run_perturb
 
     small_adata(n_cells=8).write_h5ad(tmp_path / "pre.h5ad")
     fetch_model("gf", {"kind": "geneformer", "source": "local", "path": tiny_checkpoint(tmp_path, "V1", n_layers=2)}, tmp_path / "gf")

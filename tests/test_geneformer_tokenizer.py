@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize, tokenize_per_cell
+from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize, tokenize_per_cell
 from tissuelens.errors import InputError
 
 IDS = {"A": "ENSG00000000001", "B": "ENSG00000000002", "C": "ENSG00000000003", "D": "ENSG00000000004", "E": "ENSG00000000005"}

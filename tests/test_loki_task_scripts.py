@@ -131,12 +131,11 @@ def test_image_tasks_without_an_image(built, tmp_path):
 
 
 def test_task_scripts_import_only_what_the_loki_env_has():
-    from test_loki_model import LOKI_ENV_MODULES, third_party_imports  # the embed script's check, reused
+    from test_loki_model import LOKI_ENV_MODULES, UNCALLED, third_party_imports  # the embed script's check, reused
 
     for script in ("loki_annotate", "loki_retrieve", "loki_predex", "loki_decompose"):
         third = third_party_imports(REPO / "workflow" / "scripts" / f"{script}.py")
-        # decoupler: imported lazily by analyze.markers.score, which the Loki tasks never call
-        assert third <= LOKI_ENV_MODULES | {"decoupler", "tangram"}, (script, third - LOKI_ENV_MODULES)
+        assert third <= LOKI_ENV_MODULES | UNCALLED, (script, third - LOKI_ENV_MODULES)
 
 
 def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_path):

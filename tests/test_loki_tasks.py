@@ -1,4 +1,4 @@
-"""Loki's tasks on hand-made embeddings: annotation, retrieval, PredEx (tissuelens.embed.loki_tasks)."""
+"""Loki's tasks on hand-made embeddings: annotation (markers, bulk), retrieval, PredEx, Tangram decomposition (tissuelens.embed.loki)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tissuelens.embed import loki_tasks as lt
+from tissuelens.embed.loki import tasks as lt
 from tissuelens.errors import InputError
 
 
@@ -116,7 +116,7 @@ def test_tangram_proportions_sum_to_one_and_follow_planted_types():
     pytest.importorskip("tangram")
     import anndata as ad
 
-    from tissuelens.embed.loki_run import run_decompose
+    from tissuelens.embed.loki.run import run_decompose
 
     rng = np.random.default_rng(4)
     centres = rng.normal(size=(2, 12)) * 2
@@ -140,7 +140,7 @@ def test_tangram_proportions_sum_to_one_and_follow_planted_types():
 
 
 def test_proportions_normalise_rows():
-    from tissuelens.embed.loki_run import proportions
+    from tissuelens.embed.loki.decompose import proportions
 
     np.testing.assert_allclose(proportions(np.array([[1.0, 3.0], [0.0, 0.0]])), [[0.25, 0.75], [0.0, 0.0]])
 
@@ -179,7 +179,7 @@ def test_unbalanced_reference_mapped_uniformly_gives_its_fractions():
     import anndata as ad
     import tangram as tg
 
-    from tissuelens.embed.loki_run import abundance_weights, proportions
+    from tissuelens.embed.loki.decompose import abundance_weights, proportions
 
     n_spots = 25
     ad_map = ad.AnnData(np.full((2, n_spots), 1.0 / n_spots, dtype=np.float32),
@@ -201,7 +201,7 @@ def test_decompose_end_to_end_weights_by_the_reference_and_saves_the_mapping():
     """Tangram on a 90/10 reference and spots that are all the same 90/10 mixture: the weighted mean
     proportions are near 0.9/0.1 (the map is near uniform, not exactly); the raw projection is saved."""
     pytest.importorskip("tangram")
-    from tissuelens.embed.loki_run import run_decompose
+    from tissuelens.embed.loki.run import run_decompose
 
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(2, 12)) * 2
@@ -220,7 +220,7 @@ def test_decompose_is_reproducible_at_seed_0_whatever_numpys_global_state():
     """tangram-sc seeds itself only `if random_state:`; the step seeds it for every seed, 0 included, and
     leaves numpy's global state as it found it."""
     pytest.importorskip("tangram")
-    from tissuelens.embed.loki_run import run_decompose
+    from tissuelens.embed.loki.run import run_decompose
 
     rng = np.random.default_rng(6)
     centres = rng.normal(size=(3, 10)) * 2
@@ -254,7 +254,7 @@ def loki_nms(ct_pred: pd.DataFrame, major_types, min_percentile=5, max_percentil
 
 
 def test_nms_mode_is_lokis_arithmetic():
-    from tissuelens.embed.loki_run import decomposition_table
+    from tissuelens.embed.loki.decompose import decomposition_table
 
     rng = np.random.default_rng(7)
     raw = rng.dirichlet(np.ones(40), size=3).T  # 40 spots x 3 types, each type's column sums to 1
@@ -271,7 +271,7 @@ def test_nms_mode_is_lokis_arithmetic():
 
 
 def test_cells_per_spot_from_a_cell_count_column():
-    from tissuelens.embed.loki_run import decomposition_table
+    from tissuelens.embed.loki.decompose import decomposition_table
 
     st = _spots(np.zeros((3, 2)))
     st.obs["cell_num"] = [10, 0, 4]
@@ -296,7 +296,7 @@ def test_cells_per_spot_from_a_cell_count_column():
     ],
 )
 def test_bad_fractions_name_the_setting(settings, message):
-    from tissuelens.embed.loki_run import abundance_weights
+    from tissuelens.embed.loki.decompose import abundance_weights
 
     with pytest.raises(InputError, match=message):
         abundance_weights(["a", "b"], np.array(["a", "b"]), settings, "st.h5ad")
@@ -347,7 +347,7 @@ PREDEX = {"test_fraction": 0.25, "genes": "highly_variable", "top_k": 10, "tempe
 
 
 def test_predex_trained_on_one_section_scores_the_other_beside_the_within_slide_score():
-    from tissuelens.embed.loki_run import run_predex
+    from tissuelens.embed.loki.run import run_predex
 
     rng = np.random.default_rng(9)
     w = rng.normal(size=(3, 6))
@@ -384,7 +384,7 @@ def test_random_split_is_optimistic_where_blocks_are_not():
     pattern: random held-out spots are predicted from their neighbours, whole blocks are not."""
     import anndata as ad
 
-    from tissuelens.embed.loki_run import run_predex
+    from tissuelens.embed.loki.run import run_predex
 
     rng = np.random.default_rng(10)
     n = 900
@@ -414,7 +414,7 @@ def loki_annotate_with_bulk(img_features, bulk_features):
 
 
 def test_bulk_scores_are_lokis_annotate_with_bulk():
-    from tissuelens.embed.loki_run import bulk_scores
+    from tissuelens.embed.loki.tasks import bulk_scores
 
     rng = np.random.default_rng(11)
     img, bulk = _unit(rng.normal(size=(30, 8))), _unit(rng.normal(size=(2, 8)))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tissuelens.embed import gene_sentences as gs
-from tissuelens.embed import loki
+from tissuelens.embed.loki import agreement, encode, patches
+from tissuelens.embed.loki import sentences as gs
 from tissuelens.errors import InputError
 
 
@@ -88,33 +88,33 @@ def test_no_symbols_and_negative_values_fail():
 def test_patch_geometry_as_loki_segment_patches():
     """Loki: x1 = round(xcenter - width / 2) (Python round, half to even) on hires pixel coordinates."""
     xy = np.array([[100.0, 200.0], [0.0, 0.0], [21.0, 43.0]])
-    x0, y0, centre = loki.patch_boxes(xy, scale=0.5, side=20)
+    x0, y0, centre = patches.patch_boxes(xy, scale=0.5, side=20)
     assert centre.tolist() == [[50.0, 100.0], [0.0, 0.0], [10.5, 21.5]]
     loki_x1 = [round(c[0] - 20 / 2) for c in centre]  # transcription of segment_patches
     loki_y1 = [round(c[1] - 20 / 2) for c in centre]
     assert x0.tolist() == loki_x1 == [40, -10, 0] and y0.tolist() == loki_y1 == [90, -10, 12]
-    assert loki.patch_boxes(xy[:1], scale=0.5, side=7)[0].tolist() == [round(50 - 3.5)]
+    assert patches.patch_boxes(xy[:1], scale=0.5, side=7)[0].tolist() == [round(50 - 3.5)]
 
 
 def test_patch_side_px_or_um():
-    im = loki.SpotImage(np.zeros((10, 10, 3), np.uint8), scale=0.2, spot_diameter_fullres=110.0, library="l", key="hires")
-    assert loki.patch_side(im) == 20  # Loki's default
-    assert loki.patch_side(im, patch_px=3) == 3  # small patches are kept: the model's transform resizes
-    assert loki.patch_side(im, patch_um=55.0) == 22  # 55 um = one spot = 110 px full-res = 22 px hires
-    assert loki.patch_side(im, patch_um=0.01) == 1
+    im = patches.SpotImage(np.zeros((10, 10, 3), np.uint8), scale=0.2, spot_diameter_fullres=110.0, library="l", key="hires")
+    assert patches.patch_side(im) == 20  # Loki's default
+    assert patches.patch_side(im, patch_px=3) == 3  # small patches are kept: the model's transform resizes
+    assert patches.patch_side(im, patch_um=55.0) == 22  # 55 um = one spot = 110 px full-res = 22 px hires
+    assert patches.patch_side(im, patch_um=0.01) == 1
 
 
 def test_edge_patches_are_flagged():
     x0, y0 = np.array([0, -1, 5, 5]), np.array([0, 0, 0, 6])
-    assert loki.patch_padded(x0, y0, 5, (10, 10, 3)).tolist() == [False, True, False, True]
+    assert patches.patch_padded(x0, y0, 5, (10, 10, 3)).tolist() == [False, True, False, True]
 
 
 def test_crop_content_and_white_padding():
     img = np.zeros((20, 30, 3), dtype=np.uint8)
     img[..., 0] = np.arange(30)[None, :]  # red = column
     img[..., 1] = np.arange(20)[:, None]  # green = row
-    padded = loki.pad_image(img, 4)
-    crops = loki.crop_patches(padded, 4, np.array([10, -2]), np.array([5, 0]), 4)
+    padded = patches.pad_image(img, 4)
+    crops = patches.crop_patches(padded, 4, np.array([10, -2]), np.array([5, 0]), 4)
     assert crops.shape == (2, 4, 4, 3)
     assert crops[0, :, :, 0].tolist() == [[10, 11, 12, 13]] * 4
     assert crops[0, :, 0, 1].tolist() == [5, 6, 7, 8]
@@ -124,42 +124,42 @@ def test_crop_content_and_white_padding():
 def test_spots_outside_image_fail():
     centre = np.array([[5.0, 5.0], [50.0, 5.0]])
     with pytest.raises(InputError, match="1 spots lie outside the 20x10 H&E image .*'b'"):
-        loki.check_patches(centre, (10, 20, 3), ["a", "b"], "d.h5ad")
-    loki.check_patches(centre[:1], (10, 20, 3), ["a"], "d.h5ad")
+        patches.check_patches(centre, (10, 20, 3), ["a", "b"], "d.h5ad")
+    patches.check_patches(centre[:1], (10, 20, 3), ["a"], "d.h5ad")
 
 
 def test_missing_image_fails(small_synthetic):
     adata = small_synthetic
-    im = loki.spot_image(adata, "d.h5ad")
+    im = patches.spot_image(adata, "d.h5ad")
     assert im.image.dtype == np.uint8 and im.image.shape[2] == 3 and im.library == "demo"
     del adata.uns["spatial"]
     with pytest.raises(InputError, match="no H&E image"):
-        loki.spot_image(adata, "d.h5ad")
+        patches.spot_image(adata, "d.h5ad")
 
 
 def test_float_image_to_uint8():
-    out = loki.as_rgb_uint8(np.full((2, 2), 0.5), "img")
+    out = patches.as_rgb_uint8(np.full((2, 2), 0.5), "img")
     assert out.shape == (2, 2, 3) and (out == 128).all()
 
 
 def test_text_positions_counts_genes_in_context():
     token_len = np.array([3, 1, 5, 2])
     gene_idx = np.array([[0, 1, 2, 3], [2, 2, 2, 3]])
-    n_text, in_ctx, token_gene, off = loki.text_positions(gene_idx, token_len, context_length=10)
+    n_text, in_ctx, token_gene, off = encode.text_positions(gene_idx, token_len, context_length=10)
     assert n_text.tolist() == [8, 8] and in_ctx.tolist() == [2, 1]  # budget 8 tokens: 3+1 fit, +5 does not
     assert token_gene[: off[1]].tolist() == [0, 0, 0, 1, 2, 2, 2, 2]
-    index = loki.token_index(n_text, token_gene, np.array(["g0", "g1", "g2", "g3"], dtype=object), np.array(["s0", "s1"]), 10)
+    index = encode.token_index(n_text, token_gene, np.array(["g0", "g1", "g2", "g3"], dtype=object), np.array(["s0", "s1"]), 10)
     first = index[index.cell == 0]
-    assert first.gene.tolist()[:2] == [loki.SOT, "g0"] and first.gene.tolist()[-2:] == [loki.EOT, loki.CLS]
+    assert first.gene.tolist()[:2] == [encode.SOT, "g0"] and first.gene.tolist()[-2:] == [encode.EOT, encode.CLS]
     assert first.position.tolist()[-2:] == [9, 10] and len(index) == 2 * (8 + 3)
 
 
 def test_agreement_and_retrieval_known_answers():
     text = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     image = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
-    assert np.allclose(loki.cosine_agreement(text, image), [1.0, 0.0, 1.0])
+    assert np.allclose(agreement.cosine_agreement(text, image), [1.0, 0.0, 1.0])
     nbrs = np.array([[1], [0], [0]])
-    assert loki.retrieval_hits(text, image, nbrs).tolist() == [True, False, True]
-    assert np.allclose(np.linalg.norm(loki.l2_normalise(text), axis=1), 1.0)
+    assert agreement.retrieval_hits(text, image, nbrs).tolist() == [True, False, True]
+    assert np.allclose(np.linalg.norm(agreement.l2_normalise(text), axis=1), 1.0)
     xy = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
-    assert loki.spatial_neighbours(xy, 1).ravel().tolist() == [1, 0, 1]
+    assert agreement.spatial_neighbours(xy, 1).ravel().tolist() == [1, 0, 1]

@@ -2,13 +2,12 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 
 from tissuelens import cli
 from tissuelens.sae.synthetic import write_export
@@ -195,8 +194,7 @@ def test_script_process_exit_code_and_single_line(data, tmp_path):
     base, _ = data
     acts = _broken_copy(base / "activations", tmp_path / "activations", "nan")
     out = tmp_path / "results" / "sae" / "toy"
-    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "train_sae.py"), *_train_argv(acts, out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script("train_sae", *_train_argv(acts, out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {acts / 'layer_1.npy'}: non-finite activation (NaN or inf) at token row 40"]
     assert not (tmp_path / "results").exists()

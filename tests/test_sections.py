@@ -517,7 +517,8 @@ def test_loki_patches_come_from_each_sections_own_image(tmp_path):
 
     from tissuelens import cli
     from tissuelens.datasets.synthetic import make_synthetic
-    from tissuelens.embed.loki import spatial_neighbours, spot_images
+    from tissuelens.embed.loki.agreement import spatial_neighbours
+    from tissuelens.embed.loki.patches import spot_images
     from tissuelens.models import loki as lm
     from tissuelens.spatial_graph import build_spatial_graph
 

@@ -69,7 +69,7 @@ def test_loki_rules_run_in_their_stack_on_the_demo(loki_python, demo_preprocesse
     assert "skipped" not in metrics["quality"], metrics["quality"]
     assert metrics["quality"]["X_loki_image"]["labels"]["n_cells"] == n
     assert metrics["image"]["patch_px"] == 20  # Loki's segment_patches size
-    # the Loki task rules (annotate, retrieve, predex) in the same stack, on those embeddings
+    # the Loki task rules (annotate, retrieve, predex, decompose) in the same stack, on those embeddings
     emb_path = out / "embeddings.h5ad"
     tasks = {
         "loki_annotate": ["--embeddings", emb_path, "--preprocessed", preprocessed, "--model-dir", model, "--settings",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tissuelens.embed import tahoe as tx
+from tissuelens.embed.tahoe import prepare as tx
 from tissuelens.errors import InputError
 
 VOCAB = {"<pad>": 0, "<cls>": 1, "<eoc>": 2, "ENSG1": 3, "ENSG2": 4, "ENSG3": 5, "ENSG4": 6}

@@ -19,7 +19,7 @@ def main(argv=None):
     ap.add_argument("--activations", required=True, help="activations/ directory")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    from tissuelens.embed.geneformer import run_embed
+    from tissuelens.embed.geneformer.run import run_embed
 
     run_embed(args.h5ad, args.checkpoint, args.model, args.settings, args.out, args.activations, seed=args.seed)
 

@@ -31,7 +31,7 @@ def main(argv=None):
 
     import torch
 
-    from tissuelens.embed.loki import embed_spots
+    from tissuelens.embed.loki.run import embed_spots, quality_metrics
     from tissuelens.models.loki import load_checkpoint
 
     torch.manual_seed(args.seed)
@@ -47,30 +47,6 @@ def main(argv=None):
             to_h5ad(out, h5_tmp)
             write_json(metrics, args.metrics)
     print(json.dumps({k: metrics[k] for k in ("n_spots", "untrained", "genes_in_context") if k in metrics}, indent=2))
-
-
-def quality_metrics(out, seed: int, label_key: str = "group") -> dict:
-    """The embed stage's shared quality metrics (tissuelens.embed.metrics) for the text and the image
-    embeddings: label agreement (obs[label_key]) and spatial coherence. Skipped, with the reason, where
-    their packages (scikit-learn, scanpy) are missing, as in the Python 3.9 Loki env."""
-    import numpy as np
-
-    try:
-        from tissuelens.embed.metrics import label_metrics, spatial_metrics
-
-        res = {}
-        for key in ("X_loki_text", "X_loki_image"):
-            if key not in out.obsm:
-                continue
-            x = np.asarray(out.obsm[key])
-            res[key] = {}
-            if label_key in out.obs:
-                res[key]["labels"] = label_metrics(x, out.obs[label_key].to_numpy(), seed=seed)
-            if "spatial" in out.obsm:
-                res[key]["spatial"] = spatial_metrics(x, np.asarray(out.obsm["spatial"])[:, :2], seed=seed)
-        return {"quality": res}
-    except ImportError as exc:
-        return {"quality": {"skipped": f"shared embedding metrics need {exc.name}"}}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    from tissuelens.embed.tahoe import embed_dataset
+    from tissuelens.embed.tahoe.run import embed_dataset
     from tissuelens.models.tahoe import load_checkpoint
 
     adata = read_h5ad(args.h5ad)

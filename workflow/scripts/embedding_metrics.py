@@ -16,7 +16,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="embedding_metrics.json")
     args = ap.parse_args(argv)
-    from tissuelens.embed.geneformer import read_h5ad
+    from tissuelens.io import read_h5ad
     from tissuelens.embed.metrics import embedding_report
     from tissuelens.io import write_json
 

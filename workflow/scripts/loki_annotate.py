@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--summary", required=True, type=Path, help="annotation.json")
     args = parser.parse_args(argv)
 
-    from tissuelens.embed.loki_run import run_annotate
+    from tissuelens.embed.loki.run import run_annotate
     from tissuelens.models.loki import load_checkpoint
 
     emb = read_h5ad(args.embeddings)

@@ -24,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--summary", required=True, type=Path, help="decompose.json")
     args = parser.parse_args(argv)
 
-    from tissuelens.embed.loki_run import run_decompose
+    from tissuelens.embed.loki.run import run_decompose
 
     table, summary = run_decompose(read_h5ad(args.embeddings), read_h5ad(args.reference), args.settings, args.seed,
                                    str(args.embeddings), args.reference_name)

@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--summary", required=True, type=Path, help="predex.json")
     args = parser.parse_args(argv)
 
-    from tissuelens.embed.loki_run import run_predex
+    from tissuelens.embed.loki.run import run_predex
 
     references = [(name, read_h5ad(Path(e)), read_h5ad(Path(p))) for name, e, p in args.reference]
     genes, spots, summary = run_predex(read_h5ad(args.embeddings), read_h5ad(args.preprocessed), args.settings, args.seed,

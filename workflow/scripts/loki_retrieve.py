@@ -24,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--summary", required=True, type=Path, help="retrieval.json")
     args = parser.parse_args(argv)
 
-    from tissuelens.embed.loki_run import run_retrieve
+    from tissuelens.embed.loki.run import run_retrieve
 
     reference = read_h5ad(args.reference) if args.reference else None
     table, summary = run_retrieve(read_h5ad(args.embeddings), args.settings, str(args.embeddings), reference, args.reference_name)

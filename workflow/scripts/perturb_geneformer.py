@@ -23,7 +23,7 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
-    from tissuelens.embed.geneformer import run_perturb
+    from tissuelens.embed.geneformer.run import run_perturb
 
     run_perturb(args.h5ad, args.checkpoint, args.model, args.settings, args.out, args.cells, args.genes, seed=args.seed)
 

@@ -87,7 +87,7 @@ class TahoeCheckpoint:
         from omegaconf import OmegaConf as om
         from tahoe_x1.model import ComposerTX
 
-        from tissuelens.embed.tahoe import attention_impl
+        from tissuelens.embed.tahoe.encode import attention_impl
 
         model_cfg = om.create(self.model_config)
         coll_cfg = om.create(self.collator_config)
@@ -157,7 +157,7 @@ def use_masked_encoder(encoder) -> None:
 
 def load_checkpoint(path: str | Path, dictionary_suffix: str | None = None) -> TahoeCheckpoint:
     del dictionary_suffix
-    from tissuelens.embed.tahoe import read_vocab
+    from tissuelens.embed.tahoe.prepare import read_vocab
 
     path = Path(path)
     if not path.is_dir():

@@ -155,7 +155,7 @@ def loki_models(config: dict, dataset: str) -> list[str]:
 
 
 def loki_plan(config: dict, dataset: str, producible: Callable[[str], bool]) -> dict:
-    """Per Loki model: the files of its enabled tasks (annotate, retrieve, predex)."""
+    """Per Loki model: the files of its enabled tasks (annotate, retrieve, predex, decompose)."""
     units = {}
     for model in loki_models(config, dataset):
         base = f"results/{dataset}/loki/{model}"

@@ -1,11 +1,13 @@
-"""What Loki builds on OmiCLIP embeddings: zero-shot annotation, image-to-transcriptome retrieval, PredEx.
+"""What Loki builds on OmiCLIP embeddings: zero-shot annotation, image-to-transcriptome retrieval, PredEx (the math;
+Tangram decomposition: `decompose`).
 
-All three compare L2-normalised embeddings by their dot product (= cosine), as Loki does:
+All compare L2-normalised embeddings by their dot product (= cosine), as Loki does:
 
 * Annotate (`loki.annotate.annotate_with_marker_genes`): one sentence per cell type (its marker genes
   joined by spaces, as Loki's marker-gene notebooks), encoded by the text encoder; `image @ text.T` per
   spot and type, the best type by argmax. We add the softmax entropy over types (probabilities as CLIP's:
   softmax of `logit_scale x cosine`), and the same annotation from the spots' text embeddings.
+* Annotate with bulk samples (`loki.annotate.annotate_with_bulk`): `bulk_scores`.
 * Retrieve (`loki.retrieve.retrieve_st_by_image`): `image @ text.T`, top k by similarity.
 * PredEx (`loki.predex.predict_st_gene_expr`): expression = similarity-weighted mean of the reference
   spots' expression, `(S @ X) / S.sum(1)`. Options beyond Loki: keep only each row's top k similarities,
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tissuelens.analyze.markers import softmax_entropy
-from tissuelens.embed.loki import l2_normalise
+from tissuelens.embed.loki.agreement import l2_normalise
 from tissuelens.errors import InputError
 
 
@@ -176,3 +178,13 @@ def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = (p * t).sum(axis=0) / denom
     return np.where(denom > 0, r, np.nan)
+
+
+def bulk_scores(image_emb: np.ndarray, bulk_emb: np.ndarray) -> np.ndarray:
+    """(spots, samples): Loki's annotate_with_bulk (tensor=False) per sample: dot product of every spot's
+    image embedding with the sample's text embedding, softmax over the spots, then min-max to [0, 1]."""
+    sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(bulk_emb, dtype=np.float64).T
+    e = np.exp(sim - sim.max(axis=0, keepdims=True))
+    p = e / e.sum(axis=0, keepdims=True)
+    lo, hi = p.min(axis=0, keepdims=True), p.max(axis=0, keepdims=True)
+    return (p - lo) / np.where(hi > lo, hi - lo, 1.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from tissuelens.embed.activations import ActivationWriter
-from tissuelens.embed.geneformer_extract import ActivationPlan, Encoder, embed_cells, hidden_index, pooling_mode
-from tissuelens.embed.geneformer_tokenizer import GeneVocab, tokenize
+from tissuelens.embed.geneformer.extract import ActivationPlan, Encoder, embed_cells, hidden_index, pooling_mode
+from tissuelens.embed.geneformer.tokenizer import GeneVocab, tokenize
 from tissuelens.errors import InputError
 from tissuelens.io import read_h5ad
 
@@ -213,9 +213,9 @@ def _subset(cells: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 def run_perturb(h5ad: str, checkpoint: str, model: str, settings: dict, out_tsv: str, out_cells: str, out_genes: str,
                 seed: int = 0) -> pd.DataFrame:
     from tissuelens.device import resolve_device
-    from tissuelens.embed.geneformer_perturb import (TYPES, GeneShiftSums, Job, every_gene, random_gene_sets, resolve_emb_mode,
+    from tissuelens.embed.geneformer.perturb import (TYPES, GeneShiftSums, Job, every_gene, random_gene_sets, resolve_emb_mode,
                                                      score_jobs)
-    from tissuelens.embed.perturb_stats import BACKGROUNDS, combo_columns, gene_table, summarise
+    from tissuelens.embed.geneformer.perturb_stats import BACKGROUNDS, combo_columns, gene_table, summarise
     from tissuelens.io import atomic_path
 
     p = settings["perturb"]

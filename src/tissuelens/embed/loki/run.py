@@ -1,7 +1,9 @@
-"""The Loki task rules (annotate, retrieve, predex) on a Loki embed rule's embeddings.h5ad.
+"""What the Loki scripts call: the embed step (`embed_spots`, `quality_metrics`) and the task rules
+(`run_annotate`, `run_retrieve`, `run_predex`, `run_decompose`) on a Loki embed rule's embeddings.h5ad.
 
-Each `run_*` checks its inputs, computes, and returns what its script writes (tables and a summary),
-so that a bad input fails before any output exists. Imported by the Loki stack (Python 3.9).
+Each checks its inputs, computes, and returns what its script writes (tables and a summary), so that a
+bad input fails before any output exists. Imported by the Loki stack (Python 3.9): heavy imports inside
+functions.
 """
 
 from __future__ import annotations
@@ -10,118 +12,236 @@ import logging
 
 import numpy as np
 
-from tissuelens.embed import loki_tasks as lt
-from tissuelens.embed.loki import summary as summary_of
+from tissuelens.embed.loki import tasks as lt
+from tissuelens.embed.loki.agreement import cosine_agreement, retrieval_hits, section_codes, spatial_neighbours
+from tissuelens.embed.loki.agreement import summary as summary_of
+from tissuelens.embed.loki.decompose import (abundance_weights, cell_counts, decomposition_table, history_number,
+                                             seeded_tangram_map)
+from tissuelens.embed.loki.encode import (context_report, encode_images, encode_texts, gene_token_lengths, resolve_layers,
+                                          text_positions, token_index)
+from tissuelens.embed.loki.inputs import (IMAGE, TEXT, coordinates, expression, feature_anndata, image_embeddings, labels_of,
+                                          marker_net, read_bulk, read_sentences)
+from tissuelens.embed.loki.patches import VISIUM_SPOT_UM, check_patches, patch_boxes, patch_padded, patch_side, spot_images
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
-IMAGE, TEXT = "X_loki_image", "X_loki_text"
 
 
-def coordinates(adata) -> tuple:
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] if "spatial" in adata.obsm else np.full((adata.n_obs, 2), np.nan)
-    return xy[:, 0], xy[:, 1]
+# -- the embed step ------------------------------------------------------------------------------
 
 
-def image_embeddings(emb, enabled, where: str, task: str):
-    """The spots' image embeddings; None (task skipped) when there are none and `enabled` is auto."""
-    if IMAGE in emb.obsm:
-        return np.asarray(emb.obsm[IMAGE], dtype=np.float64)
-    if enabled is True:
-        raise InputError(f"{where}: no image embeddings (obsm['{IMAGE}']): the dataset has no H&E image, which "
-                         f"Loki's {task} needs (set embed.loki.{task}.enabled: auto to skip it)")
-    return None
+DEFAULTS = {
+    "n_top_genes": 50,
+    "housekeeping": None,
+    "layer": None,
+    "image": "auto",
+    "image_key": "hires",
+    "library_id": None,
+    "patch_px": 20,
+    "patch_um": None,
+    "spot_um": VISIUM_SPOT_UM,
+    "batch_size": 32,
+    "retrieval_neighbours": 6,
+    "activations": "tokens",
+    "layers": [-1],
+    "gene_id_key": "gene_ids",
+    "device": "auto",
+    "progress": True,
+}
 
 
-def labels_of(adata, key: str = "group"):
-    if key not in adata.obs:
-        return None
-    values = adata.obs[key]
-    return None if values.isna().any() else values.astype(str).to_numpy()
-
-
-# -- annotate ------------------------------------------------------------------------------------
-
-
-def marker_net(path, fmt: str, species, var_names, min_markers: int, where: str):
-    """The marker table (analyze stage's reader) restricted to genes in the data."""
-    from tissuelens.analyze.markers import match_genes, read_markers
-
-    net = read_markers(path, fmt, species)
-    return match_genes(net, var_names, int(min_markers), f"{where} ({path})")
-
-
-def read_sentences(path, where: str) -> dict:
-    """{cell type: sentence} from a curated CSV (columns cell_type, sentence), in file order, used verbatim."""
+def embed_spots(adata, ckpt, settings: dict, *, model_name: str, where: str, activations_dir=None):
+    """Loki text (and image) embeddings of every spot of a preprocessed AnnData; returns (embeddings
+    AnnData, metrics dict). Writes the activation files into `activations_dir` when given."""
     import pandas as pd
 
-    from pathlib import Path
+    from tissuelens.device import resolve_device
+    from tissuelens.embed.activations import ActivationWriter
+    from tissuelens.embed.loki import sentences as gs
 
-    if not Path(path).is_file():
-        raise InputError(f"{where}: embed.loki.annotate.sentences: file not found: {path}")
+    s = dict(DEFAULTS)
+    s.update({k: v for k, v in (settings or {}).items() if k in DEFAULTS})
+    n = adata.n_obs
+    if n == 0:
+        raise InputError(f"{where}: no spots")
+    symbols = np.asarray(adata.var_names.astype(str), dtype=object)
+    gs.check_symbols(symbols, where)
+    if s["layer"]:
+        if s["layer"] not in adata.layers:
+            raise InputError(f"{where}: layer '{s['layer']}' not in layers (has: {', '.join(adata.layers) or 'none'})")
+        x = adata.layers[s["layer"]]
+    else:
+        x = adata.X
     try:
-        t = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas' parser errors
-        raise InputError(f"{where}: {path}: not a readable CSV ({type(e).__name__})") from None
-    missing = [c for c in ("cell_type", "sentence") if c not in t]
-    if missing:
-        raise InputError(f"{where}: {path}: no column {', '.join(missing)} (needs cell_type,sentence)")
-    t = t.assign(cell_type=t["cell_type"].str.strip(), sentence=t["sentence"].str.split().str.join(" "))
-    if not len(t) or (t["cell_type"] == "").any() or (t["sentence"] == "").any():
-        raise InputError(f"{where}: {path}: every row needs a cell type and a non-empty sentence")
-    dup = sorted(set(t["cell_type"][t["cell_type"].duplicated()]))
-    if dup:
-        raise InputError(f"{where}: {path}: cell type listed twice: {', '.join(dup)}")
-    return dict(zip(t["cell_type"], t["sentence"]))
+        sentences, gene_idx, n_expr = gs.gene_sentences(x, symbols, gs.load_housekeeping(s["housekeeping"]), int(s["n_top_genes"]))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+    # everything that can fail on the input is checked before the model runs
+    images = None  # [(rows, SpotImage, side)]: one image, or one per section (each section's own)
+    if s["image"] is True or s["image"] == "auto":
+        try:
+            images = spot_images(adata, where, s["image_key"], s["library_id"])
+        except InputError:
+            if s["image"] is True:
+                raise
+            log.info("%s: no H&E image; text embeddings only", where)
+    image = None if images is None else images[0][1]
+    if images is not None:
+        if "spatial" not in adata.obsm:
+            raise InputError(f"{where}: obsm['spatial'] is missing; image patches need spot coordinates")
+        xy = np.asarray(adata.obsm["spatial"])[:, :2]
+        x0, y0, padded = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        sized = []
+        for rows, one in images:
+            side = patch_side(one, s["patch_px"], s["patch_um"], s["spot_um"])
+            bx0, by0, centre = patch_boxes(xy[rows], one.scale, side)
+            check_patches(centre, one.image.shape, adata.obs_names[rows], where)
+            x0[rows], y0[rows] = bx0, by0
+            padded[rows] = patch_padded(bx0, by0, side, one.image.shape)
+            sized.append((rows, one, side))
+        images = sized
+        if padded.any():
+            log.info("%s: %d spots' patches reach past the image edge; padded white and flagged (obs loki_patch_padded)",
+                     where, int(padded.sum()))
+    layers = resolve_layers(s["layers"], ckpt.n_layers, f"{where}: embed.loki.layers") if s["activations"] == "tokens" else []
+
+    import torch
+
+    device = resolve_device(s["device"])
+    model, preprocess, tokenizer = ckpt.load_model(device)
+    ctx = ckpt.context_length
+    used = np.unique(gene_idx)
+    token_len = np.zeros(len(symbols), dtype=np.int64)
+    token_len[used] = gene_token_lengths(tokenizer, symbols[used])
+    n_text, in_context, token_gene, offsets = text_positions(gene_idx, token_len, ctx)
+
+    gene_ids = adata.var[s["gene_id_key"]].astype(str).to_numpy() if s["gene_id_key"] in adata.var else symbols.astype(str)
+    meta = {"model": model_name, "kind": "loki", "untrained": ckpt.untrained,
+            "checkpoint": {k: v for k, v in ckpt.describe().items() if k != "path"}}
+    writer = None
+    per_spot = n_text + 3  # <start_of_text>, text tokens, <end_of_text>, appended <cls>
+    row_start = np.concatenate([[0], np.cumsum(per_spot)])
+    if activations_dir is not None and layers:
+        index = token_index(n_text, token_gene, gene_ids, np.asarray(adata.obs_names), ctx)
+        meta.update(activations="tokens", source="text encoder blocks (model.text.transformer.resblocks[k])")
+        writer = ActivationWriter(activations_dir, layers, ckpt.d_model, index, meta)
+
+    def on_tokens(lo, hi, tokens, outputs):
+        b, width = tokens.shape
+        nt = n_text[lo:hi]
+        pos = np.arange(width + 1)[None, :]
+        keep = (pos < (nt + 2)[:, None]) | (pos == width)  # the <cls> CoCa appends sits at index width
+        # <end_of_text> (the largest id) right after the text tokens, padding after it
+        eot_ok = tokens[np.arange(b), nt + 1] == tokens.max(axis=1)
+        pad_ok = (tokens * (pos[:, :width] > (nt + 1)[:, None])).sum(axis=1) == 0
+        if not (eot_ok.all() and pad_ok.all()):
+            raise RuntimeError("Loki tokenizer output does not match the per-gene token counts")
+        for k in layers:
+            block = outputs[k].numpy()[keep]
+            if not np.all(np.isfinite(block)):
+                raise InputError(f"{ckpt.weights}: the model gives non-finite activations at text block {k}")
+            writer.write(k, slice(int(row_start[lo]), int(row_start[hi])), block)
+
+    torch.manual_seed(0)
+    text = encode_texts(model, tokenizer, list(sentences), device=device, batch_size=int(s["batch_size"]),
+                        layers=layers if writer else None, on_tokens=on_tokens if writer else None, progress=bool(s["progress"]))
+    img = None
+    for rows, one, side in images or []:
+        part = encode_images(model, preprocess, one.image, x0[rows], y0[rows], side, device=device,
+                             batch_size=int(s["batch_size"]), progress=bool(s["progress"]))
+        if img is None:
+            img = np.zeros((n, part.shape[1]), dtype=part.dtype)
+        img[rows] = part
+
+    metrics = {
+        "model": model_name,
+        "kind": "loki",
+        "untrained": ckpt.untrained,
+        "checkpoint": {k: v for k, v in ckpt.describe().items() if k != "path"},
+        "n_spots": int(n),
+        "n_top_genes": int(s["n_top_genes"]),
+        "genes_per_sentence": int(gene_idx.shape[1]),
+        "expressed_genes_in_sentence": summary_of(n_expr),
+        "genes_in_context": {**summary_of(in_context), "context_length": ctx, "text_token_budget": ctx - 2},
+        "sentences_truncated_fraction": float(np.mean(in_context < gene_idx.shape[1])),
+        "image": None,
+    }
+    out = _embedding_anndata(adata, text, img, sentences, in_context, n_expr, model_name)
+    if img is not None:
+        cos = cosine_agreement(text, img)
+        neighbours = spatial_neighbours(np.asarray(adata.obsm["spatial"])[:, :2], int(s["retrieval_neighbours"]),
+                                        section_codes(adata))
+        hits = retrieval_hits(text, img, neighbours)
+        out.obs["loki_text_image_cosine"] = cos.astype(np.float32)
+        out.obs["loki_retrieval_hit"] = hits
+        out.obs["loki_patch_padded"] = padded
+        spot_px = [round(float(one.spot_diameter_fullres * one.scale), 2) for _, one, _ in images]
+        one_image = len(images) == 1  # several: one value per section's image, in section order
+        metrics["image"] = {"library": image.library if one_image else [one.library for _, one, _ in images],
+                            "image_key": image.key,
+                            "patch_px": images[0][2] if one_image else [side for _, _, side in images],
+                            "patch_um": s["patch_um"], "spot_px": spot_px[0] if one_image else spot_px,
+                            "padded_spots": int(padded.sum()), "model_input_px": ckpt.image_size}
+        metrics["text_image_cosine"] = summary_of(cos)
+        metrics["retrieval"] = {"accuracy": float(hits.mean()), "neighbours": int(neighbours.shape[1]),
+                                "chance": 1.0 / (neighbours.shape[1] + 1)}
+
+    if activations_dir is not None and writer is None:
+        # final embeddings as the activations: one row per spot and modality (non-special names, so
+        # the SAE stage trains on them)
+        blocks = [text] + ([img] if img is not None else [])
+        cell = np.repeat(np.arange(n), len(blocks))
+        names = np.array(["loki_text", "loki_image"][: len(blocks)], dtype=object)
+        index = pd.DataFrame({"cell": cell, "obs_name": np.asarray(adata.obs_names)[cell], "gene": np.tile(names, n),
+                              "position": np.tile(np.arange(len(blocks)), n)})
+        meta.update(activations="embeddings", source="final L2-normalised text (and image) embeddings")
+        writer = ActivationWriter(activations_dir, [0], ckpt.embed_dim, index, meta)
+        writer.write(0, slice(None), np.stack(blocks, axis=1).reshape(-1, ckpt.embed_dim))
+    if writer is not None:
+        writer.close()
+    return out, metrics
 
 
-def context_report(sentences: dict, tokenizer, context_length: int) -> dict:
-    """Per type: the sentence's genes (words) in order, how many reach the model (open_clip keeps
-    context_length - 2 BPE tokens) and the ones cut."""
-    from tissuelens.embed.loki import gene_token_lengths
+def _embedding_anndata(adata, text, img, sentences, in_context, n_expr, model_name):
+    import anndata as ad
 
-    out = {}
-    for t, sentence in sentences.items():
-        words = np.asarray(sentence.split(), dtype=object)
-        lens = gene_token_lengths(tokenizer, words) if len(words) else np.zeros(0, dtype=np.int64)
-        n = int((np.cumsum(lens) <= context_length - 2).sum())
-        out[t] = {"genes": [str(w) for w in words], "genes_in_context": n, "cut": [str(w) for w in words[n:]]}
+    out = ad.AnnData(obs=adata.obs.copy())
+    out.obsm["X_loki_text"] = text.astype(np.float32)
+    if img is not None:
+        out.obsm["X_loki_image"] = img.astype(np.float32)
+    out.obsm[f"X_{model_name}"] = text.astype(np.float32)
+    if "spatial" in adata.obsm:
+        out.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
+    out.obs["loki_sentence"] = np.asarray(sentences, dtype=object).astype(str)
+    out.obs["loki_genes_in_context"] = in_context.astype(np.int32)
+    out.obs["loki_expressed_genes"] = n_expr.astype(np.int32)
     return out
 
 
-def read_bulk(path, where: str):
-    """(sample names, gene symbols, expression (samples, genes)) from a bulk table: first column the gene
-    symbols, one numeric column per sample (CSV, or TSV by a .tsv/.txt name)."""
-    import pandas as pd
-
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise InputError(f"{where}: embed.loki.annotate.bulk: file not found: {path}")
-    sep = "\t" if str(path).endswith((".tsv", ".txt", ".tsv.gz")) else ","
+def quality_metrics(out, seed: int, label_key: str = "group") -> dict:
+    """The embed stage's shared quality metrics (tissuelens.embed.metrics) for the text and the image
+    embeddings: label agreement (obs[label_key]) and spatial coherence. Skipped, with the reason, where
+    their packages (scikit-learn, scanpy) are missing, as in the Python 3.9 Loki env."""
     try:
-        t = pd.read_csv(path, sep=sep, index_col=0)
-    except Exception as e:  # pandas' parser errors
-        raise InputError(f"{where}: {path}: not a readable table ({type(e).__name__})") from None
-    if not t.shape[1] or not len(t):
-        raise InputError(f"{where}: {path}: needs a gene column and at least one sample column")
-    try:
-        x = t.to_numpy(dtype=np.float64).T
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {path}: sample columns must be numeric") from None
-    if not np.all(np.isfinite(x)) or (x < 0).any():
-        raise InputError(f"{where}: {path}: expression must be finite and non-negative")
-    return [str(c) for c in t.columns], np.asarray(t.index.astype(str)), x
+        from tissuelens.embed.metrics import label_metrics, spatial_metrics
+
+        res = {}
+        for key in ("X_loki_text", "X_loki_image"):
+            if key not in out.obsm:
+                continue
+            x = np.asarray(out.obsm[key])
+            res[key] = {}
+            if label_key in out.obs:
+                res[key]["labels"] = label_metrics(x, out.obs[label_key].to_numpy(), seed=seed)
+            if "spatial" in out.obsm:
+                res[key]["spatial"] = spatial_metrics(x, np.asarray(out.obsm["spatial"])[:, :2], seed=seed)
+        return {"quality": res}
+    except ImportError as exc:
+        return {"quality": {"skipped": f"shared embedding metrics need {exc.name}"}}
 
 
-def bulk_scores(image_emb: np.ndarray, bulk_emb: np.ndarray) -> np.ndarray:
-    """(spots, samples): Loki's annotate_with_bulk (tensor=False) per sample: dot product of every spot's
-    image embedding with the sample's text embedding, softmax over the spots, then min-max to [0, 1]."""
-    sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(bulk_emb, dtype=np.float64).T
-    e = np.exp(sim - sim.max(axis=0, keepdims=True))
-    p = e / e.sum(axis=0, keepdims=True)
-    lo, hi = p.min(axis=0, keepdims=True), p.max(axis=0, keepdims=True)
-    return (p - lo) / np.where(hi > lo, hi - lo, 1.0)
+# -- the task rules ------------------------------------------------------------------------------
 
 
 def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
@@ -130,7 +250,6 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     import torch
 
     from tissuelens.device import resolve_device
-    from tissuelens.embed.loki import encode_texts
 
     if settings.get("sentences"):
         sentences = read_sentences(settings["sentences"], where)
@@ -161,12 +280,12 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
     summary = {"cell_types": types, "sentences": sentences, "logit_scale": scale, **source,
                "context": context, "untrained": bool(ckpt.untrained)}
     if bulk is not None:
-        from tissuelens.embed import gene_sentences as gs
+        from tissuelens.embed.loki import sentences as gs
 
         samples, symbols, bx = bulk
         bulk_sentences, _, _ = gs.gene_sentences(bx, symbols, gs.load_housekeeping(None))
         bulk_emb = encode_texts(model, tokenizer, [str(b) for b in bulk_sentences], device=device, progress=False)
-        scores = bulk_scores(np.asarray(emb.obsm[IMAGE]), bulk_emb)
+        scores = lt.bulk_scores(np.asarray(emb.obsm[IMAGE]), bulk_emb)
         bulk_context = context_report(dict(zip(samples, map(str, bulk_sentences))), tokenizer, int(ckpt.context_length))
         for j, name in enumerate(samples):
             table[f"bulk:{name}"] = scores[:, j]
@@ -192,9 +311,6 @@ def run_annotate(emb, var_names, ckpt, settings: dict, where: str):
         if labels is not None:
             summary[src]["by_group"] = pd.crosstab(labels, table[f"{src}_cell_type"].to_numpy()).to_dict(orient="index")
     return table, summary
-
-
-# -- retrieve ------------------------------------------------------------------------------------
 
 
 def run_retrieve(emb, settings: dict, where: str, reference=None, reference_name: str | None = None):
@@ -231,21 +347,6 @@ def run_retrieve(emb, settings: dict, where: str, reference=None, reference_name
     metrics.update(reference=reference_name or "self", n_reference=int(ref.n_obs),
                    self_chance=float(k / ref.n_obs) if self_index is not None else None)
     return table, metrics
-
-
-# -- PredEx --------------------------------------------------------------------------------------
-
-
-def expression(adata, genes: str):
-    """(log-normalised X dense float64 (n, g), gene names) of the highly variable genes or all genes."""
-    import scipy.sparse as sp
-
-    cols = np.ones(adata.n_vars, dtype=bool)
-    if genes == "highly_variable" and "highly_variable" in adata.var:
-        cols = adata.var["highly_variable"].to_numpy(dtype=bool)
-    x = adata.X[:, np.flatnonzero(cols)]
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    return np.asarray(x, dtype=np.float64), np.asarray(adata.var_names[cols]).astype(str)
 
 
 def _score(img_test, text_train, x_train, x_test, settings: dict, where: str):
@@ -352,154 +453,6 @@ def run_predex(emb, adata, settings: dict, seed: int, where: str, references=Non
     return table, spots, summary
 
 
-# -- decompose (Tangram) -----------------------------------------------------------------------
-
-
-def feature_anndata(x: np.ndarray, obs_names, obs=None):
-    """An AnnData whose 'genes' are the embedding dimensions (Loki's generate_feature_ad)."""
-    import anndata as ad
-    import pandas as pd
-
-    names = [f"omiclip_{j}" for j in range(x.shape[1])]
-    out = ad.AnnData(np.asarray(x, dtype=np.float32), obs=pd.DataFrame(index=np.asarray(obs_names).astype(str)),
-                     var=pd.DataFrame(index=names))
-    if obs is not None:
-        for key, values in obs.items():
-            out.obs[key] = np.asarray(values)
-    return out
-
-
-def abundance_weights(types, labels, settings: dict, where: str) -> np.ndarray:
-    """Each type's weight for the per-spot proportions (see `proportions`): the reference's cell count per type
-    (`weights: reference`, Loki's tutorials), the user's `fractions` (`weights: fractions`), or 1 (`none`)."""
-    mode = settings.get("weights", "reference")
-    if mode == "none":
-        return np.ones(len(types))
-    if mode == "reference":
-        labels = np.asarray(labels).astype(str)
-        return np.array([float((labels == t).sum()) for t in types])
-    if mode != "fractions":
-        raise InputError(f"{where}: embed.loki.decompose.weights: '{mode}' is not one of reference, fractions, none")
-    given = settings.get("fractions")
-    if not given:
-        raise InputError(f"{where}: embed.loki.decompose.weights: fractions needs embed.loki.decompose.fractions "
-                         "(a fraction for every cell type of the reference)")
-    given = {str(k): v for k, v in given.items()}
-    missing, unknown = [t for t in types if t not in given], sorted(set(given) - set(types))
-    if missing or unknown:
-        raise InputError(f"{where}: embed.loki.decompose.fractions: "
-                         + (f"no fraction for {', '.join(missing)}" if missing else f"no reference cells of type {', '.join(unknown)}")
-                         + f" (the reference's types: {', '.join(types)})")
-    w = np.array([float(given[t]) for t in types])
-    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-        raise InputError(f"{where}: embed.loki.decompose.fractions: fractions must be finite, non-negative and not all 0")
-    return w / w.sum()
-
-
-def proportions(ct_pred, weights=None) -> np.ndarray:
-    """Per-spot cell-type proportions from Tangram's clusters-mode projection (tangram_ct_pred, spots x types).
-
-    In clusters mode each type's mapping row sums to 1 over the spots: a column is where that type's cells
-    go, not how many there are. Each column is multiplied by its type's abundance (`weights`: cell counts
-    or fractions; None = 1), then each spot is divided by its sum (all-zero spots stay 0)."""
-    p = np.clip(np.asarray(ct_pred, dtype=np.float64), 0, None)
-    if weights is not None:
-        p = p * np.asarray(weights, dtype=np.float64)[None, :]
-    total = p.sum(axis=1, keepdims=True)
-    return p / np.where(total > 0, total, 1.0)
-
-
-def normalize_percentile(scores, min_percentile: float = 5, max_percentile: float = 95) -> np.ndarray:
-    """Each column clipped to its [min, max] percentiles and scaled to [0, 1] (Loki's normalize_percentile;
-    a constant column becomes 0 where Loki divides by zero)."""
-    x = np.asarray(scores, dtype=np.float64)
-    lo = np.percentile(x, min_percentile, axis=0)
-    hi = np.percentile(x, max_percentile, axis=0)
-    span = hi - lo
-    out = (np.clip(x, lo, hi) - lo) / np.where(span > 0, span, 1.0)
-    return np.where(span > 0, out, 0.0)
-
-
-def nms(scores) -> np.ndarray:
-    """Loki's NMS_mode: each spot keeps its largest score (every tie kept), the other types are set to 0."""
-    x = np.asarray(scores, dtype=np.float64)
-    return np.where(x == x.max(axis=1, keepdims=True), x, 0.0)
-
-
-def seeded_tangram_map(sc_ad, st_ad, settings: dict, seed: int):
-    """tg.map_cells_to_space (clusters mode, Loki's arguments) reproducible for every seed.
-
-    tangram-sc 1.0.4 seeds numpy (its initial map) and torch only `if random_state:`, so seed 0 would start
-    from numpy's global state: we seed both ourselves (numpy's legacy generator takes seed mod 2**32) and
-    restore numpy's global state afterwards."""
-    import tangram as tg
-    import torch
-
-    state = np.random.get_state()
-    try:
-        np.random.seed(int(seed) % 2**32)
-        torch.manual_seed(int(seed))
-        return tg.map_cells_to_space(sc_ad, st_ad, mode="clusters", cluster_label="cell_type",
-                                     device=settings.get("device", "cpu"), scale=False, density_prior="uniform",
-                                     random_state=int(seed) % 2**32, verbose=False, num_epochs=int(settings["num_epochs"]))
-    finally:
-        np.random.set_state(state)
-
-
-def cell_counts(emb, settings: dict, where: str):
-    """The spots' cell counts from obs[`cell_count_key`] (None when unset); InputError when absent or not counts."""
-    key = settings.get("cell_count_key")
-    if key is None:
-        return None
-    if key not in emb.obs:
-        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs has no column '{key}'")
-    try:
-        n = np.asarray(emb.obs[key], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs['{key}'] is not numeric") from None
-    if not np.all(np.isfinite(n)) or (n < 0).any():
-        raise InputError(f"{where}: embed.loki.decompose.cell_count_key: obs['{key}'] has negative or missing counts")
-    return n
-
-
-def decomposition_table(ct_pred, types, weights, settings: dict, emb, where: str = "decompose"):
-    """The per-spot table: proportions of every type, `dominant`, the raw projection (`mapping:<type>`) and,
-    with `nms_mode`, Loki's percentile-normalised (`percentile:<type>`) and NMS (`nms:<type>`) scores."""
-    import pandas as pd
-
-    raw = np.asarray(ct_pred, dtype=np.float64)
-    props = proportions(raw, weights)
-    x, y = coordinates(emb)
-    cols = {"obs_name": np.asarray(emb.obs_names).astype(str), "x": x, "y": y}
-    cols.update({t: props[:, j] for j, t in enumerate(types)})
-    cols["dominant"] = np.asarray(types, dtype=object)[props.argmax(axis=1)]
-    cols.update({f"mapping:{t}": raw[:, j] for j, t in enumerate(types)})
-    counts = cell_counts(emb, settings, where)
-    if counts is not None:  # expected cells of each type per spot (Loki's cell_num with the proportions)
-        cols["n_cells"] = counts
-        cols.update({f"cells:{t}": props[:, j] * counts for j, t in enumerate(types)})
-    if settings.get("nms_mode"):
-        major = settings.get("major_types") or list(types)
-        idx = [types.index(t) for t in major]
-        pct = normalize_percentile(raw[:, idx], settings.get("min_percentile", 5), settings.get("max_percentile", 95))
-        kept = nms(pct)
-        cols.update({f"percentile:{t}": pct[:, j] for j, t in enumerate(major)})
-        cols.update({f"nms:{t}": kept[:, j] for j, t in enumerate(major)})
-    return pd.DataFrame(cols)
-
-
-def _number(value) -> float | None:
-    """A float from Tangram's training history (numbers, or strings such as 'tensor(-0.99, grad_fn=...)')."""
-    import re
-
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        m = re.search(r"-?\d+(\.\d+)?(e-?\d+)?", str(value))
-        x = float(m.group(0)) if m else float("nan")
-    return x if np.isfinite(x) else None  # unused regularisers are NaN
-
-
 def run_decompose(emb, reference, settings: dict, seed: int, where: str, reference_name: str):
     """(per-spot table, summary): Tangram in clusters mode maps the reference's cells (their OmiCLIP text
     embeddings, grouped by label) onto the spots' OmiCLIP image (or text) embeddings, with Loki's
@@ -544,7 +497,7 @@ def run_decompose(emb, reference, settings: dict, seed: int, where: str, referen
     table = decomposition_table(pred[types].to_numpy(), types, weights, settings, emb, where)
     props = table[types].to_numpy()
     history = ad_map.uns.get("training_history") or {}
-    final = {k: _number(v[-1]) for k, v in history.items() if len(v)}
+    final = {k: history_number(v[-1]) for k, v in history.items() if len(v)}
     mode = settings.get("weights", "reference")
     summary = {"reference": reference_name, "spot_embedding": source, "cell_types": types,
                "n_reference_cells": int(reference.n_obs), "mean_proportions": dict(zip(types, props.mean(axis=0).tolist())),

@@ -28,7 +28,7 @@ from tissuelens.errors import InputError
 
 N_TOP = 50
 ROW_BLOCK = 512  # spots per block of the top-gene selection (bounds the padded copy of the non-zeros)
-HOUSEKEEPING_FILE = Path(__file__).resolve().parents[1] / "data" / "loki_housekeeping_genes.txt"
+HOUSEKEEPING_FILE = Path(__file__).resolve().parents[2] / "data" / "loki_housekeeping_genes.txt"
 
 
 def load_housekeeping(path: str | Path | None = None) -> list[str]:
