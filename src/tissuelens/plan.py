@@ -1,7 +1,7 @@
 """What runs for a dataset, read from the config alone: its embedding models (per kind), factorisation
 variants, SAE models, Loki tasks and the datasets those tasks reference.
 
-One answer for both sides: the workflow's input functions (workflow/rules/*.smk) plan jobs from it and the
+One answer for both sides: the workflow's input functions (workflow/rules/inputs/*.smk) plan jobs from it and the
 report (report/stages.py) lists the sections it expects from it, so the two cannot drift apart. No torch
 and no Snakemake here (tests/test_plan.py checks it on plain dicts). Bad references raise InputError naming
 the key; the workflow turns that into a WorkflowError before any job runs.

@@ -1,5 +1,6 @@
 """Shared plumbing: the library on the path, the validated config, each dataset's plan and settings, and
-the params helpers every stage uses. Each stage's own input functions sit at the top of its rule file."""
+the params helpers every stage uses. Each stage's own input functions are in rules/inputs/<stage>.smk, which
+its rule file includes first."""
 
 import functools
 import json
