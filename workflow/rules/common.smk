@@ -24,7 +24,7 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH
 
 from tissuelens.config import STEPS, step_settings, validate_config
 from tissuelens.errors import InputError
-from tissuelens.plan import dataset_plan
+from tissuelens.plan import dataset_plan, model_kind
 from tissuelens.sheet import merge_sheet
 
 try:
@@ -88,14 +88,13 @@ def flag(name, *values):
     return f"--{name} " + " ".join(shlex.quote(str(v)) for v in values)
 
 
-def input_flag(name, key=None):
-    """Params function: `--name <input.key>` (key: name with - as _), or '' when the job has no such input, so
+def input_flag(name):
+    """Params function: `--name <the job's input of that name, - as _>`, or '' when the job has no such input, so
     an optional argument always follows the input function that decides it."""
 
     def param(wildcards, input):
-        files = input.get(key or name.replace("-", "_"))
-        files = [files] if isinstance(files, str) else list(files or [])
-        return flag(name, *files) if files else ""
+        files = input.get(name.replace("-", "_"))
+        return flag(name, *([files] if isinstance(files, str) else files or []))
 
     return param
 
@@ -112,7 +111,7 @@ def resolve_marker_file(path):
 
 def kind_model_pattern(kind):
     """Wildcard constraint matching exactly the models of one kind (so each embed rule owns its models)."""
-    names = [m for m in MODELS if config["models"][m].get("kind") == kind]
+    names = [m for m in MODELS if model_kind(config, m) == kind]
     return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 

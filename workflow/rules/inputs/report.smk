@@ -5,7 +5,15 @@ from tissuelens.report.stages import plan_files, stage_plan
 
 
 def producible(path):
-    """True when some rule of this workflow writes `path` (a stage whose rules are not included is absent)."""
+    """True when some rule of this workflow writes `path`, results/<dataset>/… (a stage whose rules are not
+    included is absent)."""
+    return _producible(path.split("/", 2)[2])
+
+
+@functools.lru_cache(maxsize=None)
+def _producible(within_dataset):
+    # the dataset wildcard admits every dataset alike, so the answer is one per path below results/<dataset>/
+    path = f"results/{DATASETS[0]}/{within_dataset}"
     return any(rule.is_producer(path) for rule in workflow.rules)
 
 
