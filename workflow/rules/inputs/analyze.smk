@@ -1,6 +1,7 @@
 # Input functions and params of the rules in ../analyze.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
+
 def domain_settings(wildcards):
     return as_param(settings(wildcards.dataset, "analyze")["domains"])
 

@@ -1,6 +1,7 @@
 # Input functions and params of the rules in ../download.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
+
 def download_inputs(wildcards):
     """Local files a download reads, so that editing them reruns it."""
     entry = config["datasets"][wildcards.dataset]

@@ -1,6 +1,7 @@
 # Input functions and params of the rules in ../preprocess.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
+
 def domains_path(dataset):
     return f"results/{dataset}/analyze/domains.parquet"
 
