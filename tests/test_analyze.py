@@ -13,7 +13,7 @@ from tissuelens.analyze import agreement, domains, markers
 from tissuelens.analyze.groups import group_source, has_groups
 from tissuelens.datasets.synthetic import make_synthetic
 from tissuelens.errors import InputError
-from tissuelens.report.stages import factorize_variants
+from tissuelens.plan import factorize_variants
 
 GENES = [f"g{i}" for i in range(8)]
 NET = pd.DataFrame({"source": ["A"] * 3 + ["B"] * 3, "target": GENES[:3] + GENES[3:6], "weight": 1.0})

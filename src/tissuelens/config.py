@@ -21,8 +21,22 @@ REPO_CONFIG_DIR = REPO / "config"
 STEPS = ("preprocess", "factorize", "embed", "sae", "analyze", "report")
 
 
+# libyaml's loader where PyYAML has it: the pure-Python one spends a second of every dry run on the schemas
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(path: Path, mtime_ns: int) -> dict:
+    return yaml.load(path.read_text(), Loader=_LOADER)
+
+
+def read_schema(path: Path) -> dict:
+    """A schema file, parsed once per process while it is unchanged (shared: do not modify)."""
+    return _schema(path, path.stat().st_mtime_ns)
+
+
 def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict]:
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(schema_dir.glob("*.schema.yaml"))}
+    return {p.name: read_schema(p) for p in sorted(schema_dir.glob("*.schema.yaml"))}
 
 
 def _validator(schemas: dict[str, dict]):
@@ -85,7 +99,7 @@ def deep_merge(base: dict, override: dict | None) -> dict:
 @functools.lru_cache(maxsize=None)
 def _step_defaults(schema_file: Path) -> dict:
     # cached: a dry run asks for settings thousands of times (callers get deep copies via deep_merge)
-    return schema_defaults(yaml.safe_load(schema_file.read_text())) if schema_file.exists() else {}
+    return schema_defaults(read_schema(schema_file)) if schema_file.exists() else {}
 
 
 def step_defaults(step: str, schema_dir: Path = SCHEMA_DIR) -> dict:
@@ -97,7 +111,7 @@ def validate_step_settings(settings: dict, step: str, source: str, schema_dir: P
     """Check one stage's settings (as a script run by hand gets them) against `<step>.schema.yaml`."""
     from jsonschema import Draft202012Validator
 
-    schema = yaml.safe_load((schema_dir / f"{step}.schema.yaml").read_text())
+    schema = read_schema(schema_dir / f"{step}.schema.yaml")
     errors = sorted(Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(map(str, e.path)))
     if errors:
         raise InputError(f"{source}: invalid {step} settings: " + "; ".join(_describe(e) for e in errors))

@@ -1,3 +1,6 @@
+include: "inputs/analyze.smk"
+
+
 rule domains:
     """Leiden on the expression PCA and spatial domains on neighbour-smoothed PCA (no labels needed)."""
     input:
@@ -41,7 +44,7 @@ rule analyze:
         entry=dataset_entry,
         settings=analyze_settings,
         source=group_source_arg,
-        markers=analyze_markers_arg,
+        markers=input_flag("markers"),
         seed=dataset_seed,
         outdir=subpath(output.summary, parent=True),
     log:

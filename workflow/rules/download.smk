@@ -1,3 +1,6 @@
+include: "inputs/download.smk"
+
+
 rule download:
     """Fetch or synthesise a dataset into the common AnnData contract (integer counts, coordinates)."""
     input:

@@ -1,12 +1,15 @@
+include: "inputs/embed.smk"
+
+
 rule download_model:
     """Fetch (huggingface_hub / local) or build (random, untrained) a checkpoint in the model's own layout."""
     input:
-        model_inputs,
+        unpack(model_inputs),
     output:
         directory("resources/models/{model}"),
     params:
         entry=model_entry,
-        genes=model_genes_arg,
+        genes=input_flag("genes-h5ad"),
     wildcard_constraints:
         model="|".join(re.escape(m) for m in MODELS) or "(?!x)x",
     log:

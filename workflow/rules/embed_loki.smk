@@ -1,3 +1,6 @@
+include: "inputs/embed_loki.smk"
+
+
 rule embed_loki:
     """Loki/OmiCLIP (open_clip CoCa): gene-sentence text and H&E patch image embeddings of every spot."""
     input:
@@ -62,7 +65,7 @@ rule loki_retrieve:
         summary="results/{dataset}/loki/{model}/retrieval.json",
     params:
         settings=loki_task_settings("retrieve"),
-        reference=loki_reference_args,
+        reference=loki_retrieve_reference_args,
     wildcard_constraints:
         model=kind_model_pattern("loki"),
     log:

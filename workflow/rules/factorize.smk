@@ -1,5 +1,8 @@
+include: "inputs/factorize.smk"
+
+
 wildcard_constraints:
-    variant="pnmf|svgp|mggp_svgp|lcgp|mggp_lcgp",
+    variant="|".join(VARIANTS),
 
 
 rule factorize:

@@ -1,3 +1,6 @@
+include: "inputs/preprocess.smk"
+
+
 rule preprocess:
     """QC filters, group clean-up, highly variable genes and log-normalisation."""
     input:

@@ -1,3 +1,6 @@
+include: "inputs/report.smk"
+
+
 rule narrative:
     """Tissue-blind prompt from aggregated metrics (checked for leaks); MedGemma's text when a checkpoint is set."""
     input:
@@ -46,7 +49,7 @@ rule report:
         plan=report_plan_json,
         settings=report_settings,
         run_config=report_run_config,
-        narrative=report_narrative_arg,
+        narrative=input_flag("narrative"),
     log:
         "logs/{dataset}/report.log",
     benchmark:

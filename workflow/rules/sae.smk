@@ -1,3 +1,6 @@
+include: "inputs/sae.smk"
+
+
 rule train_sae:
     """Sparse autoencoder (SAELens 6; TopK by default) on one layer of a model's exported token activations."""
     input:
@@ -53,7 +56,7 @@ rule analyze_sae:
         ),
     params:
         settings=sae_settings("analyze"),
-        factors=sae_factors_flag,
+        factors=input_flag("factors"),
     wildcard_constraints:
         model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     threads: 2

@@ -13,7 +13,7 @@ and returns HTML (figures embedded as base64 PNG, so the page opens offline and 
 * `provenance`: effective settings, package versions, checkpoints, untrained-weight notes.
 
 Support modules: `html` (page, tables, figures), `readers` (stage files -> objects, one-line errors),
-`stages` (which stage outputs a dataset has, from the config), `build` (assemble the page),
+`stages` (which stage outputs a dataset has, from tissuelens.plan), `build` (assemble the page),
 `leakage` (the tissue-blind checker), `prompt` (aggregated metrics -> prompt), `medgemma` (image
 letterbox and the image-text-to-text pipeline).
 

@@ -1,7 +1,7 @@
 """Which stage outputs a dataset's report reads, from the config alone.
 
 `stage_plan` lists, per stage, the files the stage writes for the dataset (its *units*: factorize
-variants, embedding models, SAE models). The Snakefile keeps only files some rule in the workflow can
+variants, embedding models, SAE models, as tissuelens.plan decides them). The Snakefile keeps only files some rule in the workflow can
 produce, so a stage whose rules are not included yet becomes a section that says so, and the report is
 rebuilt whenever any listed file changes.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tissuelens.analyze.groups import has_groups
-from tissuelens.config import step_settings
+from tissuelens.plan import LOKI_TASK_FILES, DatasetPlan, dataset_plan
 
-MGGP = ("mggp_svgp", "mggp_lcgp")
 
 # files per unit, by stage: name -> path relative to results/{dataset}/<stage>/<unit>/
 UNIT_FILES = {
@@ -29,66 +27,27 @@ STAGES = tuple(UNIT_FILES)
 PLAN_STAGES = (*STAGES, "analyze")  # every stage a plan lists (the analyze stage has files, no units)
 
 
-def _as_list(value) -> list[str]:
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v is not False]
-    if isinstance(value, (list, tuple)):  # names, or entries with a name (e.g. embed.models)
-        return [str(v["name"]) if isinstance(v, dict) and "name" in v else str(v) for v in value]
-    if isinstance(value, str):
-        return [value]
-    return []
-
-
-def factorize_variants(config: dict, dataset: str) -> list[str]:
-    settings = step_settings(config, dataset, "factorize")
-    if settings.get("enabled", True) is False:
-        return []
-    entry = config["datasets"][dataset]
-    variants = _as_list(settings.get("variants", []))
-    if not entry.get("spatial", False):
-        variants = [v for v in variants if v == "pnmf"]
-    if not has_groups(config, dataset):  # labels, or domains standing in for them (analyze.group_source)
-        variants = [v for v in variants if v not in MGGP]
-    return variants
-
-
-def embed_models(config: dict, dataset: str) -> list[str]:
-    settings = step_settings(config, dataset, "embed")
-    if settings.get("enabled", True) is False:
-        return []
-    return _as_list(settings.get("models", []))
-
-
-def sae_models(config: dict, dataset: str) -> list[str]:
-    settings = step_settings(config, dataset, "sae")
-    if settings.get("enabled", True) is False:
-        return []
-    embedded = embed_models(config, dataset)
-    chosen = settings.get("models")
-    return embedded if chosen is None else [m for m in _as_list(chosen) if m in embedded]
-
-
-UNITS = {"factorize": factorize_variants, "embed": embed_models, "sae": sae_models}
+# a stage's units: the DatasetPlan field that lists them
+UNITS = {"factorize": "variants", "embed": "models", "sae": "sae_models"}
 UNIT_LABEL = {"factorize": "variants", "embed": "models", "sae": "models"}
 
 
-def _configured(config: dict, dataset: str, stage: str, name: str) -> bool:
+def _configured(plan: DatasetPlan, stage: str, name: str) -> bool:
     """Perturbation tables only where the dataset asks for a perturbation (genes or auto_genes)."""
-    if stage == "embed" and name.startswith("perturbation"):
-        p = step_settings(config, dataset, "embed").get("perturb") or {}
-        return bool(p.get("genes") or p.get("auto_genes"))
-    return True
+    return plan.perturb or not (stage == "embed" and name.startswith("perturbation"))
 
 
-def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = lambda path: True) -> dict:
+def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = lambda path: True,
+               runs: DatasetPlan | None = None) -> dict:
     """{stage: {"status", "reason", "units": {unit: {file name: path}}, "files": {name: path}}}.
 
     status: "built" (at least one file of the stage is produced by a rule), "disabled" (the config turns
     the stage off or names no units for this dataset), "absent" (no rule in the workflow produces it).
     """
+    runs = runs or dataset_plan(config, dataset)  # what runs for the dataset (tissuelens.plan)
     plan = {}
     for stage in STAGES:
-        units = UNITS[stage](config, dataset)
+        units = getattr(runs, UNITS[stage])
         entry = {"status": "built", "reason": "", "units": {}, "files": {}}
         if not units:
             entry["status"] = "disabled"
@@ -98,7 +57,7 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
         base = f"results/{dataset}/{stage}"
         for unit in units:
             files = {name: f"{base}/{unit}/{name}" for name in UNIT_FILES[stage]}
-            entry["units"][unit] = {k: v for k, v in files.items() if producible(v) and _configured(config, dataset, stage, k)}
+            entry["units"][unit] = {k: v for k, v in files.items() if producible(v) and _configured(runs, stage, k)}
         entry["files"] = {n: f"{base}/{n}" for n in STAGE_FILES[stage] if producible(f"{base}/{n}")}
         if not entry["files"] and not any(entry["units"].values()):
             entry["status"] = "absent"
@@ -108,7 +67,7 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
             entry["units"] = {u: f for u, f in entry["units"].items() if f}
         plan[stage] = entry
     plan["analyze"] = analyze_plan(dataset, producible)
-    plan["loki"] = loki_plan(config, dataset, producible)
+    plan["loki"] = loki_plan(runs, producible)
     return plan
 
 
@@ -127,40 +86,12 @@ def analyze_plan(dataset: str, producible: Callable[[str], bool]) -> dict:
     return {"status": "built", "reason": "", "units": {}, "files": files}
 
 
-# files of the Loki tasks per task, relative to results/{dataset}/loki/{model}/
-LOKI_TASK_FILES = {"annotate": ("annotation.parquet", "annotation.json"),
-                   "retrieve": ("retrieval.parquet", "retrieval.json"),
-                   "predex": ("predex_genes.csv", "predex_spots.parquet", "predex.json"),
-                   "decompose": ("decompose.parquet", "decompose.json")}
-
-
-def loki_task_enabled(config: dict, dataset: str, task: str) -> bool:
-    """annotate: when a marker, sentence or bulk file is set; decompose: when a reference dataset is set; retrieve / predex:
-    `enabled: true`, or auto on spatial datasets whose embed.loki.image is not false (without an image there
-    the rule writes a skipped note)."""
-    loki = step_settings(config, dataset, "embed")["loki"]
-    settings = loki[task]
-    if task == "annotate":
-        return bool(settings.get("markers") or settings.get("sentences") or settings.get("bulk"))
-    if task == "decompose":
-        return bool(settings.get("reference"))
-    if settings["enabled"] == "auto":
-        return bool(config["datasets"][dataset].get("spatial")) and loki["image"] is not False
-    return settings["enabled"] is True
-
-
-def loki_models(config: dict, dataset: str) -> list[str]:
-    models = config.get("models") or {}
-    return [m for m in embed_models(config, dataset) if (models.get(m) or {}).get("kind") == "loki"]
-
-
-def loki_plan(config: dict, dataset: str, producible: Callable[[str], bool]) -> dict:
+def loki_plan(runs: DatasetPlan, producible: Callable[[str], bool]) -> dict:
     """Per Loki model: the files of its enabled tasks (annotate, retrieve, predex, decompose)."""
     units = {}
-    for model in loki_models(config, dataset):
-        base = f"results/{dataset}/loki/{model}"
-        files = {name: f"{base}/{name}" for task, names in LOKI_TASK_FILES.items()
-                 if loki_task_enabled(config, dataset, task) for name in names}
+    for model in runs.of_kind("loki"):
+        base = f"results/{runs.dataset}/loki/{model}"
+        files = {name: f"{base}/{name}" for task in runs.loki_tasks for name in LOKI_TASK_FILES[task]}
         files = {k: v for k, v in files.items() if producible(v)}
         if files:
             units[model] = files
