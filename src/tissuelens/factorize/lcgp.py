@@ -28,6 +28,36 @@ def knn_excluding_self(xy: np.ndarray, k: int) -> np.ndarray:
     return idx[~own].reshape(len(xy), k)
 
 
+class _SPDSolve(torch.autograd.Function):
+    """x = A⁻¹b for batches of small SPD matrices A (…, K, K) and vectors b (…, K), by Cholesky.
+
+    The backward is the closed form ḡ_b = A⁻¹ḡ, ḡ_A = −ḡ_b xᵀ: one more vector solve against the saved
+    factor. Autograd through cholesky and cholesky_solve instead takes triangular solves with K×K
+    right-hand sides, which MKL runs matrix by matrix with a thread team each: for an LCGP step's
+    2 × 8,000 50×50 systems that was 6-14 s of a 7-15 s step on 2 cores, against 0.2 s for the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        chol = torch.linalg.cholesky(a)
+        x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+        ctx.save_for_backward(chol, x)
+        ctx.shapes = a.shape, b.shape
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        chol, x = ctx.saved_tensors
+        a_shape, b_shape = ctx.shapes
+        gb = torch.cholesky_solve(g.unsqueeze(-1), chol).squeeze(-1)
+        ga = (-gb.unsqueeze(-1) * x.unsqueeze(-2)).sum_to_size(a_shape) if ctx.needs_input_grad[0] else None
+        return ga, gb.sum_to_size(b_shape)
+
+
+def spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _SPDSolve.apply(a, b)
+
+
 def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float, prior_mean=None) -> torch.Tensor:
     """KL_j = E_{q(u_n)} KL(q(u_j | u_n) || p(u_j | u_n)) for a batch of cells j with neighbours n.
 
@@ -36,14 +66,12 @@ def conditional_kl(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter: float, prior_
     Returns (L, B).
     """
     eye = torch.eye(k_nn.shape[-1], device=k_nn.device, dtype=k_nn.dtype)
-    chol_k = torch.linalg.cholesky(k_nn + jitter * eye)
-    beta = torch.cholesky_solve(k_nj.unsqueeze(-1), chol_k).squeeze(-1)  # (B,K)
+    beta = spd_solve(k_nn + jitter * eye, k_nj)  # (B,K)
     tau2 = (k_jj - (k_nj * beta).sum(-1)).clamp_min(1e-6)  # prior conditional variance (B,)
     s_nn = lu_n @ lu_n.transpose(-1, -2) + jitter * eye  # (L,B,K,K)
     s_nj = (lu_n @ lu_j.unsqueeze(-1)).squeeze(-1)  # (L,B,K)
     s_jj = lu_j.pow(2).sum(-1)  # (L,B)
-    chol_s = torch.linalg.cholesky(s_nn)
-    alpha = torch.cholesky_solve(s_nj.unsqueeze(-1), chol_s).squeeze(-1)
+    alpha = spd_solve(s_nn, s_nj)
     tau2_q = (s_jj - (s_nj * alpha).sum(-1)).clamp_min(1e-6)  # variational conditional variance
     if prior_mean is not None:  # p(u) has mean β_l: condition the centred values
         m_j, m_n = m_j - prior_mean[:, None], m_n - prior_mean[:, None, None]
