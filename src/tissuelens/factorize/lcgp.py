@@ -130,8 +130,9 @@ class LCGPPrior(nn.Module):
 
     def _prior_conditional(self, idx: torch.Tensor):
         """β, τ² of the cells idx. Steps that leave the kernel alone (kernel_every > 1, or a frozen kernel) take
-        no kernel gradient, so they reuse each cell's until the kernel changes, as svgp reuses chol(K):
-        building and factorising the K×K blocks was about a third of such a step."""
+        no kernel gradient, so they reuse each cell's until the kernel changes, as svgp reuses chol(K) (at
+        10,000 cells, batch 2,000, kernel_every 10: 8 % of the KL's CPU time; all of its prior side when the
+        kernel is frozen)."""
         params = list(self.kernel.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._cache = None
