@@ -8,7 +8,7 @@ from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from tissuelens.factorize.elbo import expected_loglik, loadings_fixed_point, multiplicative_update
 from tissuelens.factorize.kernels import FactorKernel, inverse_softplus
-from tissuelens.factorize.lcgp import conditional_kl, knn_excluding_self
+from tissuelens.factorize.lcgp import LCGPPrior, conditional_kl, knn_excluding_self, prior_conditional
 from tissuelens.factorize.pnmf import kl_normal
 from tissuelens.factorize.svgp import SVGPPrior, solve_lower_by_lower
 
@@ -146,8 +146,8 @@ def test_lcgp_conditional_kl_is_the_chain_rule_difference():
     beta = torch.tensor([0.3, -0.8])  # prior mean per factor
     m = torch.randn(L, K + 1, generator=gen)
     lu = torch.randn(L, K + 1, R, generator=gen) * 0.5
-    got = conditional_kl(m[:, :1], m[:, None, 1:], lu[:, :1], lu[:, None, 1:], kfull[:, :1, 0], kfull[:, None, 1:, 0],
-                         kfull[:, None, 1:, 1:], jitter, beta)
+    prior = prior_conditional(kfull[:, :1, 0], kfull[:, None, 1:, 0], kfull[:, None, 1:, 1:], jitter)
+    got = conditional_kl(m[:, :1], m[:, None, 1:], lu[:, :1], lu[:, None, 1:], *prior, jitter, beta)
     for l in range(L):
         s = lu[l] @ lu[l].T
         s[1:, 1:] += jitter * torch.eye(K)
@@ -157,6 +157,82 @@ def test_lcgp_conditional_kl_is_the_chain_rule_difference():
         joint = kl_divergence(MultivariateNormal(m[l], s), MultivariateNormal(prior_mean, p))
         marg = kl_divergence(MultivariateNormal(m[l, 1:], s[1:, 1:]), MultivariateNormal(prior_mean[1:], p[1:, 1:]))
         assert got[l, 0].item() == pytest.approx((joint - marg).item(), rel=1e-6, abs=1e-8)
+
+
+def _conditional_kl_through_cholesky(m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter, prior_mean):
+    """The spec's §4.4 arithmetic as first written, with autograd through cholesky and cholesky_solve."""
+    eye = torch.eye(k_nn.shape[-1])
+    beta = torch.cholesky_solve(k_nj.unsqueeze(-1), torch.linalg.cholesky(k_nn + jitter * eye)).squeeze(-1)
+    tau2 = (k_jj - (k_nj * beta).sum(-1)).clamp_min(1e-6)
+    s_nn = lu_n @ lu_n.transpose(-1, -2) + jitter * eye
+    s_nj = (lu_n @ lu_j.unsqueeze(-1)).squeeze(-1)
+    s_jj = lu_j.pow(2).sum(-1)
+    alpha = torch.cholesky_solve(s_nj.unsqueeze(-1), torch.linalg.cholesky(s_nn)).squeeze(-1)
+    tau2_q = (s_jj - (s_nj * alpha).sum(-1)).clamp_min(1e-6)
+    m_j, m_n = m_j - prior_mean[:, None], m_n - prior_mean[:, None, None]
+    delta = m_j - (beta * m_n).sum(-1)
+    b_s_b = (beta.unsqueeze(-2) @ s_nn @ beta.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    s_b = (s_nj * beta).sum(-1)
+    return 0.5 * (torch.log(tau2) - torch.log(tau2_q) - 1.0 + (delta**2 + s_jj + b_s_b - 2.0 * s_b) / tau2)
+
+
+def test_lcgp_kl_closed_form_backward_matches_autograd_through_cholesky():
+    """conditional_kl's solves have a hand-written backward (lcgp._SPDSolve); values and gradients for the
+    means, Lu, β and the kernel hyperparameters equal those of autograd through the Cholesky factors."""
+    gen = torch.Generator().manual_seed(5)
+    n, K, R, L, B, jitter = 40, 5, 8, 3, 12, 1e-5
+    x = torch.rand(n, 2, generator=gen) * 10
+    nbr = torch.as_tensor(knn_excluding_self(x.numpy(), K))
+    idx = torch.arange(0, n, 3)[:B]
+    kernel = make_kernel(3.0, n_factors=L)
+    m = torch.randn(L, n, generator=gen).requires_grad_()
+    lu = (torch.randn(L, n, R, generator=gen) * 0.4).requires_grad_()
+    prior_mean = torch.tensor([0.2, -0.5, 1.0], requires_grad=True)
+    params = [m, lu, prior_mean, *kernel.parameters()]
+    results = []
+    closed_form = lambda m_j, m_n, lu_j, lu_n, k_jj, k_nj, k_nn, jitter, prior_mean: conditional_kl(  # noqa: E731
+        m_j, m_n, lu_j, lu_n, *prior_conditional(k_jj, k_nj, k_nn, jitter), jitter, prior_mean)
+    for fn in (closed_form, _conditional_kl_through_cholesky):
+        x_j, x_n = x[idx], x[nbr[idx]]
+        kl = fn(m[:, idx], m[:, nbr[idx]], lu[:, idx], lu[:, nbr[idx]], kernel.matrix(x_j, x_j, diag=True),
+                kernel.matrix(x_n, x_j.unsqueeze(-2)).squeeze(-1), kernel.matrix(x_n, x_n), jitter, prior_mean)
+        results.append((kl, *torch.autograd.grad((kl * torch.linspace(0.5, 2, B)).sum(), params)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_lcgp_prior_conditional_cache_gives_the_uncached_kl_and_follows_the_kernel():
+    """Steps without kernel gradient reuse each cell's β, τ²; the KL and its gradients equal a fresh
+    computation's, and a kernel update (as the kernel's optimiser makes it, in place) invalidates them."""
+    gen = torch.Generator().manual_seed(7)
+    n, K, R, L = 30, 4, 6, 2
+    x = torch.rand(n, 2, generator=gen) * 10
+    prior = LCGPPrior(x, L, K, R, make_kernel(3.0, n_factors=L), 1e-5, torch.randn(L, n, generator=gen),
+                      torch.randn(L, n, R, generator=gen) * 0.4)
+
+    def kl_and_grads(idx, cached):
+        kept = prior._cache
+        prior._cache = kept if cached else None
+        kl = prior.kl(idx, n, "n_over_batch")
+        prior._cache = prior._cache if cached else kept
+        return (kl, *torch.autograd.grad(kl, (prior.mean, prior.lu)))
+
+    prior.kernel.requires_grad_(False)  # a step between kernel steps
+    for idx in (torch.arange(0, 20), torch.arange(10, 30), torch.arange(5, 25)):  # overlapping batches
+        for got, want in zip(kl_and_grads(idx, True), kl_and_grads(idx, False)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert prior._cache is not None and bool(prior._cache[3].all())
+    with torch.no_grad():
+        prior.kernel.raw_lengthscales.add_(0.5)
+    idx = torch.arange(0, 20)
+    after = kl_and_grads(idx, True)
+    for got, want in zip(after, kl_and_grads(idx, False)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    prior.kernel.requires_grad_(True)  # a kernel step: no cache, the kernel's gradient flows
+    kl = prior.kl(idx, n, "n_over_batch")
+    assert prior._cache is None
+    torch.testing.assert_close(kl, after[0], rtol=1e-12, atol=1e-12)
+    assert torch.autograd.grad(kl, prior.kernel.raw_lengthscales)[0].abs().sum() > 0
 
 
 def test_knn_excludes_self_even_with_duplicate_points():
