@@ -60,7 +60,8 @@ def fit_mixture(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
-    """(best K, its first fit's labels, {K: mean pairwise ARI of the fits}) over K = 2..high; ties: smaller K."""
+    """(best K, its first fit's labels, {K: mean pairwise ARI of the fits}) over K = 2..high. Ties go to the larger
+    K, the finest partition that every seed reproduces: merging two real domains is as stable as keeping them."""
     from itertools import combinations
 
     from sklearn.metrics import adjusted_rand_score
@@ -69,7 +70,7 @@ def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[
     for k in range(2, high + 1):
         fits[k] = [fit_mixture(features, k, seed + r) for r in range(runs)]
         scores[k] = float(np.mean([adjusted_rand_score(a, b) for a, b in combinations(fits[k], 2)]))
-    best = max(scores, key=lambda k: (round(scores[k], 6), -k))
+    best = max(scores, key=lambda k: (round(scores[k], 6), k))
     return best, fits[best][0], scores
 
 
