@@ -9,6 +9,8 @@ Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, in Lei
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -17,6 +19,7 @@ from tissuelens.errors import InputError
 from tissuelens.spatial_graph import spatial_connectivities
 
 COLUMNS = ("expr_leiden", "spatial_domain")
+log = logging.getLogger(__name__)
 
 
 def expression_pca(adata, n_comps: int, seed: int) -> np.ndarray:
@@ -63,7 +66,10 @@ def spatial_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: i
 
     if settings["method"] == "aggregate_leiden":
         return leiden(smooth(pcs, graph), settings["n_neighbors"], settings["spatial_resolution"], seed, "D")
-    codes, _ = niche_domains(pcs, graph, settings, seed, where)
+    codes, record = niche_domains(pcs, graph, settings, seed, where)
+    scores = ", ".join(f"{k}: {v:.3f}" for k, v in record.get("stability", {}).items())
+    log.info("%s: %d spatial domains (%s)%s", where, record["n_domains"], record["chosen_by"],
+             f"; stability per K {scores}" if scores else "")
     return pd.Categorical.from_codes(codes, categories=[f"D{i + 1}" for i in range(codes.max() + 1)])
 
 
