@@ -177,7 +177,10 @@ def main(argv=None):
                          "K found": len(set(labels)), "K true": k, "seconds": round(time.perf_counter() - start, 1)})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    print(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table.to_string(index=False))
+    try:
+        print(table.to_markdown(index=False))
+    except ImportError:  # to_markdown needs tabulate
+        print(table.to_string(index=False))
 
 
 if __name__ == "__main__":
