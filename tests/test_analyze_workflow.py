@@ -82,7 +82,7 @@ def test_reruns_stay_minimal(unlabelled, tmp_path):
     config["analyze"]["markers"] = {**config["analyze"]["markers"], "min_markers": 4}
     write_config(run, config)
     assert {rule for rule, _ in plan(run)} == {"analyze", "narrative", "report"}
-    config["analyze"]["domains"]["spatial_resolution"] = 0.4  # the groups change: everything on them reruns
+    config["analyze"]["domains"]["n_hops"] = 2  # the groups change: everything on them reruns
     write_config(run, config)
     rules = {rule for rule, _ in plan(run)}
     assert {"domains", "preprocess", "factorize", "analyze", "agreement", "report"} <= rules, rules

@@ -1,11 +1,15 @@
-"""Domains without labels: Leiden on the expression PCA, and spatial domains by Leiden on the PCA
-averaged over each spot's spatial neighbours: the dataset's recorded spatial graph (preprocess builds it per
-section and per platform, tissuelens.spatial_graph), so no average reaches into another section.
+"""Domains without labels: Leiden on the expression PCA, and spatial domains on the dataset's recorded spatial
+graph (preprocess builds it per section and per platform, tissuelens.spatial_graph), so no average reaches into
+another section: `method: niche` (default) clusters several hops of neighbourhood means with an automatic number
+of domains (tissuelens.analyze.niches); `aggregate_leiden` (the earlier method) runs Leiden at
+`spatial_resolution` on the PCA averaged over one ring of neighbours.
 
 Labels: expression clusters `C1, C2, ...`, spatial domains `D1, D2, ...`, in Leiden's own numbering.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -15,6 +19,7 @@ from tissuelens.errors import InputError
 from tissuelens.spatial_graph import spatial_connectivities
 
 COLUMNS = ("expr_leiden", "spatial_domain")
+log = logging.getLogger(__name__)
 
 
 def expression_pca(adata, n_comps: int, seed: int) -> np.ndarray:
@@ -55,6 +60,19 @@ def leiden(x: np.ndarray, n_neighbors: int, resolution: float, seed: int, prefix
     return pd.Categorical.from_codes(codes, categories=names)
 
 
+def spatial_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int, where: str) -> pd.Categorical:
+    """Spatial domain labels `D1, D2, ...` by settings["method"]."""
+    from tissuelens.analyze.niches import niche_domains
+
+    if settings["method"] == "aggregate_leiden":
+        return leiden(smooth(pcs, graph), settings["n_neighbors"], settings["spatial_resolution"], seed, "D")
+    codes, record = niche_domains(pcs, graph, settings, seed, where)
+    scores = ", ".join(f"{k}: {v:.3f}" for k, v in record.get("stability", {}).items())
+    log.info("%s: %d spatial domains (%s)%s", where, record["n_domains"], record["chosen_by"],
+             f"; stability per K {scores}" if scores else "")
+    return pd.Categorical.from_codes(codes, categories=[f"D{i + 1}" for i in range(codes.max() + 1)])
+
+
 def compute_domains(adata, settings: dict, spatial: bool, seed: int, where: str) -> pd.DataFrame:
     """DataFrame indexed by obs_names: `expr_leiden`, and `spatial_domain` for spatial data (else missing)."""
     k = settings["n_neighbors"]
@@ -65,9 +83,7 @@ def compute_domains(adata, settings: dict, spatial: bool, seed: int, where: str)
     out = pd.DataFrame(index=adata.obs_names.copy())
     out["expr_leiden"] = leiden(pcs, k, settings["resolution"], seed, "C")
     if spatial:
-        graph = spatial_connectivities(adata, where)
-        smoothed = smooth(pcs, graph)
-        out["spatial_domain"] = leiden(smoothed, k, settings["spatial_resolution"], seed, "D")
+        out["spatial_domain"] = spatial_domains(pcs, spatial_connectivities(adata, where), settings, seed, where)
     else:
         out["spatial_domain"] = pd.Categorical([None] * adata.n_obs, categories=[])
     out.index.name = "obs_names"

@@ -265,3 +265,27 @@ def make_synthetic(
         }
     }
     return adata
+
+
+def blocks_sections(n_spots: int = 900, n_sections: int = 1, n_blocks: int = 4, n_genes: int = 200, seed: int = 0,
+                    n_nonspatial_factors: int = 1, **counts) -> ad.AnnData:
+    """Tissues with known domains for the domain benchmark and tests: `n_sections` square grids of `n_spots`
+    on the same coordinates (obs["section"] = S1, S2, ...), each with its own random layout of `n_blocks`
+    blocks (block_fields) over a background; the gene programs are shared, so the domains are too: obs["domain"]
+    is `block<f>` or `background`. Counts: the blocks pattern's model (pattern_counts; `counts` overrides its
+    expression_mean, background, nb_shape)."""
+    check_pattern("blocks", n_spots, "blocks_sections")
+    rng = np.random.default_rng(seed)
+    row, col, xy = square_grid(n_spots)
+    fields = np.vstack([block_fields(row, col, n_blocks, rng) for _ in range(n_sections)])
+    nonspatial = rng.random((len(fields), n_nonspatial_factors)) < NONSPATIAL_ON_PROBABILITY
+    model = {"expression_mean": 20.0, "background": 0.2, "nb_shape": 10.0, **counts}
+    x, _ = pattern_counts(np.hstack([fields, nonspatial]).astype(np.float64), rng, n_genes, **model)
+    domain = np.where(fields.any(axis=1), np.char.add("block", (fields.argmax(axis=1) + 1).astype(str)), "background")
+    obs = pd.DataFrame({"section": np.repeat([f"S{s + 1}" for s in range(n_sections)], n_spots),
+                        "array_row": np.tile(row, n_sections), "array_col": np.tile(col, n_sections),
+                        "domain": domain},
+                       index=[f"S{s + 1}_spot_{i:05d}" for s in range(n_sections) for i in range(n_spots)])
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=gene_names(n_genes)[0]))
+    adata.obsm["spatial"] = np.tile(xy, (n_sections, 1)).astype(np.float64)
+    return adata

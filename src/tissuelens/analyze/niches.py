@@ -1,0 +1,93 @@
+"""Spatial domains from each cell's neighbourhood: the mean of the expression PCs over CellCharter's several
+hops (Varrone et al. 2024: the cells exactly 1, 2, ..., n_hops steps away on the recorded spatial graph, which
+is per section, so no mean reaches into another section), mixed with the cell's own PCs by BANKSY's weight λ
+(Singhal et al. 2024), reduced by PCA and clustered by a Gaussian mixture (CellCharter's clustering) with one
+covariance shared by all domains, so cells on a border (a mix of two domains) do not make a domain of their
+own. Written here from the papers' descriptions.
+
+The number of domains, when not set, is the most stable one (clustering stability, Lange et al. 2004): for
+each K in 2..max_domains the mixture is fitted from several seeds, and K scores the mean ARI between those
+fits; a real partition is found again from any start, a split of one domain lands differently each time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from tissuelens.errors import InputError
+
+
+def hop_means(x: np.ndarray, graph: sp.spmatrix, n_hops: int) -> list[np.ndarray]:
+    """Mean of x over the cells at graph distance exactly 1, ..., n_hops. A cell with no cell at distance k
+    (a small island) gets its own row for that hop."""
+    adj = sp.csr_matrix(graph, dtype=np.float64)
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    adj.data[:] = 1.0
+    visited = (adj + sp.identity(adj.shape[0], format="csr")).astype(bool).tocsr()
+    frontier = adj.astype(bool).tocsr()
+    means = []
+    for hop in range(1, n_hops + 1):
+        if hop > 1:
+            reach = (frontier.astype(np.float64) @ adj).astype(bool).tocsr()
+            frontier = (reach > visited).tocsr()  # reached now, never before
+            visited = (visited + frontier).astype(bool).tocsr()
+        size = np.asarray(frontier.sum(axis=1)).ravel()
+        mean = np.asarray(frontier.astype(np.float64) @ x) / np.maximum(size, 1)[:, None]
+        mean[size == 0] = x[size == 0]
+        means.append(mean)
+    return means
+
+
+def niche_features(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int) -> np.ndarray:
+    """[√(1-λ)·own, √λ·neighbourhood] of the first settings["niche_pcs"] expression PCs (neighbourhood = the
+    hops' means, each hop weighted equally), reduced to settings["cluster_dims"] principal components."""
+    from sklearn.decomposition import PCA
+
+    lam, pcs = settings["lambda"], pcs[:, : settings["niche_pcs"]]
+    neighbourhood = np.mean(hop_means(pcs, graph, settings["n_hops"]), axis=0)
+    mixed = np.hstack([np.sqrt(1 - lam) * pcs, np.sqrt(lam) * neighbourhood])
+    n_comps = int(min(settings["cluster_dims"], mixed.shape[1], len(pcs) - 1))
+    return PCA(n_comps, random_state=seed).fit_transform(mixed)
+
+
+def fit_mixture(features: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Labels of a Gaussian mixture with `k` components and one shared (tied) covariance (sklearn, k-means start)."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(n_components=k, covariance_type="tied", reg_covar=1e-4, random_state=seed).fit_predict(features)
+
+
+def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
+    """(best K, its first fit's labels, {K: mean pairwise ARI of the fits}) over K = 2..high. Ties go to the larger
+    K, the finest partition that every seed reproduces: merging two real domains is as stable as keeping them."""
+    from itertools import combinations
+
+    from sklearn.metrics import adjusted_rand_score
+
+    fits, scores = {}, {}
+    for k in range(2, high + 1):
+        fits[k] = [fit_mixture(features, k, seed + r) for r in range(runs)]
+        scores[k] = float(np.mean([adjusted_rand_score(a, b) for a, b in combinations(fits[k], 2)]))
+    best = max(scores, key=lambda k: (round(scores[k], 6), k))
+    return best, fits[best][0], scores
+
+
+def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int, where: str
+                  ) -> tuple[np.ndarray, dict]:
+    """(domain codes 0..K-1 by decreasing size, a record of the choice). settings: analyze.domains."""
+    features = niche_features(pcs, graph, settings, seed)
+    n_domains = settings["n_domains"]
+    if n_domains == "auto":
+        high = min(settings["max_domains"], len(pcs) - 1)
+        if high < 2:
+            raise InputError(f"{where}: {len(pcs)} cells, too few to choose a number of spatial domains")
+        best, labels, scores = most_stable(features, high, settings["stability_runs"], seed)
+        record = {"n_domains": best, "chosen_by": "stability", "stability": scores}
+    else:
+        if not 2 <= n_domains < len(pcs):
+            raise InputError(f"{where}: analyze.domains.n_domains={n_domains} needs 2 <= n_domains < {len(pcs)} cells")
+        labels, record = fit_mixture(features, int(n_domains), seed), {"n_domains": int(n_domains), "chosen_by": "config"}
+    order = np.argsort(-np.bincount(labels, minlength=labels.max() + 1), kind="stable")
+    return np.argsort(order)[labels], record

@@ -1,0 +1,92 @@
+"""Spatial domains (tissuelens.analyze.niches, method `niche`): hop means with known answers, the domains of
+synthetic blocks tissues found with their number, sections clustered as when alone, and bad settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+from sklearn.metrics import adjusted_rand_score
+
+from tissuelens.analyze import niches
+from tissuelens.analyze.domains import expression_pca, spatial_domains
+from tissuelens.config import REPO_CONFIG_DIR, step_defaults, validate_config
+from tissuelens.errors import InputError
+from tissuelens.spatial_graph import spatial_connectivities
+
+DEFAULTS = step_defaults("analyze")["domains"]
+
+
+def prepared(n_sections: int, seed: int = 0, n_spots: int = 1600):
+    from tissuelens.datasets.synthetic import blocks_sections
+    from tissuelens.preprocess import preprocess
+
+    raw = blocks_sections(n_spots=n_spots, n_sections=n_sections, seed=seed)
+    settings = {**step_defaults("preprocess"), "min_counts": 1, "min_genes": 1, "min_cells": 0}
+    key = "section" if n_sections > 1 else None
+    adata, _ = preprocess(raw, {"source": "synthetic", "spatial": True, "section_key": key}, settings, "blocks")
+    return adata
+
+
+def domains_of(adata, **settings):
+    pcs = expression_pca(adata, DEFAULTS["n_pcs"], 0)
+    return spatial_domains(pcs, spatial_connectivities(adata, "blocks"), {**DEFAULTS, **settings}, 0, "blocks")
+
+
+@pytest.fixture(scope="module")
+def two_sections():
+    """Two 40 x 40 blocks sections on the same coordinates, and their domains at the defaults."""
+    adata = prepared(2)
+    return adata, np.asarray(domains_of(adata))
+
+
+def test_hop_means_are_the_means_over_each_ring_of_a_path():
+    path = sp.diags([1, 1], [-1, 1], shape=(5, 5))  # 0-1-2-3-4
+    x = np.arange(5.0)[:, None] ** 2  # 0 1 4 9 16
+    one, two = niches.hop_means(x, path, 2)
+    np.testing.assert_allclose(one.ravel(), [1, 2, 5, 10, 9])
+    np.testing.assert_allclose(two.ravel(), [4, 9, 8, 1, 4])  # cells 0 and 4: only one cell two steps away
+
+
+def test_blocks_in_two_sections_are_found_with_their_number(two_sections):
+    adata, labels = two_sections
+    truth = adata.obs["domain"].to_numpy()
+    assert adjusted_rand_score(truth, labels) >= 0.9
+    assert abs(len(set(labels)) - len(set(truth))) <= 1
+
+
+def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_sections):
+    joint, labels = two_sections
+    section = joint.obs["section"].astype(str).to_numpy()
+    pcs = expression_pca(joint, 20, 0)
+    means = niches.hop_means(pcs, spatial_connectivities(joint, "joint"), 3)
+    for name in ("S1", "S2"):
+        rows = np.flatnonzero(section == name)
+        alone = joint[rows].copy()
+        alone.obsp["spatial_connectivities"] = spatial_connectivities(joint, "joint")[rows][:, rows]
+        own = niches.hop_means(pcs[rows], alone.obsp["spatial_connectivities"], 3)
+        for a, b in zip(means, own):
+            np.testing.assert_allclose(a[rows], b)  # no mean reaches into the other section
+        # at the joint run's number of domains (choosing K is the test above): the same domains as alone
+        assert adjusted_rand_score(labels[rows], np.asarray(domains_of(alone, n_domains=len(set(labels))))) >= 0.95
+
+
+def test_a_set_number_of_domains_is_kept_and_reruns_are_identical():
+    adata = prepared(1, n_spots=400)
+    first = domains_of(adata, n_domains=3)
+    assert len(first.categories) == 3
+    assert (np.asarray(domains_of(adata, n_domains=3)) == np.asarray(first)).all()
+
+
+def test_bad_domain_settings_fail_with_one_line():
+    config = yaml.safe_load((REPO_CONFIG_DIR / "config.yaml").read_text())
+    config["analyze"]["domains"] = {"n_domains": "many"}
+    with pytest.raises(InputError, match=r"analyze\.domains\.n_domains: 'many'"):
+        validate_config(config, source="config.yaml")
+    config["analyze"]["domains"] = {"method": "kmeans"}
+    with pytest.raises(InputError, match=r"analyze\.domains\.method: 'kmeans' is not one of"):
+        validate_config(config, source="config.yaml")
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    with pytest.raises(InputError, match=r"t.h5ad: analyze.domains.n_domains=9 needs 2 <= n_domains < 6 cells"):
+        niches.niche_domains(x, sp.identity(6), {**DEFAULTS, "n_domains": 9}, 0, "t.h5ad")
