@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import torch_threads
-from factorize_fixtures import demo_adata
+from helpers.factorize_fixtures import demo_adata
 
 from tissuelens.config import step_settings
 from tissuelens.factorize.run import (
