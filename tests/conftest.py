@@ -1,4 +1,9 @@
-"""Shared test helpers: run scripts and snakemake as a user would, in temporary directories."""
+"""Fixtures shared by the test files: scripts run as a rule runs them, and the full workflow runs that several
+files read (session-scoped, each built once: `finished_run`, `small_demo`, `unlabelled_demo`,
+`demo_preprocessed`). Snakemake runs and configs come from tests/helpers/ (workflow.py, configs.py).
+
+Tiers (markers registered in pyproject.toml): `make test` runs every test but those marked workflow, cluster,
+stack, size or slow, plus the one `smoke` workflow run; `make test-all` runs them all."""
 
 from __future__ import annotations
 
