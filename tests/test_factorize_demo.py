@@ -20,6 +20,7 @@ from tissuelens.factorize.run import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains pnmf and svgp at the committed config to convergence (minutes): make test-all
 
 
 @pytest.fixture(scope="module", autouse=True)
