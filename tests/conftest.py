@@ -97,7 +97,7 @@ def unlabelled_demo(tmp_path_factory):
     every_stage=True)): shared by tests/test_demo_unlabelled.py and tests/test_analyze_workflow.py."""
     work = tmp_path_factory.mktemp("unlabelled")
     write_config(work, demo_config(labels=False, every_stage=True))
-    snakemake(work)
+    snakemake(work, timeout=3600)  # ~30 min on 2 busy cores
     return work
 
 
