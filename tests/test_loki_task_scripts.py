@@ -167,6 +167,7 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
     assert "datasets.demo: embed.loki.predex.reference names 'demo', which is not another dataset of this config" in proc.stdout
 
 
+@pytest.mark.slow  # Tangram twice and three bad runs (~25 s of CPU): make test-all
 def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fractions_fail(built, tmp_path):
     """The rule's command, run twice at seed 0 (tangram-sc seeds itself only for a non-zero random_state):
     identical tables; fractions that miss a reference type stop it with one line and no output."""
