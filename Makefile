@@ -1,10 +1,12 @@
-# tissuelens: `make demo` runs the built-in demo, `make test` runs the test suite; both set up .venv first.
+# tissuelens: `make demo` runs the built-in demo; `make test` is the fast tier (unit tests and one small workflow
+# run, ~10 min on 2 cores), `make test-all` runs every tier (workflow runs, the local SLURM cluster, the rule
+# stacks, the size run) and is what .ci/run calls. All set up .venv first. Tiers are pytest markers (pyproject.toml).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint clean install-profile gpu-check
+.PHONY: setup demo test test-all lint clean install-profile gpu-check
 
 setup: $(VENV)/.installed
 
@@ -18,7 +20,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: setup
 	snakemake
 
+# the fast tier: every test but the workflow, cluster, stack, size and slow ones, plus the `smoke` workflow run
+FAST_TIER := smoke or not (workflow or cluster or stack or size or slow)
 test: setup
+	python -m pytest -m "$(FAST_TIER)"
+
+test-all: setup
 	python -m pytest
 
 lint: setup

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scaleout import planned_jobs, rule_info, scaleout_config, snakemake, write_config  # noqa: E402
+from helpers.configs import scaleout_config, write_config  # noqa: E402
+from helpers.workflow import planned_jobs, rule_info, snakemake  # noqa: E402
 
 
 def timed(workdir: Path, *args) -> tuple[float, str]:
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
                 else:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.touch()
-        snakemake(workdir, "--touch", "--cores", "1", timeout=600)
+        snakemake(workdir, "--touch", cores=1, timeout=600)
         runs = [timed(workdir, "-n") for _ in range(args.repeats)]
         leftover = len([job for job in planned_jobs(runs[0][1]) if job[0] != "all"])
         no_op = statistics.median(t for t, _ in runs)

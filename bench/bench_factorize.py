@@ -77,7 +77,7 @@ def demo_fit_seconds(variant: str) -> float:
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "tests"))
-    from factorize_fixtures import demo_adata
+    from helpers.factorize_fixtures import demo_adata
 
     from tissuelens.config import step_settings
 

@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scaleout import size_config, snakemake, write_config  # noqa: E402
+from helpers.configs import size_config, write_config  # noqa: E402
+from helpers.workflow import snakemake  # noqa: E402
 
 FLAG_EXPONENT = 1.15
 FLAG_RSS_MB = 8000
@@ -78,7 +79,7 @@ def run_size(root: Path, config: dict, n_spots: int, cores: int, timeout: int, t
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(workdir, config)
     start = time.perf_counter()
-    proc = snakemake(workdir, *targets, "--cores", str(cores), "--keep-going", timeout=timeout, check=False)
+    proc = snakemake(workdir, *targets, "--keep-going", cores=cores, timeout=timeout, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(f"[{n_spots} spots] snakemake exited {proc.returncode}; tail of its output:\n{proc.stdout[-3000:]}", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""Shared test helpers: run scripts and snakemake as a user would, in temporary directories."""
+"""Fixtures shared by the test files: scripts run as a rule runs them, and the full workflow runs that several
+files read (session-scoped, each built once: `finished_run`, `small_demo`, `unlabelled_demo`,
+`demo_preprocessed`). Snakemake runs and configs come from tests/helpers/ (workflow.py, configs.py).
+
+Tiers (markers registered in pyproject.toml): `make test` runs every test but those marked workflow, cluster,
+stack, size or slow, plus the one `smoke` workflow run; `make test-all` runs them all."""
 
 from __future__ import annotations
 
@@ -6,13 +11,11 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-from scaleout import scaleout_config, snakemake, write_config  # noqa: F401 (re-exported)
+from helpers.configs import demo_config, scaleout_config, write_config
+from helpers.workflow import BIN, REPO, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # rules call `python`/`snakemake` from PATH: make it this interpreter's environment
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -27,17 +30,6 @@ def run_script(name: str, *args, cwd=None, check=False) -> subprocess.CompletedP
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def run_snakemake(workdir: Path, *args, profile: str | None = None, check=True, timeout=1800) -> subprocess.CompletedProcess:
-    """Run the repo's workflow with `workdir` as working directory (its own config/config.yaml), under the
-    workflow's own profile (workflow/profiles/default) and `profile` if given."""
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "workflow" / "Snakefile"),
-           *(["--profile", str(REPO / profile)] if profile else []), "--cores", "2", *map(str, args)]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
@@ -85,8 +77,28 @@ def finished_run(tmp_path_factory):
         shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
     run = tmp_path_factory.mktemp("finished")
     write_config(run, scaleout_config(("a", "b"), minimal=("b",)))
-    snakemake(run, "--cores", "2", snakefile=tree / "workflow" / "Snakefile", timeout=1500)
+    snakemake(run, snakefile=tree / "workflow" / "Snakefile", timeout=1500)
     return tree, run
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """Directory of the small demo built to its end target (demo_config(): 150 spots, one PNMF, no
+    embedding models): the fast tier's one workflow run (tests/test_report_workflow.py)."""
+    work = tmp_path_factory.mktemp("demo")
+    write_config(work, demo_config())
+    snakemake(work)
+    return work
+
+
+@pytest.fixture(scope="session")
+def unlabelled_demo(tmp_path_factory):
+    """Directory of the demo without labels built with every stage (demo_config(labels=False,
+    every_stage=True)): shared by tests/test_demo_unlabelled.py and tests/test_analyze_workflow.py."""
+    work = tmp_path_factory.mktemp("unlabelled")
+    write_config(work, demo_config(labels=False, every_stage=True))
+    snakemake(work, timeout=3600)  # ~30 min on 2 busy cores
+    return work
 
 
 @pytest.fixture(scope="session")
@@ -98,5 +110,5 @@ def demo_preprocessed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     write_config(workdir, config)
-    snakemake(workdir, "--cores", "2", "results/demo/preprocessed.h5ad", timeout=600)
+    snakemake(workdir, "results/demo/preprocessed.h5ad", timeout=600)
     return workdir / "results" / "demo" / "preprocessed.h5ad", config

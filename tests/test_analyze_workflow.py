@@ -1,5 +1,6 @@
 """The demo without labels: domains supply obs["group"] (analyze.group_source), the MGGP variants and the
-report run on them, the planted markers annotate the true groups, and reruns stay minimal."""
+report run on them, the planted markers annotate the true groups, and reruns stay minimal. The run is
+conftest's `unlabelled_demo`, shared with tests/test_demo_unlabelled.py."""
 
 from __future__ import annotations
 
@@ -7,34 +8,20 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import REPO, run_snakemake
-from scaleout import copy_run, plan, write_config
+from helpers.configs import demo_config, write_config
+from helpers.workflow import copy_run, plan, snakemake
 
 pytestmark = pytest.mark.workflow
 
 
 def unlabelled_demo_config() -> dict:
-    """The repo's demo config without group_key, shrunk: 150 spots, pnmf and mggp_svgp briefly, no models."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    demo = config["datasets"]["demo"]
-    del demo["group_key"]
-    demo["synthetic"] = {**demo["synthetic"], "n_spots": 150, "n_genes": 40, "image_size": 96}
-    config["factorize"] = {**config["factorize"], "variants": ["pnmf", "mggp_svgp"], "n_factors": 3, "max_iter": 30,
-                           "checkpoint_every": 0, "device": "cpu", "n_inducing": 30}
-    config["embed"] = {**config["embed"], "models": []}
-    config["sae"] = {**config["sae"], "enabled": False}
-    config["analyze"] = {**config["analyze"], "domains": {"n_neighbors": 10, "spatial_resolution": 0.5},
-                         "spatial_stats": {"n_perms": 50}}
-    return config
+    """The config of conftest's `unlabelled_demo` run: the demo without group_key, every stage, tiny."""
+    return demo_config(labels=False, every_stage=True)
 
 
 @pytest.fixture(scope="module")
-def unlabelled(tmp_path_factory):
-    work = tmp_path_factory.mktemp("unlabelled")
-    write_config(work, unlabelled_demo_config())
-    run_snakemake(work)
-    return work
+def unlabelled(unlabelled_demo):
+    return unlabelled_demo
 
 
 def test_domains_supply_the_groups_and_the_mggp_variant_runs(unlabelled):
@@ -99,14 +86,16 @@ def test_labelled_dataset_keeps_its_labels_and_domain_settings_do_not_touch_prep
     assert rules == {"download", "preprocess"}  # no domains job before preprocess when labels exist
     config["datasets"]["demo"]["analyze"] = {"group_source": "expr_leiden"}
     write_config(run, config)
-    proc = run_snakemake(run, "-n", check=False)
+    proc = snakemake(run, "-n", check=False)
     assert proc.returncode != 0
     assert "datasets.demo: analyze.group_source 'expr_leiden' is set together with group_key 'group'" in proc.stderr + proc.stdout
 
 
 def single_cell_config(remove: bool) -> dict:
     """A non-spatial local dataset (planted doublets, no labels) alone: domains, preprocess, analyze, report."""
-    config = unlabelled_demo_config()
+    config = demo_config(labels=False)
+    config["analyze"] = {**config["analyze"], "domains": {"n_neighbors": 10, "spatial_resolution": 0.5},
+                         "spatial_stats": {"n_perms": 50}}
     config["datasets"] = {"cells": {"source": "local", "path": "cells.h5ad", "spatial": False}}
     config["preprocess"] = {**config["preprocess"], "remove_doublets": remove}
     config["factorize"] = {**config["factorize"], "enabled": False}
@@ -122,7 +111,7 @@ def single_cell(tmp_path_factory):
     adata, is_doublet = planted_doublets()
     adata.write_h5ad(work / "cells.h5ad")
     write_config(work, single_cell_config(remove=True))
-    run_snakemake(work)
+    snakemake(work)
     return work, pd.Series(is_doublet, index=adata.obs_names)
 
 

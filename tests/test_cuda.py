@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from geneformer_fixtures import small_adata, tiny_checkpoint
+from helpers.geneformer_fixtures import small_adata, tiny_checkpoint
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
@@ -58,7 +58,7 @@ def test_geneformer_perturbation_on_cuda_matches_cpu(geneformer):
 
 @pytest.mark.parametrize("variant", ["svgp", "lcgp"])
 def test_factorize_trains_on_cuda_like_cpu(variant):
-    from factorize_fixtures import demo_adata, settings
+    from helpers.factorize_fixtures import demo_adata, settings
 
     from tissuelens.factorize.data import load_factor_data
     from tissuelens.factorize.model import build_model
@@ -95,7 +95,7 @@ def test_sae_trains_on_cuda():
 
 def test_narrative_model_on_cuda(tmp_path):
     from conftest import run_script
-    from report_fixtures import report_defaults, write_preprocessed
+    from helpers.report_fixtures import report_defaults, write_preprocessed
     from test_narrative_model import build_tiny_medgemma
 
     checkpoint = build_tiny_medgemma(tmp_path / "tiny-medgemma")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from conftest import error_line, run_script
-from tenx import write_10x_h5, write_visium_folder
+from helpers.tenx import write_10x_h5, write_visium_folder
 
 from tissuelens.datasets.load import load_dataset
 from tissuelens.datasets.synthetic import make_synthetic

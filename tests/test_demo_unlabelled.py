@@ -1,5 +1,7 @@
 """The demo without labels, end to end: a copy of config/config.yaml with `group_key` removed, so the
-groups are the spatial domains (analyze.group_source), shrunk to tiny models and a few hundred spots.
+groups are the spatial domains (analyze.group_source), shrunk to tiny models and a few hundred spots
+(helpers.configs.demo_config(labels=False, every_stage=True); the run is conftest's `unlabelled_demo`,
+shared with tests/test_analyze_workflow.py).
 
 One run builds every stage the demo builds: the five PNMF-GP variants (the mggp_ ones group by domain),
 the SAE with its group AUROCs, Geneformer and the tiny random Loki/OmiCLIP CoCa with its four tasks
@@ -14,49 +16,15 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import REPO, run_snakemake, write_config
+from helpers.configs import LOKI, VARIANTS
 
 pytestmark = pytest.mark.workflow
-VARIANTS = ["pnmf", "svgp", "mggp_svgp", "lcgp", "mggp_lcgp"]
-LOKI = "loki_tiny"
-N_SPOTS = 200
-
-
-def unlabelled_demo_config() -> dict:
-    """config/config.yaml without group_key, every stage on: tiny models (as tests/configs/scaleout.yaml)."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    demo = config["datasets"]["demo"]
-    assert demo.pop("group_key") == "group"  # the labels this test removes
-    demo["synthetic"] = {**demo["synthetic"], "n_spots": N_SPOTS, "n_genes": 60, "image_size": 96}
-    config["preprocess"] = {**config["preprocess"], "n_top_genes": 40}
-    config["analyze"] = {**config["analyze"], "spatial_stats": {"n_perms": 20}}
-    config["factorize"] = {**config["factorize"], "variants": VARIANTS, "n_factors": 3, "n_inducing": 20,
-                           "kmeans_n_init": 1, "n_neighbors": 5, "max_iter": 20, "checkpoint_every": 0,
-                           "device": "cpu"}
-    config["sae"] = {**config["sae"], "expansion_factor": 4, "k": 4, "training_tokens": 4096, "batch_size": 256,
-                     "eval_tokens": 512, "dead_feature_window": 10, "dashboard_features": 4, "device": "cpu"}
-    geneformer = config["models"]["geneformer"]["random"]
-    geneformer.update({"n_layers": 1, "hidden_size": 16, "intermediate_size": 32, "max_input_size": 128,
-                       "extra_genes": 10})
-    config["models"][LOKI]["random"] = {"n_layers": 1, "hidden_size": 16, "n_heads": 2, "seed": 0}
-    embed = config["embed"]
-    assert embed["models"] == ["geneformer", LOKI]
-    embed.update({"batch_size": 32, "consistency": {"enabled": False}})
-    embed["activations"] = {**embed["activations"], "max_tokens_per_cell": 32}
-    # the demo's start and goal groups name its labels; without them the groups are domains D1, D2, ...
-    embed["perturb"] = {**embed["perturb"], "auto_genes": 1, "max_cells": 10, "start_group": "D1", "goal_group": "D2"}
-    embed["loki"] = {**embed["loki"], "batch_size": 32}
-    embed["loki"]["decompose"] = {**embed["loki"]["decompose"], "num_epochs": 20}
-    return config
+N_SPOTS = 200  # demo_config(every_stage=True)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("unlabelled")
-    write_config(work, unlabelled_demo_config())
-    run_snakemake(work)
-    return work / "results" / "demo"
+def demo(unlabelled_demo):
+    return unlabelled_demo / "results" / "demo"
 
 
 def test_groups_are_the_spatial_domains(demo):

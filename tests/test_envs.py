@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 import yaml
-from scaleout import BIN, REPO, list_rules, rule_info, scaleout_config, snakemake, write_config
+from helpers.configs import scaleout_config, write_config
+from helpers.workflow import BIN, REPO, list_rules, rule_info, snakemake
 
 ENV_FILES = sorted((REPO / "workflow" / "envs").glob("*.yaml"))
 PROFILES = sorted(REPO.glob("workflow/profiles/*/config.yaml")) + sorted(REPO.glob("profiles/*/config.yaml")) + sorted(REPO.glob("tests/profiles/*/config.yaml"))

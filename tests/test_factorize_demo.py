@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import torch_threads
-from factorize_fixtures import demo_adata
+from helpers.factorize_fixtures import demo_adata
 
 from tissuelens.config import step_settings
 from tissuelens.factorize.run import (
@@ -20,6 +20,7 @@ from tissuelens.factorize.run import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains pnmf and svgp at the committed config to convergence (minutes): make test-all
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from conftest import torch_threads
-from factorize_fixtures import demo_adata, settings
+from helpers.factorize_fixtures import demo_adata, settings
 
 from tissuelens.errors import InputError
 from tissuelens.factorize.data import load_factor_data

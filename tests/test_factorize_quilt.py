@@ -15,6 +15,7 @@ from tissuelens.factorize.run import analyse_variant, train_variant
 from tissuelens.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # three factorisations at the committed config, 576 spots (~35 s idle): make test-all
 # min over the 4 factors on the training cells (NSF's benchmark score and count model), committed config:
 # svgp with its 150 inducing points smooths the sharp edges (measured 0.945); lcgp, every cell an inducing
 # point, measured 0.996; svgp with every training spot an inducing point (n_inducing auto, the schema

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
-from factorize_fixtures import demo_adata, settings
+from helpers.factorize_fixtures import demo_adata, settings
 
 from tissuelens.errors import InputError
 from tissuelens.factorize import train as train_mod

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from geneformer_fixtures import embed_defaults, small_adata, tiny_checkpoint
+from helpers.geneformer_fixtures import embed_defaults, small_adata, tiny_checkpoint
 
 from tissuelens import cli
 from tissuelens.embed.activations import read_activations

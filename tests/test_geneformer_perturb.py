@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from geneformer_fixtures import embed_defaults, gene_ids, small_adata, tiny_checkpoint
+from helpers.geneformer_fixtures import embed_defaults, gene_ids, small_adata, tiny_checkpoint
 
 from tissuelens.embed.geneformer.extract import Encoder
 from tissuelens.embed.geneformer.perturb import Job, perturb_sequence, resolve_emb_mode, score_jobs, trim_original

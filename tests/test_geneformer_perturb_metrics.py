@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from geneformer_fixtures import embed_defaults
+from helpers.geneformer_fixtures import embed_defaults
 
 from tissuelens.embed import metrics as M
 

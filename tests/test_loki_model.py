@@ -119,6 +119,7 @@ def _run(tmp_path, h5ad, model, settings=None, capsys=None):
     return subprocess.CompletedProcess([], code, "", err), out
 
 
+@pytest.mark.slow  # the rule's script end to end on the tiny CoCa (~20 s of CPU): make test-all
 def test_embed_loki_script(tmp_path, preprocessed, model_dir):
     """The real command line, in a fresh interpreter, as the rule runs it."""
     import anndata as ad

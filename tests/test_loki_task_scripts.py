@@ -142,7 +142,8 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
     """The demo config plans the four Loki task jobs; a reference that is not a dataset of the config stops
     the dry run with one line naming the key."""
     import yaml
-    from scaleout import plan, snakemake, write_config
+    from helpers.configs import write_config
+    from helpers.workflow import plan, snakemake
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     write_config(tmp_path, config)
@@ -165,6 +166,7 @@ def test_workflow_plans_every_loki_task_and_refuses_an_unknown_reference(tmp_pat
     assert "datasets.demo: embed.loki.predex.reference names 'demo', which is not another dataset of this config" in proc.stdout
 
 
+@pytest.mark.slow  # Tangram twice and three bad runs (~25 s of CPU): make test-all
 def test_decompose_script_twice_at_seed_0_gives_identical_files_and_bad_fractions_fail(built, tmp_path):
     """The rule's command, run twice at seed 0 (tangram-sc seeds itself only for a non-zero random_state):
     identical tables; fractions that miss a reference type stop it with one line and no output."""
@@ -248,7 +250,8 @@ def test_annotate_bad_sentence_file(built, tmp_path, text, pattern):
 
 def test_workflow_plans_annotation_from_a_sentence_file_alone(tmp_path):
     import yaml
-    from scaleout import plan, write_config
+    from helpers.configs import write_config
+    from helpers.workflow import plan
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     (tmp_path / "sentences.csv").write_text("cell_type,sentence\nT,CD3D CD3E\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geneformer_fixtures import gene_ids, small_adata, tiny_checkpoint
+from helpers.geneformer_fixtures import gene_ids, small_adata, tiny_checkpoint
 
 from tissuelens.errors import InputError
 from tissuelens.models import fetch_model, load_model_dir, model_entry, random_settings

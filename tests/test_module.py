@@ -4,7 +4,8 @@ Snakefile and config, nothing of the checkout copied, builds a dataset to its re
 from __future__ import annotations
 
 import pytest
-from scaleout import REPO, scaleout_config, snakemake, write_config
+from helpers.configs import scaleout_config, write_config
+from helpers.workflow import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from report_fixtures import write_preprocessed, write_stage_files
+from helpers.report_fixtures import write_preprocessed, write_stage_files
 
 from tissuelens.errors import InputError
 from tissuelens.report.leakage import assert_tissue_blind, check_prompt

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import error_line, run_script
-from report_fixtures import report_defaults, write_preprocessed
+from helpers.report_fixtures import report_defaults, write_preprocessed
 
 from tissuelens.report.medgemma import answer_text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pytest
 import scanpy as sc
 from sklearn.neighbors import NearestNeighbors
 
@@ -32,6 +33,7 @@ def test_small_data_gives_scanpys_own_graph():
     assert (ours.obsp["distances"] != theirs.obsp["distances"]).nnz == 0
 
 
+@pytest.mark.slow  # ~5,000 cells through pynndescent twice, Leiden and an exact kNN (~30 s of CPU): make test-all
 def test_large_data_graph_is_valid_accurate_and_reproducible():
     n = EXACT_MAX + 900
     x = clustered(n)

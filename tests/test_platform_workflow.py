@@ -9,8 +9,9 @@ import json
 import anndata as ad
 import pandas as pd
 import pytest
-from platforms import write_visium_hd_folder
-from scaleout import scaleout_config, snakemake, write_config
+from helpers.platforms import write_visium_hd_folder
+from helpers.configs import scaleout_config, write_config
+from helpers.workflow import snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import error_line, run_script
-from platforms import (write_cosmx_folder, write_merscope_region, write_spatialdata_zarr, write_visium_hd_folder,
+from helpers.platforms import (write_cosmx_folder, write_merscope_region, write_spatialdata_zarr, write_visium_hd_folder,
                        write_xenium_folder)
 
 from tissuelens.config import step_defaults
@@ -426,7 +426,7 @@ def test_sheet_example_runs_the_demo_and_a_second_section(tmp_path):
     """config/examples/sections.yaml: the demo from config/config.yaml plus the sheet's section (dry run)."""
     import shutil
 
-    from scaleout import REPO, plan, snakemake
+    from helpers.workflow import REPO, plan, snakemake
 
     shutil.copytree(REPO / "config", tmp_path / "config")
     jobs = plan(tmp_path, "--configfile", "config/examples/sections.yaml", "--",

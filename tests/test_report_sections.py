@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 from conftest import error_line, run_script
-from report_fixtures import report_defaults, stage_config, write_preprocessed, write_stage_files
+from helpers.report_fixtures import report_defaults, stage_config, write_preprocessed, write_stage_files
 
 from tissuelens.errors import InputError
 from tissuelens.report.build import build_report

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO, run_snakemake, write_config
+from conftest import REPO
+from helpers.workflow import snakemake
 
 pytestmark = pytest.mark.workflow
 ARTIFACTS = REPO / "test-artifacts"
@@ -75,28 +75,14 @@ def browser_check(html: Path, profile: Path, screenshot: Path) -> dict:
     return json.loads(htmllib.unescape(m.group(1)))
 
 
-def small_demo_config() -> dict:
-    """The repo's demo config, shrunk so the suite stays short: fewer spots, one tiny PNMF variant, SAE off
-    (no embedding models). The report reads the real factorize outputs; the other stages show as not run."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    demo = config["datasets"]["demo"]
-    demo["synthetic"] = {**demo.get("synthetic", {}), "n_spots": 150, "n_genes": 40, "image_size": 96}
-    config["factorize"] = {**config.get("factorize", {}), "variants": ["pnmf"], "n_factors": 3, "max_iter": 30,
-                           "checkpoint_every": 0, "device": "cpu"}
-    config["embed"] = {**config.get("embed", {}), "models": []}
-    config["sae"] = {**config.get("sae", {}), "enabled": False}
-    return config
-
-
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo built to its end target (`snakemake` with no target = every dataset's report)."""
-    work = tmp_path_factory.mktemp("demo")
-    write_config(work, small_demo_config())
-    run_snakemake(work)
-    return work
+def demo(small_demo):
+    """The small demo (helpers.configs.demo_config()) built to its end target (`snakemake` with no target =
+    every dataset's report): conftest's `small_demo`, the fast tier's one workflow run."""
+    return small_demo
 
 
+@pytest.mark.smoke
 def test_demo_report_is_the_end_target_and_complete(demo):
     html = (demo / "results/demo/report/index.html").read_text()
     ids = re.findall(r'<section id="([a-z]+)" class="report-section"', html)
@@ -109,12 +95,13 @@ def test_demo_report_is_the_end_target_and_complete(demo):
     assert "Cell groups are the dataset&#x27;s own labels (group_key &#x27;group&#x27;)." in html
     figures = {p.name for p in (demo / "results/demo/report/figures/analyze").glob("*.png")}
     assert {"domains.png", "cell-types.png", "marker-dotplot.png", "nhood-enrichment.png", "agreement.png"} <= figures
-    dry = run_snakemake(demo, "-n")
+    dry = snakemake(demo, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
+@pytest.mark.smoke
 def test_snakemake_report_zip_holds_the_figures(demo):
-    run_snakemake(demo, "--report", "report.zip")
+    snakemake(demo, "--report", "report.zip")
     with zipfile.ZipFile(demo / "report.zip") as zf:
         names = zf.namelist()
     assert any(n.endswith("tissue.png") for n in names), names
@@ -149,7 +136,7 @@ def test_every_stage_built_by_the_workflow_shows_in_the_report(finished_run, tmp
 
 def test_report_over_every_stage_renders_in_chromium(tmp_path):
     import anndata as ad
-    from report_fixtures import report_defaults, write_preprocessed, write_stage_files
+    from helpers.report_fixtures import report_defaults, write_preprocessed, write_stage_files
 
     from tissuelens.io import write_json
     from tissuelens.report.build import build_report

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from scaleout import copy_run, plan, scaleout_config, write_config
+from helpers.configs import scaleout_config, write_config
+from helpers.workflow import copy_run, plan
 
 pytestmark = pytest.mark.workflow
 

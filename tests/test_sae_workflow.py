@@ -2,19 +2,15 @@
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers.workflow import REPO as ROOT
+from helpers.workflow import snakemake
 
 from tissuelens.sae.synthetic import write_export
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-
-pytestmark = [pytest.mark.workflow, pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")]
+# dry runs only (seconds): in the fast tier, unmarked
 
 
 def _config(tmp_path, sae):
@@ -26,12 +22,9 @@ def _config(tmp_path, sae):
 
 
 def _dry_run(tmp_path, configfile, target):
-    proc = subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "workflow" / "Snakefile"), "--configfile", str(configfile), "-n", "-p",
-         "--allowed-rules", "train_sae", "analyze_sae", "-c1", "--directory", str(tmp_path), target],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    proc = snakemake(tmp_path, "--configfile", configfile, "-n", "-p", "--allowed-rules", "train_sae", "analyze_sae",
+                     "--directory", tmp_path, target, cores=1, timeout=300)
+    return proc.stdout
 
 
 @pytest.fixture

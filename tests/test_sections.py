@@ -259,7 +259,7 @@ def factor_input():
 
 
 def _factor_settings(**kw):
-    from factorize_fixtures import settings
+    from helpers.factorize_fixtures import settings
 
     return settings(n_factors=3, n_inducing=40, n_neighbors=5, max_iter=15, learning_rate=0.05, **kw)
 

@@ -10,7 +10,8 @@ import json
 import anndata as ad
 import pandas as pd
 import pytest
-from scaleout import size_config, snakemake, write_config
+from helpers.configs import size_config, write_config
+from helpers.workflow import snakemake
 
 from tissuelens.datasets.synthetic import auto_image_size
 

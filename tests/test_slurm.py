@@ -1,6 +1,6 @@
 """The workflow on a real (one-node, localhost) SLURM through profiles/slurm.
 
-tests/slurm_cluster.py installs, starts and stops the cluster once for this module (two fake GPUs);
+tests/helpers/slurm_cluster.py installs, starts and stops the cluster once for this module (two fake GPUs);
 the runs use the production profile with tests/profiles/slurm-local layered on top (status by squeue,
 logs kept, no conda). Run A builds a tiny dataset through every stage next to a dataset whose input
 file is broken; run B repairs the file and builds that dataset alone by its target path. Together:
@@ -18,10 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from scaleout import plan, scaleout_config, snakemake, write_config
-from slurm_cluster import SlurmCluster, slurm_installed
+from helpers.configs import scaleout_config, write_config
+from helpers.workflow import plan, snakemake
+from helpers.slurm_cluster import SlurmCluster, slurm_installed
 
-pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+pytestmark = [pytest.mark.cluster, pytest.mark.workflow]
 
 PROFILES = ("profiles/slurm", "tests/profiles/slurm-local")
 PARTITIONS = {"TISSUELENS_SLURM_PARTITION": "cpu", "TISSUELENS_SLURM_GPU_PARTITION": "gpu",
@@ -38,7 +39,7 @@ def cluster(tmp_path_factory):
 
 
 def run(cluster, workdir, *args, check=True):
-    return snakemake(workdir, *args, profiles=PROFILES, env={**cluster.env, **PARTITIONS}, timeout=480, check=check)
+    return snakemake(workdir, *args, cores=None, profiles=PROFILES, env={**cluster.env, **PARTITIONS}, timeout=480, check=check)
 
 
 def submissions(output: str) -> list[tuple[str, str, str]]:

@@ -8,7 +8,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # 200,000 x 4,000 sparse through preprocess in a capped subprocess (~35 s of CPU): make test-all
 
 SCRIPT = r"""
 import json, resource, sys

@@ -1,7 +1,7 @@
 """Each rule's declared software stack, run for real (issue: every stack that a rule's conda: names runs it).
 
 * The Loki stack (workflow/envs/loki.yaml: Python 3.9, Loki's pins, anndata 0.10.9) is built as a virtual environment
-  from the env file's pip list (tests/stacks.py, cached by the file's hash) and runs the Loki rule's script
+  from the env file's pip list (tests/helpers/stacks.py, cached by the file's hash) and runs the Loki rule's script
   on a preprocessed.h5ad written by the main stack.
 * Cross-stack file contract: every .h5ad the main stack writes is read by the oldest reader (the Loki
   stack's anndata 0.10.9), and the Loki stack's output is read by the main stack.
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from stacks import env_spec, in_stack, stack_mismatches, stack_python
+from helpers.stacks import env_spec, in_stack, stack_mismatches, stack_python
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.stack, pytest.mark.workflow]
 LOKI_ENV = REPO / "workflow" / "envs" / "loki.yaml"
 # envs that are not the main venv, and why they are tested the way they are
 OWN_STACKS = {"loki.yaml": "built here from its pip list (Python 3.9)",

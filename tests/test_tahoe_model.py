@@ -1,12 +1,12 @@
 """Tahoe-x1 called for real on the CPU, in its own stack.
 
 The stack is workflow/envs/tahoe_cpu.yaml (llm-foundry 0.22.0 without its [gpu] extra, torch 2.7.0) plus its
-post-deploy script (tahoe-x1 1.0.0 with --no-deps), built as a virtual environment by tests/stacks.py and
+post-deploy script (tahoe-x1 1.0.0 with --no-deps), built as a virtual environment by tests/helpers/stacks.py and
 cached by the two files' hash (about 4-5 minutes and 7.5 GB the first time: PyPI has only the CUDA
 build of torch 2.7.0; then reused). The model is a tiny untrained ComposerTX of tahoe-x1's own classes,
 written in the Hub's layout by download_model and loaded back through the loader a Hub checkpoint goes
 through. Code that needs the stack runs there as a
-subprocess (tests/tahoe_probe.py, the rule scripts); the values are checked here.
+subprocess (tests/helpers/tahoe_probe.py, the rule scripts); the values are checked here.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import REPO
-from stacks import env_spec, in_stack, stack_mismatches, stack_python
+from helpers.stacks import env_spec, in_stack, stack_mismatches, stack_python
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.stack, pytest.mark.workflow]
 TAHOE_ENV = REPO / "workflow" / "envs" / "tahoe_cpu.yaml"
-PROBE = REPO / "tests" / "tahoe_probe.py"
+PROBE = REPO / "tests" / "helpers" / "tahoe_probe.py"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tenx import write_10x_h5
+from helpers.tenx import write_10x_h5
 
 
 def counts_matrix(n_obs: int, n_genes: int, seed: int = 0) -> np.ndarray:

@@ -23,8 +23,8 @@ As a pytest fixture::
         with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
             yield cluster
 
-By hand: ``python tests/slurm_cluster.py start DIR`` then ``eval $(python tests/slurm_cluster.py env DIR)``
-and ``python tests/slurm_cluster.py stop DIR``.
+By hand: ``python tests/helpers/slurm_cluster.py start DIR`` then ``eval $(python tests/helpers/slurm_cluster.py env DIR)``
+and ``python tests/helpers/slurm_cluster.py stop DIR``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Helpers for the scale-out tests (reruns, environments, SLURM): run the workflow's CLI in a
-temporary directory and read what it planned or ran."""
+"""The one Snakemake runner of the tests and benches: run the workflow's CLI in a directory (its own
+config/config.yaml, written by tests/helpers/configs.py) and read what it planned or ran."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -12,68 +11,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
-TEST_CONFIG = REPO / "tests" / "configs" / "scaleout.yaml"
-SIZE_CONFIG = REPO / "tests" / "configs" / "size.yaml"
-
-
-# per-dataset overrides that leave a dataset with download, preprocess, one factorisation, report
-MINIMAL = {"embed": {"models": []}, "sae": {"enabled": False}, "factorize": {"variants": ["pnmf"]}}
-
-
-def scaleout_config(datasets=("a",), minimal=()) -> dict:
-    """tests/configs/scaleout.yaml (every stage, tiny sizes) with its dataset copied under `datasets`;
-    those also named in `minimal` skip embeddings and SAEs and train one variant (fewer jobs)."""
-    config = yaml.safe_load(TEST_CONFIG.read_text())
-    template = next(iter(config["datasets"].values()))
-    config["datasets"] = {}
-    for i, name in enumerate(datasets):
-        entry = dict(copy.deepcopy(template), seed=i)
-        if name in minimal:
-            entry.update(copy.deepcopy(MINIMAL))
-        config["datasets"][name] = entry
-    for model in config.get("models", {}).values():
-        if "genes_from_dataset" in model.get("random", {}):
-            model["random"]["genes_from_dataset"] = datasets[0]
-    return config
-
-
-def size_config(n_spots: int | None = None, n_genes: int | None = None) -> dict:
-    """tests/configs/size.yaml (every stage above the libraries' size thresholds), optionally resized."""
-    config = yaml.safe_load(SIZE_CONFIG.read_text())
-    synthetic = next(iter(config["datasets"].values()))["synthetic"]
-    synthetic.update({k: v for k, v in (("n_spots", n_spots), ("n_genes", n_genes)) if v is not None})
-    return config
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    path = Path(workdir) / "config" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
 def snakemake(
     workdir: Path,
     *args,
+    cores: int | None = 2,
     profiles=(),
     env: dict | None = None,
-    timeout: int = 900,
+    timeout: int = 1800,
     check: bool = True,
     snakefile: Path = SNAKEFILE,
 ) -> subprocess.CompletedProcess:
-    """`snakemake -s workflow/Snakefile [--profile …]` in `workdir` (the workflow's own profile applies), under
-    `timeout -s INT -k 30`.
+    """`snakemake -s workflow/Snakefile [--profile …] --cores 2 ARGS` in `workdir` (the workflow's own profile
+    applies; `cores=None` leaves the core count to the profiles, as a cluster run does; a `--cores` in `args`
+    wins), under `timeout -s INT -k 30`.
 
     SIGINT (not SIGTERM, which a polling run ignores) lets Snakemake cancel its jobs and unlock.
-    The returned process has stdout and stderr merged in `.stdout`.
+    The returned process has stdout and stderr merged in `.stdout` (`.stderr` is "").
     """
     cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout), str(BIN / "snakemake"), "-s", str(snakefile)]
     for profile in profiles:
         cmd += ["--profile", str(REPO / profile)]
+    if cores is not None:
+        cmd += ["--cores", str(cores)]
     cmd += [str(a) for a in args]
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     full_env.setdefault("MPLBACKEND", "Agg")
@@ -81,6 +43,7 @@ def snakemake(
     proc = subprocess.run(
         cmd, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    proc.stderr = ""  # merged into stdout; "" so that `proc.stdout + proc.stderr` reads the whole output
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-8000:]}")
     return proc

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TISSUELENS_STACK_CACHE", Path.home() / ".cache" / "tissuelens" / "stacks"))
 COMPLETE = ".tissuelens-complete"
 
