@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.configs import with_changes
 
 from tissuelens.config import REPO_CONFIG_DIR, step_defaults, step_settings, validate_config
 from tissuelens.errors import InputError
@@ -15,13 +16,7 @@ DEMO = yaml.safe_load((REPO_CONFIG_DIR / "config.yaml").read_text())
 
 
 def with_change(path: str, value):
-    config = copy.deepcopy(DEMO)
-    *parents, last = path.split(".")
-    node = config
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    return config
+    return with_changes(DEMO, **{path: value})
 
 
 def test_default_config_is_valid():

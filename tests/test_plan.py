@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
+from helpers.configs import with_changes
 
 from tissuelens.errors import InputError
 from tissuelens.plan import LOKI_TASK_FILES, LOKI_TASKS, dataset_plan, embed_models, factorize_variants, loki_tasks
@@ -23,14 +22,7 @@ BASE = {
 
 def config(**changes) -> dict:
     """BASE with dotted-path changes, e.g. config(**{"embed.loki": {...}, "datasets.a.sae": {...}})."""
-    out = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return out
+    return with_changes(BASE, **changes)
 
 
 def test_the_defaults_plan_every_stage():

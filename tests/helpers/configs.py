@@ -90,6 +90,18 @@ def size_config(n_spots: int | None = None, n_genes: int | None = None) -> dict:
     return config
 
 
+def with_changes(config: dict, **changes) -> dict:
+    """A copy of `config` with values set at dotted paths, e.g. with_changes(c, **{"datasets.a.sae": {...}})."""
+    out = copy.deepcopy(config)
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return out
+
+
 def write_config(workdir: Path, config: dict) -> None:
     """`config` as <workdir>/config/config.yaml, the file a run in `workdir` reads."""
     path = Path(workdir) / "config" / "config.yaml"
