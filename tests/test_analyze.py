@@ -36,6 +36,57 @@ def test_ulm_scores_match_the_t_value_of_a_univariate_fit():
             assert scores.loc[f"c{i}", t] == pytest.approx(ulm_by_hand(x[i], members), rel=1e-9)
 
 
+def ora_by_hand(x_row: np.ndarray, members: dict, n_measured: int, n_top: int) -> tuple[dict, dict]:
+    """ORA on one cell: the cell's top `n_top` genes against each set in a universe of `n_measured` genes;
+    log odds ratio with 0.5 added to each cell of the 2x2 table, two-sided Fisher's exact p-value."""
+    from scipy.stats import fisher_exact
+
+    top = set(np.argsort(x_row)[::-1][:n_top])
+    score, p = {}, {}
+    for name, genes in members.items():
+        s = set(genes)
+        a, b, c = len(top & s), len(top - s), len(s - top)
+        d = n_measured - a - b - c
+        score[name] = np.log((a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
+        p[name] = fisher_exact([[a, b], [c, d]], alternative="two-sided")[1]
+    return score, p
+
+
+def bh(p: np.ndarray) -> np.ndarray:
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    out = np.empty_like(p)
+    out[order] = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    return out
+
+
+def test_ora_universe_is_the_measured_genes():
+    # a 60-gene panel; g59 is measured but no cell detects it: it stays in the universe
+    genes = [f"g{i}" for i in range(60)]
+    members = {"A": list(range(0, 6)), "B": list(range(6, 12)), "C": list(range(40, 46))}
+    net = pd.DataFrame([(t, genes[g], 1.0) for t, gs in members.items() for g in gs], columns=["source", "target", "weight"])
+    rng = np.random.default_rng(3)
+    x = rng.permutation(np.arange(1.0, 60.0))[None, :].repeat(3, axis=0) / 100  # distinct values, no ties
+    x = np.column_stack([x, np.zeros(3)])
+    x[0, [0, 1, 2]] = [9, 8, 7]  # top 3 genes all A's
+    x[1, [6, 7, 20]] = [9, 8, 7]  # two of B's
+    x[2, [0, 6, 40]] = [9, 8, 7]  # one each
+    scores, padj = markers.score_and_padj(sp.csr_matrix(x), ["c0", "c1", "c2"], genes, net, "ora")
+    n_top = int(np.ceil(0.05 * 59))  # decoupler's top 5 % of the 59 detected genes
+    for i in range(3):
+        score, p = ora_by_hand(x[i], members, n_measured=60, n_top=n_top)
+        names = sorted(members)
+        np.testing.assert_allclose(scores.loc[f"c{i}", names], [score[n] for n in names], rtol=1e-9)
+        np.testing.assert_allclose(padj.loc[f"c{i}", names], bh(np.array([p[n] for n in names])), rtol=1e-6)
+    # three of A's six markers among the top 3 of 60 genes: C(6,3)/C(60,3)
+    assert ora_by_hand(x[0], members, 60, n_top)[1]["A"] == pytest.approx(20 / 34220)
+    # decoupler's default universe of 20,000 genes would make the same overlap ~10^6 times more significant
+    default = ora_by_hand(x[0], members, 20_000, n_top)[1]["A"]
+    assert padj.loc["c0", "A"] > 1e5 * default
+    # on 60 genes two of B's markers in a top 3 is not significant after BH over the types: unassigned
+    assert markers.annotate(scores, padj)["cell_type"].astype(str).tolist() == ["A", "unassigned", "unassigned"]
+
+
 def test_annotation_picks_the_marked_type_and_entropy_reads_certainty():
     x = np.random.default_rng(1).random((3, 8)) * 0.1  # a little noise: no perfect correlation
     x[0, :3] += 5.0  # A's markers
@@ -93,10 +144,12 @@ def test_marker_files_both_formats_and_their_errors(tmp_path):
     tsv = tmp_path / "panglao.tsv"
     tsv.write_text("species\tofficial gene symbol\tcell type\torgan\nMm Hs\tCD3E\tT cells\tImmune\n"
                    "Hs\tMS4A1\tB cells\tImmune\nMm\tCd19\tB cells\tImmune\n")
-    net = markers.read_markers(tsv, "panglaodb", "Hs")
+    with pytest.raises(InputError, match=r"panglao.tsv: no column 'canonical marker' for analyze.markers.canonical_only"):
+        markers.read_markers(tsv, "panglaodb", "Hs")
+    net = markers.read_markers(tsv, "panglaodb", "Hs", canonical_only=False, min_sensitivity=None)
     assert sorted(zip(net["source"], net["target"])) == [("B cells", "MS4A1"), ("T cells", "CD3E")]
     with pytest.raises(InputError, match=r"panglao.tsv: no marker for species 'Rn'.*file has: Hs, Mm"):
-        markers.read_markers(tsv, "panglaodb", "Rn")
+        markers.read_markers(tsv, "panglaodb", "Rn", canonical_only=False, min_sensitivity=None)
     with pytest.raises(InputError, match="not a marker CSV"):
         markers.read_markers(tsv, "csv", None)
     csv = tmp_path / "m.csv"
@@ -112,6 +165,39 @@ def test_marker_files_both_formats_and_their_errors(tmp_path):
         markers.match_genes(net, ["X", "Y"], 1, "data.h5ad")
     with pytest.raises(InputError, match="min_markers=2"):
         markers.match_genes(net, ["CD3E", "MS4A1"], 2, "data.h5ad")
+
+
+PANGLAO_HEADER = ("species\tofficial gene symbol\tcell type\tnicknames\tubiquitousness index\tproduct description\t"
+                  "gene type\tcanonical marker\tgerm layer\torgan\tsensitivity_human\tsensitivity_mouse\t"
+                  "specificity_human\tspecificity_mouse\n")
+
+
+def test_panglaodb_standard_filters_keep_canonical_sensitive_markers_of_the_organ(tmp_path):
+    rows = [  # species, gene, cell type, canonical, organ, sensitivity human, mouse
+        ("Mm Hs", "CD3E", "T cells", "1", "Immune system", "0.9", "0.8"),  # kept
+        ("Mm Hs", "CD2", "T cells", "0", "Immune system", "0.9", "0.8"),  # not canonical
+        ("Mm Hs", "CD7", "T cells", "1", "Immune system", "0.4", "0.9"),  # human sensitivity 0.4
+        ("Mm Hs", "MS4A1", "B cells", "1", "Immune system", "0.6", "0.0"),  # kept for Hs, not for Mm
+        ("Mm", "Cd19", "B cells", "1", "Immune system", "0.0", "0.9"),  # mouse only
+        ("Mm Hs", "ALB", "Hepatocytes", "1", "Liver", "0.95", "0.9"),  # another organ
+        ("Hs", "CD8A", "T cells", "1", "Immune system", "", ""),  # no sensitivity recorded
+    ]
+    tsv = tmp_path / "PanglaoDB_markers.tsv"
+    tsv.write_text(PANGLAO_HEADER + "".join(f"{s}\t{g}\t{t}\t\t0.01\t\tprotein-coding gene\t{c}\tMesoderm\t{o}\t"
+                                            f"{h}\t{m}\t0.01\t0.01\n" for s, g, t, c, o, h, m in rows))
+    pairs = lambda net: sorted(zip(net["source"], net["target"]))  # noqa: E731
+    assert pairs(markers.read_markers(tsv, "panglaodb", "Hs")) == [
+        ("B cells", "MS4A1"), ("Hepatocytes", "ALB"), ("T cells", "CD3E")]
+    assert pairs(markers.read_markers(tsv, "panglaodb", "Hs", organ="immune SYSTEM")) == [
+        ("B cells", "MS4A1"), ("T cells", "CD3E")]
+    assert pairs(markers.read_markers(tsv, "panglaodb", "Mm", organ=["Immune system"])) == [
+        ("B cells", "Cd19"), ("T cells", "CD3E"), ("T cells", "CD7")]
+    # no species: the larger sensitivity of the two
+    assert len(markers.read_markers(tsv, "panglaodb", None)) == 5
+    assert len(markers.read_markers(tsv, "panglaodb", "Hs", canonical_only=False, min_sensitivity=None)) == 6
+    with pytest.raises(InputError, match=r"PanglaoDB_markers.tsv: no marker for organ 'Brain' .*"
+                                         r"organs there: Immune system, Liver\)"):
+        markers.read_markers(tsv, "panglaodb", "Hs", organ="Brain")
 
 
 def test_smoothing_averages_each_row_with_its_neighbours():

@@ -7,6 +7,7 @@ No network at run time: the user supplies the marker file.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -20,8 +21,14 @@ PANGLAO_COLUMNS = ("species", "official gene symbol", "cell type")
 CSV_COLUMNS = ("gene", "cell_type")
 
 
-def read_markers(path: str | Path, fmt: str, species: str | None) -> pd.DataFrame:
-    """Marker net in decoupler's long format: columns source (cell type), target (gene symbol), weight 1."""
+def read_markers(path: str | Path, fmt: str, species: str | None, organ=None, canonical_only: bool = True,
+                 min_sensitivity: float | None = 0.5) -> pd.DataFrame:
+    """Marker net in decoupler's long format: columns source (cell type), target (gene symbol), weight 1.
+
+    A PanglaoDB TSV gets the filters decoupler's tutorials apply to PanglaoDB: the species (a token of its
+    `species` field), canonical markers only (`canonical marker` == 1), sensitivity above `min_sensitivity` in
+    that species (`sensitivity_human` for Hs, `sensitivity_mouse` for Mm, the larger of the two without a
+    species; None: no filter), and the organ(s) `organ` (case-insensitive; None: every organ)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: marker file not found (analyze.markers.path)")
@@ -34,14 +41,7 @@ def read_markers(path: str | Path, fmt: str, species: str | None) -> pd.DataFram
         missing = [c for c in PANGLAO_COLUMNS if c not in table.columns]
         if missing:
             raise InputError(f"{path}: not a PanglaoDB TSV: no column {', '.join(repr(c) for c in missing)}")
-        if species:
-            tokens = table["species"].fillna("").str.split()
-            keep = tokens.apply(lambda t: species in t).to_numpy(dtype=bool)
-            if not keep.any():
-                found = sorted({s for t in tokens for s in t})
-                raise InputError(f"{path}: no marker for species '{species}' (analyze.markers.species; "
-                                 f"file has: {', '.join(found) or 'none'})")
-            table = table[keep]
+        table = panglao_filters(table, path, species, organ, canonical_only, min_sensitivity)
         genes, types = table["official gene symbol"], table["cell type"]
     else:
         if tuple(table.columns[:2]) != CSV_COLUMNS or table.shape[1] != 2:
@@ -51,9 +51,54 @@ def read_markers(path: str | Path, fmt: str, species: str | None) -> pd.DataFram
     net = pd.DataFrame({"source": types.str.strip(), "target": genes.str.strip()}).dropna()
     net = net[(net["source"] != "") & (net["target"] != "")].drop_duplicates()
     if net.empty:
-        raise InputError(f"{path}: the marker file lists no (gene, cell type) pair")
+        after = " after the filters (analyze.markers.canonical_only, min_sensitivity)" if fmt == "panglaodb" else ""
+        raise InputError(f"{path}: the marker file lists no (gene, cell type) pair{after}")
     net["weight"] = 1.0
     return net.reset_index(drop=True)
+
+
+SENSITIVITY_COLUMNS = {"Hs": "sensitivity_human", "Mm": "sensitivity_mouse"}
+
+
+def panglao_filters(table: pd.DataFrame, path: Path, species: str | None, organ, canonical_only: bool,
+                    min_sensitivity: float | None) -> pd.DataFrame:
+    """The rows of a PanglaoDB table that pass the species, canonical, sensitivity and organ filters (see
+    read_markers); InputError naming the file when a filter's column is missing or nothing passes it."""
+    def need(column: str, setting: str) -> pd.Series:
+        if column not in table.columns:
+            raise InputError(f"{path}: no column '{column}' for analyze.markers.{setting} (a PanglaoDB TSV has it; "
+                             f"switch the filter off to read this file)")
+        return table[column]
+
+    if species:
+        tokens = table["species"].fillna("").str.split()
+        keep = tokens.apply(lambda t: species in t).to_numpy(dtype=bool)
+        if not keep.any():
+            found = sorted({s for t in tokens for s in t})
+            raise InputError(f"{path}: no marker for species '{species}' (analyze.markers.species; "
+                             f"file has: {', '.join(found) or 'none'})")
+        table = table[keep]
+    if canonical_only:
+        flag = pd.to_numeric(need("canonical marker", "canonical_only"), errors="coerce")
+        table = table[(flag == 1).to_numpy()]
+    if min_sensitivity is not None:
+        if species in SENSITIVITY_COLUMNS:
+            sens = pd.to_numeric(need(SENSITIVITY_COLUMNS[species], "min_sensitivity"), errors="coerce")
+        else:
+            sens = pd.concat([pd.to_numeric(need(c, "min_sensitivity"), errors="coerce")
+                              for c in SENSITIVITY_COLUMNS.values()], axis=1).max(axis=1)
+        table = table[(sens > min_sensitivity).to_numpy()]
+    if organ:
+        wanted = [organ] if isinstance(organ, str) else list(organ)
+        organs = need("organ", "organ").fillna("").str.strip()
+        keep = organs.str.lower().isin({o.strip().lower() for o in wanted}).to_numpy()
+        if not keep.any():
+            available = sorted(set(organs) - {""})
+            shown = ", ".join(available[:8]) + (f", … ({len(available)} in all)" if len(available) > 8 else "")
+            raise InputError(f"{path}: no marker for organ {', '.join(repr(o) for o in wanted)} after the other filters "
+                             f"(analyze.markers.organ; organs there: {shown or 'none'})")
+        table = table[keep]
+    return table
 
 
 def match_genes(net: pd.DataFrame, var_names, min_markers: int, where: str) -> pd.DataFrame:
@@ -82,19 +127,61 @@ def score(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> pd
 
 def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> tuple[pd.DataFrame, pd.DataFrame]:
     """decoupler's `method` scores and their adjusted p-values (BH over the cell types of each cell), both
-    cells x cell types."""
+    cells x cell types. ORA's universe is the measured genes (`n_bg` = len(var_names), not decoupler's 20,000)
+    and its observed set each cell's top 5 % of the genes it detects (decoupler's default `n_up`)."""
     import anndata as ad
     import decoupler as dc
 
     func = {"ulm": dc.mt.ulm, "ora": dc.mt.ora}[method]
     names = np.asarray(obs_names, dtype=str)
+    genes = np.asarray(var_names, dtype=str)
+    kwargs = {}
+    if method == "ora":
+        # decoupler drops genes no cell expresses before ranking; drop them here so the ranked count is known.
+        # They stay in the universe: n_bg counts every measured gene.
+        x, genes, kwargs = _ora_inputs(x, genes)
     # an AnnData holder: decoupler reads sparse matrices in batches only from AnnData
-    holder = ad.AnnData(x, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=np.asarray(var_names, dtype=str)))
-    repaired = func(holder, net, tmin=0, verbose=False)  # a copy without empty cells when there are some
+    holder = ad.AnnData(x, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=genes))
+    repaired = func(holder, net, tmin=0, verbose=False, **kwargs)  # a copy without empty cells when there are some
     out = repaired if repaired is not None else holder
     es = pd.DataFrame(out.obsm[f"score_{method}"]).reindex(index=names).astype(np.float64)
     padj = pd.DataFrame(out.obsm[f"padj_{method}"]).reindex(index=names, columns=es.columns).astype(np.float64)
     return es, padj
+
+
+def _ora_inputs(x, genes: np.ndarray):
+    """(matrix without undetected genes, their names, dc.mt.ora keywords): `n_bg` = every measured gene, `n_up`
+    = decoupler's default top 5 % (at least 2) of the genes ranked, in the form this decoupler reads it."""
+    import scipy.sparse as sp
+
+    n_measured = len(genes)
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, copy=True)
+        x.eliminate_zeros()
+        detected = x.getnnz(axis=0) > 0
+    else:
+        x = np.asarray(x)
+        detected = np.count_nonzero(x, axis=0) > 0
+    x, genes = x[:, detected], genes[detected]
+    n_ranked = int(detected.sum())
+    n_top = int(max(np.ceil(0.05 * n_ranked), 2))
+    if n_top >= n_ranked:
+        raise InputError(f"analyze.markers.method ora: {n_ranked} detected genes are too few to pick a top 5 %")
+    n_up = n_ranked - n_top if _ora_keeps_all_but_bottom() else n_top
+    return x, genes, {"n_bg": n_measured, "n_up": n_up}
+
+
+@functools.lru_cache(maxsize=1)
+def _ora_keeps_all_but_bottom() -> bool:
+    """decoupler 2.0-2.2's `ora` keeps every gene ranked above the bottom `n_up` as the observed set, not the top
+    `n_up` (scverse/decoupler#346, fixed by #347). Probed on a 10-gene cell whose one marker is its top gene:
+    with n_up=1 a fixed decoupler observes that gene alone (positive log odds), the affected one 9 genes."""
+    import decoupler as dc
+
+    data = pd.DataFrame([np.arange(1.0, 11.0)], index=["c"], columns=[f"g{i}" for i in range(10)])
+    net = pd.DataFrame({"source": ["s"], "target": ["g9"], "weight": [1.0]})
+    es, _ = dc.mt.ora(data, net, tmin=0, n_up=1, n_bg=10, verbose=False)
+    return bool(es.iloc[0, 0] < 0)
 
 
 def softmax_entropy(scores: np.ndarray) -> np.ndarray:

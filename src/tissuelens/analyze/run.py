@@ -30,8 +30,9 @@ def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.
         empty = pd.DataFrame({k: pd.Series(dtype=v) for k, v in ANNOTATION_COLUMNS.items()},
                              index=pd.Index([], name="obs_names"))
         return empty, pd.DataFrame(columns=["source", "target", "weight"])
-    net = markers.match_genes(markers.read_markers(m["path"], m["format"], m.get("species")), adata.var_names,
-                              m["min_markers"], where)
+    table = markers.read_markers(m["path"], m["format"], m.get("species"), organ=m.get("organ"),
+                                 canonical_only=m.get("canonical_only", True), min_sensitivity=m.get("min_sensitivity", 0.5))
+    net = markers.match_genes(table, adata.var_names, m["min_markers"], where)
     scores, padj = markers.score_and_padj(adata.X, adata.obs_names, adata.var_names, net, m["method"])
     table = markers.annotate(scores, padj, m["alpha"])
     table.index.name = "obs_names"
