@@ -1,5 +1,6 @@
-"""Units of the analyze stage: marker scoring (decoupler ULM against its arithmetic), entropy, marker files,
-neighbour smoothing, the agreement table, where groups come from, and the planted synthetic markers."""
+"""Units of the analyze stage: marker scoring (decoupler ULM and ORA against their arithmetic), confidence,
+PanglaoDB filters, marker files, neighbour smoothing, the agreement table, where groups come from, and the
+planted synthetic markers."""
 
 from __future__ import annotations
 
@@ -87,14 +88,34 @@ def test_ora_universe_is_the_measured_genes():
     assert markers.annotate(scores, padj)["cell_type"].astype(str).tolist() == ["A", "unassigned", "unassigned"]
 
 
-def test_annotation_picks_the_marked_type_and_entropy_reads_certainty():
+def test_annotation_picks_the_marked_type_and_confidence_reads_certainty():
     x = np.random.default_rng(1).random((3, 8)) * 0.1  # a little noise: no perfect correlation
     x[0, :3] += 5.0  # A's markers
     x[1, 3:6] += 5.0  # B's markers
     x[2] = [1, 2, 3, 1, 2, 3, 0, 0]  # both sets alike: no preference
-    table = markers.annotate(markers.score(x, ["a", "b", "c"], GENES, NET))
+    scores, padj = markers.score_and_padj(x, ["a", "b", "c"], GENES, NET)
+    table = markers.annotate(scores, padj)
     assert list(table["cell_type"].astype(str)[:2]) == ["A", "B"]
-    assert table["entropy"].iloc[0] < 0.05 and table["entropy"].iloc[2] == pytest.approx(1.0)
+    assert table["confidence"].iloc[0] > 0.999 and table["margin"].iloc[0] > 3
+    assert table["confidence"].iloc[2] < 0.9 and table["margin"].iloc[2] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_confidence_and_margin_from_adjusted_p_values_not_the_score_scale():
+    idx = ["p", "q", "r", "s"]
+    scores = pd.DataFrame({"A": [4.0, 3.0, -1.0, 2.0], "B": [1.0, 2.5, -2.0, -3.0], "C": [0.5, 0.1, -3.0, 0.0]}, index=idx)
+    padj = pd.DataFrame({"A": [1e-6, 0.01, 0.5, 0.2], "B": [0.01, 0.02, 0.1, 1e-4], "C": [0.3, 0.9, 0.01, 1.0]},
+                        index=idx)
+    table = markers.annotate(scores, padj)
+    assert table["cell_type"].astype(str).tolist() == ["A", "A", "unassigned", "unassigned"]
+    # p: 1 - 1e-6; beats B's 0.01 by 4 orders of magnitude. q: a close call, log10(0.02 / 0.01)
+    # r: no positive score: confidence 0, margin 0. s: the runner-up B has a negative score: it counts as padj 1
+    np.testing.assert_allclose(table["confidence"], [1 - 1e-6, 0.99, 0.0, 0.8])
+    np.testing.assert_allclose(table["margin"], [4.0, np.log10(2.0), 0.0, np.log10(1 / 0.2)])
+    # the same p-values with scores ten times larger: the same certainty (a softmax of the scores would change)
+    scaled = markers.annotate(scores * 10, padj)
+    pd.testing.assert_frame_equal(scaled[["confidence", "margin"]], table[["confidence", "margin"]])
+    bare = markers.annotate(scores)  # no p-values: no certainty
+    assert bare["confidence"].isna().all() and bare["margin"].isna().all()
 
 
 def test_annotation_leaves_cells_without_a_significant_type_unassigned():
@@ -121,10 +142,11 @@ def test_summary_counts_called_types_and_the_unassigned_share():
 
     idx = pd.Index(["a", "b", "c", "d"])
     annotation = pd.DataFrame({"cell_type": pd.Categorical(["A", "A", "B", "unassigned"]), "score": 1.0,
-                               "padj": 0.01, "entropy": 0.5}, index=idx)
+                               "padj": 0.01, "confidence": 0.99, "margin": 1.0}, index=idx)
     domains_table = pd.DataFrame({"expr_leiden": pd.Categorical(["C1", "C1", "C2", "C2"])}, index=idx)
     out = summarize(domains_table, annotation, pd.DataFrame({"majority_share": [1.0]}), {}, pd.DataFrame(), None)
     assert out["annotation"]["n_types_called"] == 2 and out["annotation"]["unassigned_share"] == 0.25
+    assert out["annotation"]["mean_confidence"] == pytest.approx(0.99)
 
 
 def test_softmax_entropy_known_values():

@@ -51,7 +51,7 @@ def test_planted_markers_annotate_the_true_groups(unlabelled):
     called = table["cell_type"].astype(str) != "unassigned"  # best type not significant (analyze.markers.alpha)
     accuracy = (table["cell_type"].astype(str)[called] == truth[called]).mean()
     assert accuracy >= 0.95 and called.mean() >= 0.5, (accuracy, called.mean())
-    assert table["entropy"].between(0, 1).all()
+    assert table["confidence"].between(0, 1).all() and (table["margin"] >= 0).all()
     summary = json.loads((unlabelled / "results/demo/analyze/summary.json").read_text())
     assert summary["group_source"] == "spatial_domain" and summary["moran"]["top_I"] > 0.2
     nhood = pd.read_csv(unlabelled / "results/demo/analyze/nhood_enrichment.csv")

@@ -98,7 +98,7 @@ def test_prompt_from_every_stage_is_tissue_blind(stage_inputs):
     # the analyze stage's aggregated facts, without the cell-type names (type_domain_1, ...) or domain labels
     assert re.search(r"- Spatial domains \(Leiden on neighbour-smoothed expression\): \d+; share of spots, largest "
                      r"first: (\d+\.\d%, )+\d+\.\d%\.", rec["prompt"])
-    assert re.search(r"- Marker-based annotation \(cell-type names withheld\): 3 types called; mean normalised entropy", rec["prompt"])
+    assert re.search(r"- Marker-based annotation \(cell-type names withheld\): 3 types called; mean confidence of the call", rec["prompt"])
     assert "Neighbourhood enrichment of the spatial domains: mean z-score with itself" in rec["prompt"]
     assert "spatial domains vs annotated groups" in rec["prompt"] and "Doublets" not in rec["prompt"]
     assert "demo" not in text and "domain_" not in text and "SYN0" not in text and "type_" not in text

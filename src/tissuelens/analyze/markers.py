@@ -1,6 +1,6 @@
 """Marker-based annotation: a PanglaoDB TSV or a two-column CSV of markers, decoupler's ULM (or ORA)
-score per cell and cell type on the log-normalised data, the best type per cell, the normalised entropy
-of the softmax over its scores (uncertainty), and each domain's majority type.
+score per cell and cell type on the log-normalised data, the best type per cell ("unassigned" when not
+significant), a confidence and a margin from decoupler's adjusted p-values, and each domain's majority type.
 
 No network at run time: the user supplies the marker file.
 """
@@ -185,7 +185,9 @@ def _ora_keeps_all_but_bottom() -> bool:
 
 
 def softmax_entropy(scores: np.ndarray) -> np.ndarray:
-    """Entropy of each row's softmax over its scores, divided by log(number of types): 0 certain, 1 uniform."""
+    """Entropy of each row's softmax over its scores, divided by log(number of types): 0 certain, 1 uniform.
+    The Loki annotation's uncertainty over cosine similarities (tissuelens.embed.loki.tasks); the marker
+    annotation uses p-values instead (`annotate`), since this depends on the scale of the scores."""
     s = np.asarray(scores, dtype=np.float64)
     k = s.shape[1]
     if k < 2:
@@ -199,34 +201,51 @@ def softmax_entropy(scores: np.ndarray) -> np.ndarray:
 
 
 UNASSIGNED = "unassigned"
+P_FLOOR = 1e-300  # adjusted p-values below this (decoupler returns 0 for huge t) count as this in `margin`
 
 
 def annotate(scores: pd.DataFrame, padj: pd.DataFrame | None = None, alpha: float = 0.05) -> pd.DataFrame:
-    """Per cell: `cell_type` (highest score), `score`, `padj` (that type's adjusted p-value), `entropy`.
-    `unassigned`: cells whose best score is not positive, whose best type is not significant (padj > alpha)
-    or whose scores are missing (no marker expressed), so no cell is forced into a type."""
+    """Per cell: `cell_type` (highest score), `score`, `padj` (that type's adjusted p-value), `confidence`
+    and `margin`. `unassigned`: cells whose best score is not positive, whose best type is not significant
+    (padj > alpha) or whose scores are missing (no marker expressed), so no cell is forced into a type.
+
+    Both certainty columns come from decoupler's adjusted p-values, so they do not depend on the scale of the
+    scores: `confidence` = 1 - padj of the best type (0 when its score is not positive); `margin` = how many
+    orders of magnitude smaller the best type's padj is than the runner-up's (by score), log10 padj(second) -
+    log10 padj(best), a runner-up with a score not positive counting as padj 1 (0 when the best score is not
+    positive). NaN without p-values, without scores or (margin) with one type."""
     values = scores.to_numpy(dtype=np.float64)
     ok = np.isfinite(values).all(axis=1)
     filled = np.where(np.isfinite(values), values, -np.inf)
-    best = filled.argmax(axis=1)
+    order = np.argsort(-filled, axis=1, kind="stable")
+    best = order[:, 0]
     rows = np.arange(len(best))
     best_score = np.where(ok, filled[rows, best], np.nan)
     best_padj = np.full(len(best), np.nan)
+    confidence = np.full(len(best), np.nan)
+    margin = np.full(len(best), np.nan)
+    positive = ok & (best_score > 0)
     if padj is not None:
-        best_padj = padj.reindex(index=scores.index, columns=scores.columns).to_numpy(dtype=np.float64)[rows, best]
-    called = ok & (best_score > 0)
+        p = padj.reindex(index=scores.index, columns=scores.columns).to_numpy(dtype=np.float64)
+        best_padj = p[rows, best]
+        confidence = np.where(ok, np.where(positive, 1.0 - best_padj, 0.0), np.nan)
+        if values.shape[1] > 1:
+            second = order[:, 1]
+            p_second = np.where(filled[rows, second] > 0, p[rows, second], 1.0)
+            gap = np.log10(np.maximum(p_second, P_FLOOR)) - np.log10(np.maximum(best_padj, P_FLOOR))
+            margin = np.where(ok, np.where(positive, np.maximum(gap, 0.0), 0.0), np.nan)
+    called = positive.copy()
     if padj is not None:
         called &= np.nan_to_num(best_padj, nan=1.0) <= alpha
     types = np.asarray(scores.columns, dtype=object)[best]
     types[~called] = UNASSIGNED
-    entropy = np.full(values.shape[0], np.nan)
-    entropy[ok] = softmax_entropy(values[ok])
     names = sorted(map(str, scores.columns))
     return pd.DataFrame({
         "cell_type": pd.Categorical(types, categories=names + ([UNASSIGNED] if UNASSIGNED not in names else [])),
         "score": best_score,
         "padj": best_padj,
-        "entropy": entropy,
+        "confidence": confidence,
+        "margin": margin,
     }, index=scores.index)
 
 

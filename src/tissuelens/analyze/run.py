@@ -11,7 +11,8 @@ from tissuelens.analyze import doublets, markers, spatial_stats
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
-ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "padj": "float64", "entropy": "float64"}
+ANNOTATION_COLUMNS = {"cell_type": "category", "score": "float64", "padj": "float64", "confidence": "float64",
+                      "margin": "float64"}
 
 
 def domain_key(spatial: bool) -> str:
@@ -94,7 +95,7 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
         called = annotation["cell_type"].astype(str) != markers.UNASSIGNED
         out["annotation"] = {"n_types_called": int(annotation["cell_type"][called].nunique()),
                              "unassigned_share": float(1.0 - called.mean()),
-                             "mean_entropy": float(np.nanmean(annotation["entropy"])),
+                             "mean_confidence": float(np.nanmean(annotation["confidence"])),
                              "mean_majority_share": float(majority["majority_share"].mean()) if len(majority) else None}
     if stats.get("svg") is not None and len(stats["svg"]):
         out["moran"] = moran_summary(stats["svg"])

@@ -4,7 +4,7 @@ One module per report section, each a function `section(ctx) -> Section` that re
 and returns HTML (figures embedded as base64 PNG, so the page opens offline and can be mailed):
 
 * `dataset`: source, QC filters, counts per group, the tissue image with spots;
-* `analyze`: where the groups came from, domain and cell-type maps, annotation entropy, marker dot plot,
+* `analyze`: where the groups came from, domain and cell-type maps, annotation confidence, marker dot plot,
   neighbourhood enrichment, spatially variable genes, cross-stage agreement, doublets (single-cell data);
 * `factorize`: PNMF-GP variant comparison, factors of the best model, ELBO curves, top genes, groups;
 * `embed`: UMAP per model by group and leiden cluster, embedding metrics, Loki text-image agreement;

@@ -93,22 +93,25 @@ def _maps(ctx: Context, domains: pd.DataFrame, annotation) -> str:
         fig, axes = pl.subplots(1, 2, figsize=(10.0, 3.8))
         types = annotation["cell_type"].astype(str).astype("category")
         spatial_panel(axes[0], coords[idx], types.iloc[idx], categorical=True, title="cell type (marker score)")
-        spatial_panel(axes[1], coords[idx], annotation["entropy"].to_numpy(dtype=float)[idx], categorical=False,
-                      title="annotation entropy (0 certain, 1 uniform)", cmap="viridis")
+        spatial_panel(axes[1], coords[idx], annotation["confidence"].to_numpy(dtype=float)[idx], categorical=False,
+                      title=CONFIDENCE_TITLE, cmap="viridis")
         fig.tight_layout()
-        out.append(ctx.figures.embed(fig, SID, "cell_types", "Marker-based cell types and the annotation entropy "
-                                     "(uncertainty) on tissue coordinates"))
+        out.append(ctx.figures.embed(fig, SID, "cell_types", "Marker-based cell types and the confidence of each "
+                                     "call (1 - its adjusted p-value) on tissue coordinates"))
     return "".join(out)
 
 
-def _entropy_histogram(ctx: Context, annotation) -> str:
+CONFIDENCE_TITLE = "confidence (1 - adjusted p of the call)"
+
+
+def _confidence_histogram(ctx: Context, annotation) -> str:
     pl = plt()
     fig, ax = pl.subplots(figsize=(4.0, 2.6))
-    ax.hist(annotation["entropy"].dropna().to_numpy(dtype=float), bins=30, range=(0, 1), color="#4c72b0")
-    ax.set_xlabel("annotation entropy (0 certain, 1 uniform)")
+    ax.hist(annotation["confidence"].dropna().to_numpy(dtype=float), bins=30, range=(0, 1), color="#4c72b0")
+    ax.set_xlabel(CONFIDENCE_TITLE)
     ax.set_ylabel("cells")
     fig.tight_layout()
-    return ctx.figures.embed(fig, SID, "entropy", "Annotation entropy per cell")
+    return ctx.figures.embed(fig, SID, "confidence", "Annotation confidence per cell")
 
 
 def marker_choice(x, cell_types: pd.Series, net: pd.DataFrame, var_names, per_type: int, max_types: int) -> dict:
@@ -159,20 +162,22 @@ def _annotation(ctx: Context, files: dict, annotation, summary: dict) -> str:
     types = annotation["cell_type"].astype(str)
     called = annotation[annotation["cell_type"].notna()]
     per_type = (called.assign(cell_type=called["cell_type"].astype(str)).groupby("cell_type")
-                .agg(cells=("entropy", "size"), mean_score=("score", "mean"), mean_entropy=("entropy", "mean"))
+                .agg(cells=("score", "size"), mean_score=("score", "mean"), mean_confidence=("confidence", "mean"),
+                     median_margin=("margin", "median"))
                 .sort_values("cells", ascending=False).reset_index())
     per_type.insert(2, "share", [f"{100 * n / len(called):.1f}%" for n in per_type["cells"]])
     ann = summary.get("annotation", {})
     facts = {"cell types called": int(types[annotation["cell_type"].notna()].nunique()),
-             "mean annotation entropy (0-1)": ann.get("mean_entropy", float(annotation["entropy"].mean())),
+             "mean confidence (0-1)": ann.get("mean_confidence", float(annotation["confidence"].mean())),
              "mean majority share per domain": ann.get("mean_majority_share")}
     parts = [h3("Marker-based annotation"),
              "<p>Each cell/spot is scored per cell type with decoupler on the log-normalised data and takes the "
-             "type with the highest score; the entropy of the softmax over its scores, divided by log(number of "
-             "types), measures how certain that call is.</p>",
+             "type with the highest score, or <i>unassigned</i> when that type is not significant; the confidence "
+             "is 1 minus the call's adjusted p-value and the margin how many orders of magnitude smaller that "
+             "p-value is than the runner-up type's.</p>",
              kv_table({k: v for k, v in facts.items() if v is not None}), table(frame=per_type, digits=3)]
     if ctx.coords is None:
-        parts.append(_entropy_histogram(ctx, annotation))
+        parts.append(_confidence_histogram(ctx, annotation))
     parts.append(_dotplot(ctx, annotation, net))
     return "".join(parts)
 

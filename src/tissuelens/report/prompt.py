@@ -201,8 +201,9 @@ def _domain_lines(b: PromptBuilder, plan: dict, qc: dict) -> None:
                       + ", ".join(f"{100 * v:.1f}%" for v in shares) + ".")
     ann = summary.get("annotation")
     if ann:
-        line = (f"- Marker-based annotation (cell-type names withheld): {ann['n_types_called']} types called; mean "
-                f"normalised entropy of the call {num(ann['mean_entropy'])} (0 certain, 1 uniform)")
+        line = f"- Marker-based annotation (cell-type names withheld): {ann['n_types_called']} types called"
+        if ann.get("mean_confidence") is not None:
+            line += f"; mean confidence of the call {num(ann['mean_confidence'])} (1 - its adjusted p-value)"
         if ann.get("mean_majority_share") is not None:
             line += f"; mean share of each domain's most frequent type {num(ann['mean_majority_share'])}"
         b.add(line + ".")
