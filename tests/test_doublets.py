@@ -1,5 +1,6 @@
 """Doublets: Scrublet ranks planted doublets (two cells' counts summed) high; preprocess.remove_doublets drops the
-called ones on single-cell data only, and the analyze stage reuses its scores instead of scoring again."""
+called ones on single-cell data only, and the analyze stage reuses its scores instead of scoring again; with a
+section_key Scrublet scores each sample alone (scanpy's batch_key numbers)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from tissuelens.analyze.doublets import scrublet
 from tissuelens.analyze.run import analyze
 from tissuelens.config import step_defaults
+from tissuelens.errors import InputError
 from tissuelens.preprocess import preprocess
 
 N_SINGLETS, N_DOUBLETS, N_GENES, N_TYPES = 600, 30, 300, 6
@@ -150,3 +152,68 @@ def test_analyze_without_doublet_scores_on_data_too_small(tmp_path):
     res = analyze(kept, domains, step_defaults("analyze"), spatial=False, seed=0, where="tiny.h5ad")
     assert res["doublets"].empty
     assert res["summary"]["doublets"]["skipped"].startswith("tiny.h5ad: Scrublet cannot score 40 cells x 25 genes")
+
+
+@pytest.fixture(scope="module")
+def two_sections():
+    """Two samples of the planted data with different type profiles (seeds 0 and 1), in one AnnData whose obs
+    column 'sample' names each cell's section; doublets are planted within each sample."""
+    parts, truth = [], []
+    for seed, name in ((0, "s1"), (1, "s2")):
+        adata, is_doublet = planted_doublets(seed)
+        adata.obs_names = [f"{name}_{c}" for c in adata.obs_names]
+        adata.obs["sample"] = name
+        parts.append(adata)
+        truth.append(is_doublet)
+    return ad.concat(parts), np.concatenate(truth)
+
+
+def test_scrublet_per_section_never_mixes_sections(two_sections):
+    import scanpy as sc
+
+    adata, is_doublet = two_sections
+    labels = adata.obs["sample"].to_numpy()
+    table = scrublet(adata.X, adata.obs_names, expected_rate=0.05, seed=0, batches=labels)
+    assert list(table.index) == list(adata.obs_names) and table["doublet_score"].notna().all()
+    # each section scored as if it were alone: no simulated doublet pairs cells of two sections
+    for name in ("s1", "s2"):
+        rows = labels == name
+        alone = scrublet(adata.X[rows], adata.obs_names[rows], expected_rate=0.05, seed=0)
+        np.testing.assert_array_equal(table.loc[rows, "doublet_score"].to_numpy(), alone["doublet_score"].to_numpy())
+        np.testing.assert_array_equal(table.loc[rows, "predicted_doublet"].to_numpy(), alone["predicted_doublet"].to_numpy())
+        assert table.attrs["thresholds"][name] == alone.attrs["threshold"]
+    assert table.attrs["threshold"] is None and set(table.attrs["thresholds"]) == {"s1", "s2"}
+    # the same numbers as scanpy's own batch_key
+    holder = ad.AnnData(adata.X.astype(np.float32), obs=pd.DataFrame({"sample": labels}, index=adata.obs_names))
+    sc.pp.scrublet(holder, batch_key="sample", expected_doublet_rate=0.05, random_state=0, verbose=False)
+    np.testing.assert_array_equal(table["doublet_score"].to_numpy(), holder.obs["doublet_score"].to_numpy(np.float64))
+    # pooled, the sections' doublets are simulated across samples: other scores
+    pooled = scrublet(adata.X, adata.obs_names, expected_rate=0.05, seed=0)
+    assert not np.allclose(pooled["doublet_score"].to_numpy(), table["doublet_score"].to_numpy())
+    assert auroc(table["doublet_score"].to_numpy(), is_doublet) >= 0.9
+    # a cell Scrublet filters out (2 genes) keeps its row with a NaN score (scanpy's batch_key raises a KeyError)
+    sparse = adata.X.copy()
+    sparse[0] = 0
+    sparse[0, :2] = 1
+    table = scrublet(sparse, adata.obs_names, expected_rate=0.05, seed=0, batches=labels)
+    assert np.isnan(table["doublet_score"].iloc[0]) and not table["predicted_doublet"].iloc[0]
+    assert table["doublet_score"].iloc[1:].notna().all()
+
+
+def test_preprocess_and_analyze_run_scrublet_per_section(two_sections):
+    adata, _ = two_sections
+    entry = {"spatial": False, "section_key": "sample"}
+    kept, qc = preprocess(adata.copy(), entry, settings(True), "two.h5ad", doublet_rate=0.05, seed=0)
+    labels = adata.obs["sample"].to_numpy()
+    direct = scrublet(adata.X, adata.obs_names, expected_rate=0.05, seed=0, batches=labels)
+    assert qc["doublets"]["n_called"] == int(direct["predicted_doublet"].sum()) > 0
+    assert qc["doublets"]["thresholds"] == direct.attrs["thresholds"] and qc["doublets"]["threshold"] is None
+    off, _ = preprocess(adata.copy(), entry, settings(False), "two.h5ad")
+    domains = pd.DataFrame({"expr_leiden": pd.Categorical(["C1"] * off.n_obs), "spatial_domain": None},
+                           index=off.obs_names)
+    res = analyze(off, domains, step_defaults("analyze"), spatial=False, seed=0, where="two", section_key="sample")
+    np.testing.assert_array_equal(res["doublets"]["doublet_score"].to_numpy(),
+                                  direct["doublet_score"].reindex(off.obs_names).to_numpy())
+    assert set(res["summary"]["doublets"]["thresholds"]) == {"s1", "s2"}
+    with pytest.raises(InputError, match="two: section_key 'batch' is not an obs column"):
+        analyze(off, domains, step_defaults("analyze"), spatial=False, seed=0, where="two", section_key="batch")

@@ -101,16 +101,22 @@ def qc_filter_cells(adata, settings: dict, report: dict):
     return adata
 
 
-def remove_doublets(adata, expected_rate: float, seed: int, report: dict, where: str):
-    """Drop the cells Scrublet calls doublets (scanpy.pp.scrublet on the counts); keep every cell's score in
-    obs['doublet_score'] and the call's summary in report['doublets'] and uns['doublets']."""
+def remove_doublets(adata, expected_rate: float, seed: int, report: dict, where: str, section_key: str | None = None):
+    """Drop the cells Scrublet calls doublets (scanpy.pp.scrublet on the counts, per section or sample when the
+    dataset names a section_key); keep every cell's score in obs['doublet_score'] and the call's summary in
+    report['doublets'] and uns['doublets'] (with each section's threshold under 'thresholds')."""
     from tissuelens.analyze.doublets import scrublet
+    from tissuelens.sections import section_labels_from
 
-    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed, where=f"{where} (preprocess.remove_doublets)")
+    batches = section_labels_from(adata.obs, section_key, where)
+    scores = scrublet(adata.X, adata.obs_names, expected_rate, seed, where=f"{where} (preprocess.remove_doublets)",
+                      batches=None if batches is None else np.asarray(batches))
     called = scores["predicted_doublet"].reindex(adata.obs_names, fill_value=False).to_numpy(bool)
     adata.obs["doublet_score"] = scores["doublet_score"].reindex(adata.obs_names).to_numpy()
     record = {"n_cells": int(len(called)), "n_called": int(called.sum()), "rate": float(called.sum() / max(len(called), 1)),
               "threshold": scores.attrs["threshold"], "expected_rate": float(expected_rate)}
+    if "thresholds" in scores.attrs:
+        record["thresholds"] = dict(scores.attrs["thresholds"])
     report["doublets"] = record
     adata = _drop_cells(adata, ~called, report, "doublets")
     adata.uns["doublets"] = record
@@ -154,7 +160,7 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
         if entry["spatial"]:
             log.info("preprocess.remove_doublets applies to single-cell data; %s is spatial, no cell removed", where)
         else:
-            adata = remove_doublets(adata, doublet_rate, seed, report, where)
+            adata = remove_doublets(adata, doublet_rate, seed, report, where, entry.get("section_key"))
     if group_key is not None:
         adata = drop_missing_groups(adata, group_key, report)
         adata = clean_groups(adata, group_key, settings, report)

@@ -26,7 +26,7 @@ def main(argv=None):
     if args.markers is not None:
         args.settings["markers"] = {**args.settings["markers"], "path": str(args.markers)}
     res = analyze(adata, domains, args.settings, args.entry.get("spatial", False), args.seed, str(args.h5ad),
-                  args.group_source or None)
+                  args.group_source or None, args.entry.get("section_key"))
     files = {"annotation": "annotation.parquet", "doublets": "doublets.parquet"}
     tables = {"majority": "domain_types.csv", "net": "markers_used.csv", "nhood": "nhood_enrichment.csv",
               "cooccurrence": "co_occurrence.csv", "svg": "spatially_variable_genes.csv"}

@@ -108,17 +108,22 @@ def summarize(domains: pd.DataFrame, annotation: pd.DataFrame, majority: pd.Data
     if "n_called" in dbl.attrs:  # called and removed by preprocess (remove_doublets)
         out["doublets"] = {"n_called": dbl.attrs["n_called"], "rate": dbl.attrs["rate"],
                            "threshold": dbl.attrs.get("threshold"), "removed": True}
+        if dbl.attrs.get("thresholds"):
+            out["doublets"]["thresholds"] = dict(dbl.attrs["thresholds"])
     elif "skipped" in dbl.attrs:
         out["doublets"] = {"skipped": dbl.attrs["skipped"]}
     elif len(dbl):
         out["doublets"] = {"n_called": int(dbl["predicted_doublet"].sum()), "rate": float(dbl["predicted_doublet"].mean()),
                            "threshold": dbl.attrs.get("threshold"), "removed": False}
+        if dbl.attrs.get("thresholds"):
+            out["doublets"]["thresholds"] = dict(dbl.attrs["thresholds"])
     return out
 
 
 def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: int, where: str,
-            group_source: str | None = None) -> dict:
-    """Every analyze output as frames plus the summary dict."""
+            group_source: str | None = None, section_key: str | None = None) -> dict:
+    """Every analyze output as frames plus the summary dict. `section_key`: the dataset's; Scrublet (single-cell
+    data) runs per section or sample."""
     annotation, net = run_annotation(adata, settings, where)
     key = domain_key(spatial)
     majority = (markers.domain_majority(annotation["cell_type"], domains.loc[annotation.index, key])
@@ -131,9 +136,12 @@ def analyze(adata, domains: pd.DataFrame, settings: dict, spatial: bool, seed: i
                             "predicted_doublet": np.zeros(adata.n_obs, dtype=bool)}, index=adata.obs_names)
         dbl.attrs = dict(adata.uns["doublets"])
     elif not spatial:
+        from tissuelens.sections import section_labels_from
+
+        batches = section_labels_from(adata.obs, section_key, where)
         try:
             dbl = doublets.scrublet(adata.layers["counts"], adata.obs_names, settings["doublets"]["expected_rate"], seed,
-                                    where)
+                                    where, batches=None if batches is None else np.asarray(batches))
         except InputError as exc:  # too small for Scrublet: the rest of the analysis still runs
             log.warning("doublets not scored: %s", exc)
             dbl.attrs["skipped"] = str(exc)

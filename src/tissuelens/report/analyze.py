@@ -280,6 +280,11 @@ def _doublets(ctx: Context, files: dict, summary: dict) -> str:
         text = (f"<p>Scrublet called <b>{called:,}</b> of {n:,} cells doublets (doublet rate <b>{100 * called / n:.2f}%"
                 "</b>); they are kept (preprocess.remove_doublets: false).</p>")
         threshold = (summary.get("doublets") or {}).get("threshold")
+    per_section = (removed or summary.get("doublets") or {}).get("thresholds")
+    if per_section:
+        text += (f"<p>Scrublet ran on each of the {len(per_section)} sections (samples) alone, so no simulated doublet "
+                 "pairs cells of two sections; each has its own threshold: "
+                 + ", ".join(f"{k} {'none' if v is None else f'{v:.3f}'}" for k, v in per_section.items()) + ".</p>")
     return head + text + _doublet_histogram(ctx, dbl, threshold)
 
 
