@@ -84,6 +84,8 @@ def test_ora_universe_is_the_measured_genes():
     # decoupler's default universe of 20,000 genes would make the same overlap ~10^6 times more significant
     default = ora_by_hand(x[0], members, 20_000, n_top)[1]["A"]
     assert padj.loc["c0", "A"] > 1e5 * default
+    with pytest.raises(InputError, match="tiny.h5ad: 2 detected genes are too few for ORA"):
+        markers.score_and_padj(np.array([[1.0, 2.0, 0.0]]), ["c"], ["g0", "g1", "g2"], net, "ora", "tiny.h5ad")
     # on 60 genes two of B's markers in a top 3 is not significant after BH over the types: unassigned
     assert markers.annotate(scores, padj)["cell_type"].astype(str).tolist() == ["A", "unassigned", "unassigned"]
 

@@ -125,7 +125,8 @@ def score(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> pd
     return score_and_padj(x, obs_names, var_names, net, method)[0]
 
 
-def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm") -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ulm",
+                   where: str = "data") -> tuple[pd.DataFrame, pd.DataFrame]:
     """decoupler's `method` scores and their adjusted p-values (BH over the cell types of each cell), both
     cells x cell types. ORA's universe is the measured genes (`n_bg` = len(var_names), not decoupler's 20,000)
     and its observed set each cell's top 5 % of the genes it detects (decoupler's default `n_up`)."""
@@ -139,7 +140,7 @@ def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ul
     if method == "ora":
         # decoupler drops genes no cell expresses before ranking; drop them here so the ranked count is known.
         # They stay in the universe: n_bg counts every measured gene.
-        x, genes, kwargs = _ora_inputs(x, genes)
+        x, genes, kwargs = _ora_inputs(x, genes, where)
     # an AnnData holder: decoupler reads sparse matrices in batches only from AnnData
     holder = ad.AnnData(x, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=genes))
     repaired = func(holder, net, tmin=0, verbose=False, **kwargs)  # a copy without empty cells when there are some
@@ -149,7 +150,7 @@ def score_and_padj(x, obs_names, var_names, net: pd.DataFrame, method: str = "ul
     return es, padj
 
 
-def _ora_inputs(x, genes: np.ndarray):
+def _ora_inputs(x, genes: np.ndarray, where: str):
     """(matrix without undetected genes, their names, dc.mt.ora keywords): `n_bg` = every measured gene, `n_up`
     = decoupler's default top 5 % (at least 2) of the genes ranked, in the form this decoupler reads it."""
     import scipy.sparse as sp
@@ -166,7 +167,7 @@ def _ora_inputs(x, genes: np.ndarray):
     n_ranked = int(detected.sum())
     n_top = int(max(np.ceil(0.05 * n_ranked), 2))
     if n_top >= n_ranked:
-        raise InputError(f"analyze.markers.method ora: {n_ranked} detected genes are too few to pick a top 5 %")
+        raise InputError(f"{where}: {n_ranked} detected genes are too few for ORA's top 5 % (analyze.markers.method)")
     n_up = n_ranked - n_top if _ora_keeps_all_but_bottom() else n_top
     return x, genes, {"n_bg": n_measured, "n_up": n_up}
 

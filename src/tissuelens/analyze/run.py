@@ -34,7 +34,7 @@ def run_annotation(adata, settings: dict, where: str) -> tuple[pd.DataFrame, pd.
     table = markers.read_markers(m["path"], m["format"], m.get("species"), organ=m.get("organ"),
                                  canonical_only=m.get("canonical_only", True), min_sensitivity=m.get("min_sensitivity", 0.5))
     net = markers.match_genes(table, adata.var_names, m["min_markers"], where)
-    scores, padj = markers.score_and_padj(adata.X, adata.obs_names, adata.var_names, net, m["method"])
+    scores, padj = markers.score_and_padj(adata.X, adata.obs_names, adata.var_names, net, m["method"], where)
     table = markers.annotate(scores, padj, m["alpha"])
     table.index.name = "obs_names"
     return table, net
