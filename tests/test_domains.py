@@ -68,8 +68,12 @@ def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_secti
         own = niches.hop_means(pcs[rows], alone.obsp["spatial_connectivities"], 3)
         for a, b in zip(means, own):
             np.testing.assert_allclose(a[rows], b)  # no mean reaches into the other section
-        # at the joint run's number of domains (choosing K is the test above): the same domains as alone
-        assert adjusted_rand_score(labels[rows], np.asarray(domains_of(alone, n_domains=len(set(labels))))) >= 0.95
+        # at the joint run's number of domains (choosing K is the test above) a section alone finds its blocks as
+        # the joint run does; the two mixtures are fitted to different cells, so their borders may differ a little
+        own_labels = np.asarray(domains_of(alone, n_domains=len(set(labels))))
+        truth = alone.obs["domain"].to_numpy()
+        assert adjusted_rand_score(truth, own_labels) >= 0.9
+        assert adjusted_rand_score(labels[rows], own_labels) >= 0.9
 
 
 def test_a_set_number_of_domains_is_kept_and_reruns_are_identical():

@@ -1,9 +1,9 @@
-"""Spatial domains from each cell's neighbourhood: the mean of the expression PCs over CellCharter's several
+"""Spatial domains from each cell's neighbourhood: the means of the expression PCs over each of CellCharter's
 hops (Varrone et al. 2024: the cells exactly 1, 2, ..., n_hops steps away on the recorded spatial graph, which
-is per section, so no mean reaches into another section), mixed with the cell's own PCs by BANKSY's weight λ
-(Singhal et al. 2024), reduced by PCA and clustered by a Gaussian mixture (CellCharter's clustering) with one
-covariance shared by all domains, so cells on a border (a mix of two domains) do not make a domain of their
-own. Written here from the papers' descriptions.
+is per section, so no mean reaches into another section), side by side as CellCharter concatenates its layers,
+mixed with the cell's own PCs by BANKSY's weight λ (Singhal et al. 2024), reduced by PCA and clustered by a
+Gaussian mixture (CellCharter's clustering) with one covariance shared by all domains, so cells on a border (a
+mix of two domains) do not make a domain of their own. Written here from the papers' descriptions.
 
 The number of domains, when not set, is the most stable one (clustering stability, Lange et al. 2004): for
 each K in 2..max_domains the mixture is fitted from several seeds, and K scores the mean ARI between those
@@ -41,13 +41,14 @@ def hop_means(x: np.ndarray, graph: sp.spmatrix, n_hops: int) -> list[np.ndarray
 
 
 def niche_features(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int) -> np.ndarray:
-    """[√(1-λ)·own, √λ·neighbourhood] of the first settings["niche_pcs"] expression PCs (neighbourhood = the
-    hops' means, each hop weighted equally), reduced to settings["cluster_dims"] principal components."""
+    """[√(1-λ)·own, √(λ/n)·hop 1, ..., √(λ/n)·hop n] of the first settings["niche_pcs"] expression PCs (hop k = the
+    mean over the cells k steps away; the hops kept apart, not averaged, so a border blurs over one hop's width
+    rather than all of them), reduced to settings["cluster_dims"] principal components."""
     from sklearn.decomposition import PCA
 
-    lam, pcs = settings["lambda"], pcs[:, : settings["niche_pcs"]]
-    neighbourhood = np.mean(hop_means(pcs, graph, settings["n_hops"]), axis=0)
-    mixed = np.hstack([np.sqrt(1 - lam) * pcs, np.sqrt(lam) * neighbourhood])
+    lam, n_hops, pcs = settings["lambda"], settings["n_hops"], pcs[:, : settings["niche_pcs"]]
+    hops = hop_means(pcs, graph, n_hops)
+    mixed = np.hstack(([np.sqrt(1 - lam) * pcs] if lam < 1 else []) + [np.sqrt(lam / n_hops) * h for h in hops])
     n_comps = int(min(settings["cluster_dims"], mixed.shape[1], len(pcs) - 1))
     return PCA(n_comps, random_state=seed).fit_transform(mixed)
 
