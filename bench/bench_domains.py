@@ -63,7 +63,7 @@ def nearest_k(candidates: dict, k_true: int):
 
 def ours(adata, key, k, seed, method="niche"):
     s = {**step_defaults("analyze")["domains"], "method": method}
-    return spatial_domains(adata.obsm["X_pca"], spatial_connectivities(adata, "bench"), s, seed, "bench")
+    return spatial_domains(adata.obsm["X_pca"], spatial_connectivities(adata, "bench"), s, seed, "bench")[0]
 
 
 def squidpy_flavour(flavor):

@@ -1,5 +1,6 @@
 """Spatial domains (tissuelens.analyze.niches, method `niche`): hop means with known answers, the domains of
-synthetic blocks tissues found with their number, sections clustered as when alone, and bad settings."""
+synthetic blocks tissues found with their number, sections clustered as when alone, the record of how their
+number was chosen (domains.json), and bad settings."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from tissuelens.analyze import niches
-from tissuelens.analyze.domains import expression_pca, spatial_domains
+from tissuelens.analyze.domains import choice_text, compute_domains, expression_pca, spatial_domains
 from tissuelens.config import REPO_CONFIG_DIR, step_defaults, validate_config
 from tissuelens.errors import InputError
 from tissuelens.spatial_graph import spatial_connectivities
@@ -30,6 +31,11 @@ def prepared(n_sections: int, seed: int = 0, n_spots: int = 1600):
 
 
 def domains_of(adata, **settings):
+    return choice_of(adata, **settings)[0]
+
+
+def choice_of(adata, **settings):
+    """(labels, the domains.json record)."""
     pcs = expression_pca(adata, DEFAULTS["n_pcs"], 0)
     return spatial_domains(pcs, spatial_connectivities(adata, "blocks"), {**DEFAULTS, **settings}, 0, "blocks")
 
@@ -38,7 +44,8 @@ def domains_of(adata, **settings):
 def two_sections():
     """Two 40 x 40 blocks sections on the same coordinates, and their domains at the defaults."""
     adata = prepared(2)
-    return adata, np.asarray(domains_of(adata))
+    labels, record = choice_of(adata)
+    return adata, np.asarray(labels), record
 
 
 def test_hop_means_are_the_means_over_each_ring_of_a_path():
@@ -50,14 +57,14 @@ def test_hop_means_are_the_means_over_each_ring_of_a_path():
 
 
 def test_blocks_in_two_sections_are_found_with_their_number(two_sections):
-    adata, labels = two_sections
+    adata, labels, _ = two_sections
     truth = adata.obs["domain"].to_numpy()
     assert adjusted_rand_score(truth, labels) >= 0.9
     assert abs(len(set(labels)) - len(set(truth))) <= 1
 
 
 def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_sections):
-    joint, labels = two_sections
+    joint, labels, _ = two_sections
     section = joint.obs["section"].astype(str).to_numpy()
     pcs = expression_pca(joint, 20, 0)
     means = niches.hop_means(pcs, spatial_connectivities(joint, "joint"), 3)
@@ -76,11 +83,35 @@ def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_secti
         assert adjusted_rand_score(labels[rows], own_labels) >= 0.9
 
 
+def test_the_record_says_the_number_was_chosen_by_stability(two_sections):
+    _, labels, record = two_sections
+    assert record["spatial"] is True and record["method"] == "niche" and record["chosen_by"] == "stability"
+    assert record["n_domains"] == len(set(labels))
+    assert list(record["stability"]) == [str(k) for k in range(2, DEFAULTS["max_domains"] + 1)]
+    best = max(record["stability"].values())
+    assert record["stability"][str(record["n_domains"])] == best and 0 < best <= 1
+    assert choice_text(record).startswith(f"{record['n_domains']} spatial domains, chosen as the most stable K of 2-10 "
+                                          f"(mean pairwise ARI of seeded fits per K: 2: {record['stability']['2']:.3f}, ")
+
+
 def test_a_set_number_of_domains_is_kept_and_reruns_are_identical():
     adata = prepared(1, n_spots=400)
-    first = domains_of(adata, n_domains=3)
+    first, record = choice_of(adata, n_domains=3)
     assert len(first.categories) == 3
+    assert record == {"spatial": True, "method": "niche", "n_domains": 3, "chosen_by": "config", "stability": None}
+    assert choice_text(record) == "3 spatial domains, set by analyze.domains.n_domains."
     assert (np.asarray(domains_of(adata, n_domains=3)) == np.asarray(first)).all()
+
+
+def test_the_record_of_aggregate_leiden_and_of_non_spatial_data():
+    adata = prepared(1, n_spots=400)
+    labels, record = choice_of(adata, method="aggregate_leiden")
+    assert record == {"spatial": True, "method": "aggregate_leiden", "n_domains": len(set(np.asarray(labels))),
+                      "chosen_by": None, "stability": None}
+    assert "found by Leiden at analyze.domains.spatial_resolution" in choice_text(record)
+    _, flat = compute_domains(adata, {**DEFAULTS, "n_pcs": 10}, False, 0, "flat")
+    assert flat == {"spatial": False, "method": None, "n_domains": None, "chosen_by": None, "stability": None}
+    assert choice_text(flat) == "Not a spatial dataset: no spatial domains."
 
 
 def test_bad_domain_settings_fail_with_one_line():

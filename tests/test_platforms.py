@@ -9,8 +9,8 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import error_line, run_script
-from helpers.platforms import (write_cosmx_folder, write_merscope_region, write_spatialdata_zarr, write_visium_hd_folder,
-                       write_xenium_folder)
+from helpers.platforms import (write_cosmx_folder, write_merscope_region, write_spatialdata_regions, write_spatialdata_zarr,
+                               write_visium_hd_folder, write_xenium_folder)
 
 from tissuelens.config import step_defaults
 from tissuelens.errors import InputError
@@ -154,6 +154,64 @@ def test_spatialdata_zarr_without_the_named_element(tmp_path, zarr_store, option
     assert proc.returncode == 2
     assert error_line(proc) == f"error: {path}: {message}"
     assert not raw.exists()
+
+
+@pytest.fixture(scope="module")
+def regions_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd_regions") / "sections.zarr"
+    return path, write_spatialdata_regions(path)
+
+
+def test_spatialdata_regions_become_sections(tmp_path, regions_store):
+    """A table over two regions on overlapping coordinates (the same cell ids in both): each row keeps its
+    region in obs['region'] and its own region's centre, and the section_key reaches preprocess's graph
+    without the entry naming it."""
+    path, truth = regions_store
+    entry = {"source": "spatialdata", "spatial": True, "path": str(path)}
+    proc, raw = download(tmp_path, entry)
+    assert proc.returncode == 0, proc.stderr
+    adata = ad.read_h5ad(raw)
+    assert list(adata.obs["region"].astype(str)) == list(truth["region"])
+    own = [truth["xy"][region][int(cell[4:])] for region, cell in zip(truth["region"], truth["cell_id"])]
+    np.testing.assert_allclose(adata.obsm["spatial"], own)
+    assert adata.uns["tissuelens"]["section_key"] == "region" and "entry_defaults" not in adata.uns
+    assert adata.uns["coordinates"]["shapes"] == "s1, s2" and adata.uns["coordinates"]["coordinate_system"] == "global"
+
+    pre, qc = preprocess(tmp_path, raw, entry)
+    assert qc["spatial_graph"]["section_key"] == "region" and qc["spatial_graph"]["sections"] == ["s1", "s2"]
+    edges = pre.obsp["spatial_connectivities"].tocoo()
+    section = pre.obs["region"].astype(str).to_numpy()
+    assert edges.nnz and (section[edges.row] == section[edges.col]).all()  # no edge joins the two sections
+
+
+def test_spatialdata_regions_the_entry_chooses(tmp_path, regions_store):
+    """The entry's own section_key wins; `shapes:` reads one region as before (no section); a non-spatial
+    entry gets no section_key."""
+    from tissuelens.datasets.load import load_dataset
+
+    path, truth = regions_store
+    entry = {"source": "spatialdata", "spatial": True, "path": str(path)}
+    assert load_dataset("d", {**entry, "section_key": "celltype"}, 0, tmp_path).uns["tissuelens"]["section_key"] == "celltype"
+    one = load_dataset("d", {**entry, "shapes": "s2"}, 0, tmp_path)
+    assert one.n_obs == 30 and "region" not in one.obs and one.uns["tissuelens"]["section_key"] == ""
+    np.testing.assert_allclose(one.obsm["spatial"], [truth["xy"]["s2"][int(c[4:])] for c in one.obs["cell_id"]])
+    assert load_dataset("d", {**entry, "spatial": False}, 0, tmp_path).uns["tissuelens"]["section_key"] == ""
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"systems": ("global", "other")},
+     "the table's regions share no coordinate system (s1: global; s2: other); set shapes: to read one region"),
+    ({"third_region": True}, "table 'cells': 30 rows annotate region 's3', which is not a shapes element "
+                             "(regions with shapes: s1, s2); set shapes: to read one region"),
+])
+def test_spatialdata_regions_that_cannot_be_placed(tmp_path, options, message):
+    from tissuelens.datasets.spatialdata_zarr import read_spatialdata
+
+    path = tmp_path / "bad.zarr"
+    write_spatialdata_regions(path, n_per_region=30, **options)
+    with pytest.raises(InputError) as err:
+        read_spatialdata(path, "d")
+    assert str(err.value) == f"{path}: {message}"
 
 
 def test_not_a_zarr_store(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,10 @@ def test_section_contents(built):
     assert "Cell groups are the dataset&#x27;s own labels (group_key &#x27;group&#x27;)." in ana
     assert re.search(r"<h3>Spatial domains: \d+</h3>", ana) and re.search(r"<h3>Expression clusters \(Leiden\): \d+</h3>", ana)
     assert "type_domain_1" in ana and "majority cell type" in ana  # the report names the cell types
+    record = json.loads(Path(built["plan"]["analyze"]["files"]["domains.json"]).read_text())
+    n = record["n_domains"]
+    assert record["chosen_by"] == "stability" and f"<h3>Spatial domains: {n}</h3>" in ana  # the record matches the table
+    assert f"<p>{n} spatial domains, chosen as the most stable K of 2-10 (mean pairwise ARI of seeded fits per K: 2: " in ana
     for text in ("Marker-based annotation", "Neighbourhood enrichment", "Spatially variable genes", "Cross-stage agreement",
                  "factors_svgp"):
         assert text in ana, text
@@ -139,6 +144,7 @@ def corrupt(path):
     ("embed", "loki", "embeddings.h5ad", "not a readable .h5ad"),
     ("sae", "geneformer", "features.parquet", "corrupt parquet"),
     ("analyze", None, "domains.parquet", "corrupt parquet"),
+    ("analyze", None, "domains.json", "not valid JSON"),
     ("analyze", None, "agreement.csv", "expected columns a, b, ari, nmi"),
 ])
 def test_corrupt_stage_file_is_one_clear_error(built, tmp_path, stage, unit, name, problem):
@@ -200,11 +206,12 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
     write_h5ad(adata, base / "preprocessed.h5ad")
     write_json(qc, base / "qc.json")
     analyze_settings = step_defaults("analyze")
-    domains = compute_domains(adata.copy(), analyze_settings["domains"], False, 0, "cells")
+    domains, record = compute_domains(adata.copy(), analyze_settings["domains"], False, 0, "cells")
     res = analyze(adata.copy(), domains, analyze_settings, spatial=False, seed=0, where="cells")
     files = {"domains.parquet": base / "analyze/domains.parquet", "doublets.parquet": base / "analyze/doublets.parquet",
-             "summary.json": base / "analyze/summary.json"}
+             "summary.json": base / "analyze/summary.json", "domains.json": base / "analyze/domains.json"}
     domains.to_parquet(files["domains.parquet"])
+    write_json(record, files["domains.json"])
     res["doublets"].to_parquet(files["doublets.parquet"])
     write_json(res["summary"], files["summary.json"])
     plan = {stage: {"status": "disabled", "reason": "test", "units": {}, "files": {}} for stage in ("factorize", "embed", "sae")}
@@ -215,6 +222,7 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
     body = sections(out.read_text())["analyze"][1]
     assert "The dataset has no cell groups" in body and "Not a spatial dataset" in body
     assert re.search(r"<h3>Expression clusters \(Leiden\): \d+</h3>", body) and "Spatial domains:" not in body
+    assert record["spatial"] is False and "spatial domains," not in body  # no choice of a number to state
     assert "No marker-based annotation" in body and (tmp_path / "figures/analyze/doublets.png").is_file()
     rate = qc["doublets"]["rate"] if remove else res["summary"]["doublets"]["rate"]
     n_called = qc["doublets"]["n_called"] if remove else res["summary"]["doublets"]["n_called"]
@@ -228,13 +236,16 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
 
 
 def test_script_passes_every_planned_stage_to_the_report(built, tmp_path):
-    """workflow/scripts/report.py keeps the analyze stage of the plan (files per stage, no units)."""
+    """workflow/scripts/report.py keeps the analyze stage of the plan (files per stage, no units); a run from
+    before domains.json existed still builds, without the sentence on the number of domains."""
     plan = json.loads(json.dumps(built["plan"]))
     for stage in ("factorize", "embed", "sae"):  # keeps the test short
         plan[stage] = {"status": "disabled", "reason": "test", "units": {}, "files": {}}
+    del plan["analyze"]["files"]["domains.json"]
     out = tmp_path / "index.html"
     proc = run_script("report", "--dataset", "demo", "--qc", built["qc"], "--preprocessed", built["h5ad"],
                       "--plan", json.dumps(plan), "--out", out)
     assert proc.returncode == 0, proc.stderr
     status, body = sections(out.read_text())["analyze"]
     assert status == "ok" and "Cross-stage agreement" in body
+    assert re.search(r"<h3>Spatial domains: \d+</h3>", body) and "chosen as the most stable" not in body

@@ -110,7 +110,7 @@ def test_spatial_domains_read_the_recorded_graph(prepared):
 
     joint, _, _ = prepared
     s = step_defaults("analyze")["domains"]
-    out = compute_domains(joint.copy(), s, True, 0, "joint")
+    out, _ = compute_domains(joint.copy(), s, True, 0, "joint")
     assert out["spatial_domain"].notna().all() and out["spatial_domain"].nunique() >= 2
     bare = joint.copy()
     del bare.obsp["spatial_connectivities"], bare.uns["spatial_graph"]
@@ -469,7 +469,11 @@ def test_scripts_preprocess_domains_analyze_on_two_sections(tmp_path):
     qc = json.loads((tmp_path / "qc.json").read_text())
     assert qc["spatial_graph"]["sections"] == ["A", "B"] and qc["spatial_graph"]["method"] == "grid"
     run("domains", "--raw", raw, "--entry", entry, "--preprocess-settings", pre,
-        "--settings", json.dumps(analyze_settings["domains"]), "--out", tmp_path / "domains.parquet")
+        "--settings", json.dumps(analyze_settings["domains"]), "--out", tmp_path / "domains.parquet",
+        "--record", tmp_path / "domains.json")
+    record = json.loads((tmp_path / "domains.json").read_text())
+    found = pd.read_parquet(tmp_path / "domains.parquet")["spatial_domain"].nunique()
+    assert record["chosen_by"] == "stability" and record["n_domains"] == found
     run("analyze", "--h5ad", tmp_path / "p.h5ad", "--domains", tmp_path / "domains.parquet", "--entry", entry,
         "--settings", json.dumps(analyze_settings), "--outdir", tmp_path / "an")
     svg = pd.read_csv(tmp_path / "an" / "spatially_variable_genes.csv")

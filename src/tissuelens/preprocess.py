@@ -143,6 +143,9 @@ def preprocess(adata, entry: dict, settings: dict, where: str, doublet_rate: flo
     and the data is not spatial (a spot holds several cells by design)."""
     import scanpy as sc
 
+    from tissuelens.sections import dataset_section_key
+
+    entry = {**entry, "section_key": dataset_section_key(entry, adata)}  # a section_key the download found counts
     report = {"n_cells_raw": int(adata.n_obs), "n_genes_raw": int(adata.n_vars), "cells_removed": {}, "genes_removed": {}}
     group_key = entry.get("group_key")
     if group_key is not None and group_key not in adata.obs:

@@ -31,6 +31,13 @@ def section_labels_from(obs, section_key: str | None, where: str) -> pd.Categori
     return pd.Categorical(text, categories=sorted(set(text), key=_natural))
 
 
+def dataset_section_key(entry: dict, adata) -> str | None:
+    """The dataset's section_key: the entry's, else the one the download recorded in raw.h5ad's
+    uns["tissuelens"] (a reader found sections in the data: tissuelens.datasets.contract.ENTRY_DEFAULTS)."""
+    recorded = adata.uns.get("tissuelens", {})
+    return entry.get("section_key") or (recorded.get("section_key") if hasattr(recorded, "get") else None) or None
+
+
 def _natural(label: str):
     """Sort numbers (Bregma -0.04, slice 10) by value, other labels by text."""
     try:

@@ -231,3 +231,40 @@ def write_cosmx_folder(path: Path, n_per_fov: int = 25, n_genes: int = 12, fov_s
     return {"ids": list(ids), "counts": np.array(counts), "controls": np.array(ctrl), "xy": np.array(xy),
             "area": np.array(area), "symbols": symbols, "offsets": offsets, "colours": colours, "side": fov_side,
             "prefix": prefix}
+
+
+def write_spatialdata_regions(path: Path, n_per_region: int = 30, n_genes: int = 20, systems=("global", "global"),
+                              third_region: bool = False, seed=0) -> dict:
+    """A SpatialData zarr of two sections: circles `s1` and `s2` on overlapping coordinates (the same cell ids
+    in both), each in its coordinate system of `systems` (s2 shifted by (5, -3) into it), and one table `cells`
+    annotating both (region_key `region`, instance_key `cell_id`). `third_region`: the table also has rows of a
+    region `s3` with no shapes element."""
+    import anndata as ad
+    import geopandas as gpd
+    import scipy.sparse as sp
+    import shapely
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Translation
+
+    rng = np.random.default_rng(seed)
+    ids = [f"cell{i:03d}" for i in range(n_per_region)]
+    regions = ["s1", "s2", "s3"] if third_region else ["s1", "s2"]
+    shift = {"s1": Identity(), "s2": Translation([5, -3], axes=("x", "y"))}
+    shapes, xy = {}, {}
+    for name, system in zip(("s1", "s2"), systems):
+        xy[name] = rng.uniform(0, 50, size=(n_per_region, 2))  # both sections on the same stretch of coordinates
+        gdf = gpd.GeoDataFrame({"radius": rng.uniform(2, 4, n_per_region)}, geometry=shapely.points(xy[name]), index=ids)
+        shapes[name] = ShapesModel.parse(gdf, transformations={system: shift[name]})
+    xy["s2"] = xy["s2"] + [5, -3]  # in the coordinate system
+    n = n_per_region * len(regions)
+    obs = pd.DataFrame({"cell_id": ids * len(regions), "region": pd.Categorical(np.repeat(regions, n_per_region)),
+                        "celltype": rng.choice(["a", "b"], n)}, index=[str(i) for i in range(n)])
+    order = rng.permutation(n)  # the table's rows interleave the regions
+    counts = counts_matrix(n, n_genes, seed)
+    table = ad.AnnData(sp.csr_matrix(counts[order].astype(np.float32)), obs=obs.iloc[order].reset_index(drop=True),
+                       var=pd.DataFrame(index=gene_table(n_genes)[1]))
+    table.obs_names = [str(i) for i in range(n)]
+    table = TableModel.parse(table, region=regions, region_key="region", instance_key="cell_id")
+    SpatialData(shapes=shapes, tables={"cells": table}).write(path)
+    return {"xy": xy, "region": obs["region"].astype(str).to_numpy()[order], "cell_id": np.array(ids * len(regions))[order]}

@@ -200,8 +200,9 @@ def write_analyze_files(root: Path, adata, factors_path: Path) -> None:
     # cell, and the report and prompt tests read the called types
     settings["markers"].update(path=str(markers), min_markers=3, alpha=1.0)
     settings["spatial_stats"].update(n_perms=50, moran_top=20)
-    domains = compute_domains(adata.copy(), settings["domains"], True, 0, "demo")
+    domains, record = compute_domains(adata.copy(), settings["domains"], True, 0, "demo")
     domains.to_parquet(base / "domains.parquet")
+    write_json(record, base / "domains.json")
     res = analyze(adata.copy(), domains, settings, True, 0, "demo")
     res["annotation"].to_parquet(base / "annotation.parquet")
     res["doublets"].to_parquet(base / "doublets.parquet")

@@ -6,7 +6,8 @@ rule domains:
     input:
         "resources/datasets/{dataset}/raw.h5ad",
     output:
-        "results/{dataset}/analyze/domains.parquet",
+        domains="results/{dataset}/analyze/domains.parquet",
+        record="results/{dataset}/analyze/domains.json",
     params:
         entry=dataset_entry,
         preprocess=settings_of("preprocess"),
@@ -22,7 +23,7 @@ rule domains:
     shell:
         "python \"$TISSUELENS_SCRIPTS/domains.py\" --raw {input:q} --entry {params.entry:q} "
         "--preprocess-settings {params.preprocess:q} --settings {params.settings:q} --seed {params.seed} "
-        "{params.doublets} --out {output:q} > {log:q} 2>&1"
+        "{params.doublets} --out {output.domains:q} --record {output.record:q} > {log:q} 2>&1"
 
 
 rule analyze:

@@ -2,7 +2,11 @@
 
 Contract: integer counts (CSR) in `X`; `obsm["spatial"]` (N, 2) float when the dataset is spatial;
 the group column present in `obs` when `group_key` is set; `var["gene_ids"]` when known; symbols as
-var_names; provenance in `uns["tissuelens"]`.
+var_names; provenance in `uns["tissuelens"]`, with the dataset's effective `section_key`.
+
+A reader may offer entry options it found in the data in `uns[ENTRY_DEFAULTS]` (today `section_key`: a
+SpatialData table over several regions names each cell's region); the entry's own value wins, and preprocess
+reads the effective one back from `uns["tissuelens"]` (tissuelens.sections.dataset_section_key).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import scipy.sparse as sp
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
+ENTRY_DEFAULTS = "entry_defaults"
 
 
 def _counts_matrix(adata, where: str, counts_layer: str | None):
@@ -86,8 +91,20 @@ def planar_coordinates(coords: np.ndarray, dims, where: str) -> np.ndarray:
     return coords[:, list(dims)]
 
 
+def with_reader_defaults(adata, entry: dict, where: str) -> dict:
+    """`entry` with the section_key a reader offered (uns[ENTRY_DEFAULTS], removed) where the entry sets none and
+    the dataset is spatial (sections are a spatial notion here)."""
+    offered = dict(adata.uns.pop(ENTRY_DEFAULTS, None) or {})
+    key = offered.get("section_key")
+    if key and not entry.get("section_key") and entry["spatial"]:
+        log.info("%s: section_key '%s' (the regions the data holds; set section_key: to use another column)", where, key)
+        return {**entry, "section_key": key}
+    return entry
+
+
 def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
     """Check and normalise a freshly loaded AnnData in place of `entry`'s options; return it."""
+    entry = with_reader_defaults(adata, entry, where)
     counts, label = _counts_matrix(adata, where, entry.get("counts_layer"))
     adata.X = integer_counts(counts, where, label)
     adata.layers.pop("counts", None)  # X holds them now; preprocess recreates the layer

@@ -7,6 +7,11 @@ way, `uns["spatial"][library]["images"]["hires"]` with `tissue_hires_scalef` = i
 coordinate unit, which Loki's patches and the report's tissue plots read. An image whose pixel grid is
 offset from the coordinates' origin moves the coordinates' origin to the image corner (recorded in
 `uns["coordinates"]["origin"]`): the scanpy convention has no offset.
+
+A table that annotates several shapes elements (several sections or Xenium/MERSCOPE regions saved in one
+object) becomes one AnnData: each row placed by its own region's shapes in one coordinate system they all
+share, obs[region_key] kept as the section column and offered to the contract as the dataset's section_key
+(tissuelens.datasets.contract.ENTRY_DEFAULTS), so no spatial step links cells of two regions.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from tissuelens.datasets.contract import ENTRY_DEFAULTS
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -36,18 +42,16 @@ def pick_table(sdata, table: str | None, where: str) -> str:
     return table
 
 
-def pick_shapes(sdata, attrs: dict, shapes: str | None, where: str) -> str | None:
-    """The shapes element holding the table's geometry: `shapes`, or the one region the table annotates."""
+def pick_shapes(sdata, attrs: dict, shapes: str | None, where: str) -> list[str]:
+    """The shapes elements holding the table's geometry: [`shapes`], else the regions the table annotates that
+    are shapes elements (none, one, or several: one per section), in the table's order."""
     if shapes is not None:
         if shapes not in sdata.shapes:
             raise InputError(f"{where}: no shapes '{shapes}' (shapes: {_names(sdata.shapes)})")
-        return shapes
+        return [shapes]
     region = attrs.get("region")
     regions = [region] if isinstance(region, str) else list(region or [])
-    found = [r for r in regions if r in sdata.shapes]
-    if len(found) > 1:
-        raise InputError(f"{where}: the table annotates several shapes ({_names(found)}); set shapes:")
-    return found[0] if found else None
+    return [r for r in regions if r in sdata.shapes]
 
 
 def affine(element, coordinate_system: str) -> np.ndarray:
@@ -64,15 +68,22 @@ def coordinate_systems(element) -> list[str]:
     return list(get_transformation(element, get_all=True))
 
 
-def pick_coordinate_system(shape_el, image_el, where: str) -> str:
-    systems = coordinate_systems(shape_el)
+def pick_coordinate_system(shape_els: dict, image_el, where: str) -> str:
+    """One coordinate system of every shapes element ({name: element}) and the image: `global` when there is
+    one, else one where the shapes are untransformed, else the first by name."""
+    each = {name: coordinate_systems(el) for name, el in shape_els.items()}
+    systems = [s for s in next(iter(each.values())) if all(s in other for other in each.values())]
+    if not systems:  # only with several regions: one element always has a system
+        listed = "; ".join(f"{name}: {', '.join(found)}" for name, found in each.items())
+        raise InputError(f"{where}: the table's regions share no coordinate system ({listed}); "
+                         "set shapes: to read one region")
     if image_el is not None:
         systems = [s for s in systems if s in coordinate_systems(image_el)]
         if not systems:
             raise InputError(f"{where}: the image and the shapes share no coordinate system")
     if "global" in systems:
         return "global"
-    untransformed = [s for s in systems if np.allclose(affine(shape_el, s), np.eye(3))]
+    untransformed = [s for s in systems if all(np.allclose(affine(el, s), np.eye(3)) for el in shape_els.values())]
     return (untransformed or sorted(systems))[0]
 
 
@@ -176,6 +187,41 @@ def attach_image(adata, library_id: str, img: np.ndarray, per_unit: float, diame
              img.shape[0], per_unit)
 
 
+def name_by_ids(adata, ids) -> None:
+    """Cell ids name the rows when the table's names are only their positions (0, 1, ...) and the ids are unique."""
+    default_names = np.array_equal(adata.obs_names.to_numpy(), np.arange(adata.n_obs).astype(str))
+    if default_names and pd.Index(ids).is_unique:
+        adata.obs_names = pd.Index(ids).astype(str)
+
+
+def several_regions(adata, gdfs: dict, system: str, region_key: str | None, instance_key: str | None, what: str):
+    """(adata, centroids, areas) of a table over several shapes elements ({region: GeoDataFrame}), each row
+    placed by its own region's shapes in `system`; obs[region_key] stays as the section column. `what` names
+    the table in errors."""
+    if region_key not in adata.obs or instance_key not in adata.obs:
+        raise InputError(f"{what} annotates several shapes ({_names(gdfs)}) but its obs lacks the region_key "
+                         f"{region_key!r} or instance_key {instance_key!r} column that places each row")
+    region = adata.obs[region_key].astype(str).to_numpy()
+    stray = [r for r in pd.unique(region) if r not in gdfs]
+    if stray:
+        n = int(np.isin(region, stray).sum())
+        raise InputError(f"{what}: {n} rows annotate region '{stray[0]}', which is not a shapes element "
+                         f"(regions with shapes: {_names(gdfs)}); set shapes: to read one region")
+    ids = adata.obs[instance_key].to_numpy()
+    coords, area = np.empty((adata.n_obs, 2)), np.empty(adata.n_obs)
+    for name, gdf in gdfs.items():
+        rows = np.flatnonzero(region == name)
+        missing = ~pd.Index(ids[rows]).isin(gdf.index)
+        if missing.any():
+            raise InputError(f"{what}: {int(missing.sum())} rows have no shape in '{name}' "
+                             f"(e.g. {instance_key} {ids[rows][missing][0]!r})")
+        coords[rows], area[rows] = shape_geometry(gdf.loc[ids[rows]], affine(gdf, system))
+    adata.obs[region_key] = pd.Categorical(region, categories=[r for r in gdfs if r in set(region)])
+    name_by_ids(adata, ids)
+    log.info("%s: %d regions (%s) read as sections, obs['%s']", what, len(gdfs), _names(gdfs), region_key)
+    return adata, coords, area
+
+
 def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | None = None,
                shapes: str | None = None, unit: str, unit_scale: float = 1.0, spot_diameter: float | None = None,
                keep_area: bool = False):
@@ -190,19 +236,26 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
     if image is not None and image not in sdata.images:
         raise InputError(f"{where}: no image '{image}' (images: {_names(sdata.images)})")
     image_el = sdata.images[image] if image is not None else None
-    shapes = pick_shapes(sdata, attrs, shapes, where)
+    regions = pick_shapes(sdata, attrs, shapes, where)
+    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
 
-    if shapes is None:
+    if not regions:
         if "spatial" not in adata.obsm:
             raise InputError(f"{where}: table '{table}' annotates no shapes and has no obsm['spatial']; set shapes:")
         if image_el is not None:
             raise InputError(f"{where}: table '{table}' annotates no shapes, so its coordinates cannot be placed "
                              "on the image; set shapes:")
         coords, area, system = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * unit_scale, None, None
+    elif len(regions) > 1:
+        gdfs = {r: sdata.shapes[r] for r in regions}
+        system = pick_coordinate_system(gdfs, image_el, where)
+        adata, coords, area = several_regions(adata, gdfs, system, region_key, instance_key, f"{where}: table '{table}'")
+        coords, area = coords * unit_scale, area * unit_scale**2
+        adata.uns[ENTRY_DEFAULTS] = {"section_key": region_key}
     else:
+        shapes = regions[0]
         gdf = sdata.shapes[shapes]
-        system = pick_coordinate_system(gdf, image_el, where)
-        region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+        system = pick_coordinate_system({shapes: gdf}, image_el, where)
         if region_key in adata.obs and instance_key in adata.obs:
             rows = (adata.obs[region_key].astype(str) == shapes).to_numpy()
             if not rows.all():
@@ -215,9 +268,7 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
                 raise InputError(f"{where}: {int(missing.sum())} rows of table '{table}' have no shape in '{shapes}' "
                                  f"(e.g. {instance_key} {ids[missing][0]!r})")
             gdf = gdf.loc[ids]
-            default_names = np.array_equal(adata.obs_names.to_numpy(), np.arange(adata.n_obs).astype(str))
-            if default_names and pd.Index(ids).is_unique:  # cell ids name the rows, not their positions
-                adata.obs_names = pd.Index(ids).astype(str)
+            name_by_ids(adata, ids)
         elif len(gdf) != adata.n_obs:
             raise InputError(f"{where}: table '{table}' ({adata.n_obs} rows) does not annotate shapes '{shapes}' "
                              f"({len(gdf)} shapes) and their sizes differ")
@@ -226,7 +277,7 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
         adata.obs.drop(columns=[c for c in (region_key,) if c in adata.obs], inplace=True)
 
     origin = np.zeros(2)
-    frame = {"unit": unit, "coordinate_system": system or "", "shapes": shapes or "", "table": table}
+    frame = {"unit": unit, "coordinate_system": system or "", "shapes": ", ".join(regions), "table": table}
     if image_el is not None:
         img, per_unit, origin = tissue_image(image_el, system, where)
         per_unit, origin = per_unit / unit_scale, origin * unit_scale

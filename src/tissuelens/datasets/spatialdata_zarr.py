@@ -1,8 +1,9 @@
 """Source `spatialdata`: a SpatialData `.zarr` store (scverse's common format), one table of it.
 
 Options: `table` (which table; needed when there are several), `image` (the image element placed under
-the spots; none when unset), `shapes` (the spot/cell geometry; default the shapes the table annotates).
-Coordinates keep the unit of the chosen coordinate system (see `sdata_convert`).
+the spots; none when unset), `shapes` (the spot/cell geometry; default the shapes the table annotates: with
+several regions, each row's own, and the region column becomes the section_key). Coordinates keep the unit of
+the chosen coordinate system (see `sdata_convert`).
 """
 
 from __future__ import annotations

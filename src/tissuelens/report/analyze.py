@@ -1,6 +1,6 @@
-"""Section: domains and annotation: where the cell groups came from, spatial maps of the domains and the
-marker-based cell types, the annotation's uncertainty, a marker dot plot, neighbourhood enrichment,
-spatially variable genes, cross-stage agreement and (single-cell data) doublets."""
+"""Section: domains and annotation: where the cell groups came from, how the number of spatial domains was
+chosen, spatial maps of the domains and the marker-based cell types, the annotation's uncertainty, a marker dot
+plot, neighbourhood enrichment, spatially variable genes, cross-stage agreement and (single-cell data) doublets."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ def _aligned(frame, obs_names, path: str):
     if len(frame) and out.isna().all(axis=None):
         raise InputError(f"{path}: no cell matches the preprocessed data")
     return out
+
+
+def domain_choice(files: dict) -> str:
+    """How the number of spatial domains was chosen (domains.json), as one paragraph; "" without the file
+    (runs from before it existed) or for non-spatial data (the maps already say so)."""
+    from tissuelens.analyze.domains import choice_text
+
+    record = _read(files, "domains.json", readers.read_json)
+    if record is None or not record.get("spatial"):
+        return ""
+    if not isinstance(record.get("n_domains"), int):
+        raise InputError(f"{files['domains.json']}: not a domains record (no integer n_domains)")
+    return f"<p>{esc(choice_text(record))}</p>"
 
 
 def main_domains(domains: pd.DataFrame) -> str:
@@ -317,7 +330,7 @@ def section(ctx: Context) -> Section:
     if annotation is not None and annotation.empty:
         annotation = None
     majority = _read(files, "domain_types.csv", readers.read_csv)
-    parts = [f"<p>{esc(group_source_text(ctx.qc, summary, ctx.run_config))}</p>"]
+    parts = [f"<p>{esc(group_source_text(ctx.qc, summary, ctx.run_config))}</p>", domain_choice(files)]
     if domains is not None:
         parts.append(_domain_tables(domains, majority))
         parts.append(_maps(ctx, domains, annotation))

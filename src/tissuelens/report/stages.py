@@ -72,7 +72,7 @@ def stage_plan(config: dict, dataset: str, producible: Callable[[str], bool] = l
 
 
 # files of the analyze stage (not per unit), relative to results/{dataset}/analyze/
-ANALYZE_FILES = ("domains.parquet", "annotation.parquet", "domain_types.csv", "markers_used.csv",
+ANALYZE_FILES = ("domains.parquet", "domains.json", "annotation.parquet", "domain_types.csv", "markers_used.csv",
                  "nhood_enrichment.csv", "spatially_variable_genes.csv", "doublets.parquet", "summary.json",
                  "agreement.csv")
 
