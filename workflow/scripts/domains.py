@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tissuelens import cli
 from tissuelens.analyze.domains import compute_domains
-from tissuelens.io import atomic_path
+from tissuelens.io import write_parquet
 from tissuelens.preprocess import preprocess, read_raw
 
 
@@ -27,8 +27,7 @@ def main(argv=None):
     adata, _ = preprocess(read_raw(args.raw), args.entry, args.preprocess_settings, str(args.raw), args.doublet_rate,
                           args.seed)
     domains = compute_domains(adata, args.settings, args.entry.get("spatial", False), args.seed, str(args.raw))
-    with atomic_path(args.out) as tmp:
-        domains.to_parquet(tmp)
+    write_parquet(domains, args.out)
     for column in domains.columns:
         print(column, domains[column].value_counts(sort=False).to_dict())
 
