@@ -1,4 +1,4 @@
-"""Config schema: valid configs pass, each kind of mistake names the dataset and key."""
+"""Config schema: valid configs pass, each kind of mistake names the dataset and key; files named in config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers.configs import with_changes
 
-from tissuelens.config import REPO_CONFIG_DIR, step_defaults, step_settings, validate_config
+from tissuelens.config import REPO, REPO_CONFIG_DIR, config_path, step_defaults, step_settings, validate_config
 from tissuelens.errors import InputError
 
 DEMO = yaml.safe_load((REPO_CONFIG_DIR / "config.yaml").read_text())
@@ -100,3 +100,31 @@ def test_step_settings_merge_defaults_section_and_dataset_override():
     assert other["min_counts"] == 7 and other["max_pct_mt"] == 20 and other["min_cells"] == 3
     with pytest.raises(InputError, match="no dataset named 'nope'"):
         step_settings(config, "nope", "preprocess")
+
+
+def test_a_file_named_in_config_is_looked_up_in_the_working_directory_then_in_the_checkout(tmp_path, monkeypatch):
+    from tissuelens.analyze.markers import read_markers
+
+    monkeypatch.chdir(tmp_path)
+    shipped = "config/markers/demo.csv"
+    assert config_path(shipped) == REPO / shipped  # a module deployment or a test: the checkout's copy
+    assert set(read_markers(shipped, "csv", None)["source"]) == {"domain_1", "domain_2", "domain_3", "domain_4"}
+    (tmp_path / shipped).parent.mkdir(parents=True)
+    (tmp_path / shipped).write_text("gene,cell_type\nG1,T\n")
+    assert config_path(shipped) == Path(shipped)  # the run's own file comes first
+    assert config_path("nope.csv") == Path("nope.csv")  # missing everywhere: as written, for the error line
+    assert config_path(REPO / shipped) == REPO / shipped
+
+
+def test_a_file_only_the_checkout_holds_is_in_no_planned_input_or_param(tmp_path):
+    """The demo planned from another folder: its marker file comes from the checkout, found by the jobs, so
+    moving the checkout reruns no annotation (the planned commands and inputs name no path in it)."""
+    from helpers.configs import write_config
+    from helpers.workflow import snakemake
+
+    write_config(tmp_path, copy.deepcopy(DEMO))
+    out = snakemake(tmp_path, "-n", "-p", "results/demo/analyze/summary.json",
+                    "results/demo/loki/loki_tiny/annotation.json").stdout
+    assert "rule analyze:" in out and "rule loki_annotate:" in out
+    assert str(REPO / "config") not in out
+    assert '"markers": "config/markers/demo.csv"' in out  # Loki annotate's settings, as written

@@ -21,6 +21,16 @@ REPO_CONFIG_DIR = REPO / "config"
 STEPS = ("preprocess", "factorize", "embed", "sae", "analyze", "report")
 
 
+def config_path(path) -> Path:
+    """Where a file named in config lies: as written (absolute, or relative to the working directory), else in
+    this checkout, so that config/markers/demo.csv serves a run in any folder. Only the first kind is a job input
+    (common.smk: marker_input): a moved checkout then reruns nothing."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (REPO / p).is_file():
+        return REPO / p
+    return p
+
+
 # libyaml's loader where PyYAML has it: the pure-Python one spends a second of every dry run on the schemas
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -1,4 +1,4 @@
-"""Device choice shared by every torch step: `auto` means CUDA when the job has a GPU."""
+"""Device choice shared by every torch step (`auto` means CUDA when the job has a GPU), and its CPU threads."""
 
 from __future__ import annotations
 
@@ -15,3 +15,12 @@ def resolve_device(name: str = "auto"):
     if name != "cpu" and not name.startswith("cuda"):
         raise InputError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N")
     return torch.device(name)
+
+
+def set_threads(n: int | None) -> None:
+    """Hold torch's CPU work to the rule's `threads:` (torch would take every core of a shared node); 0 or None
+    leaves torch's default."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)

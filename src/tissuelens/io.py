@@ -36,6 +36,11 @@ def write_json(obj, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def write_parquet(frame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp)
+
+
 def to_h5ad(adata, path: str | os.PathLike) -> None:
     """`adata.write_h5ad(path)` in a form every stack's anndata reads, the Loki stack's 0.10.9 included:
     None values in `uns` (e.g. scanpy's `uns["log1p"]["base"]`) are dropped, since anndata >= 0.11 writes

@@ -22,7 +22,7 @@ if SRC not in sys.path:
 shell.prefix(f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
              f"TISSUELENS_SCRIPTS={shlex.quote(str(WORKFLOW_DIR / 'scripts'))}; ")
 
-from tissuelens.config import STEPS, step_settings, validate_config
+from tissuelens.config import STEPS, config_path, step_settings, validate_config
 from tissuelens.errors import InputError
 from tissuelens.plan import dataset_plan, model_kind
 from tissuelens.sheet import merge_sheet
@@ -99,14 +99,12 @@ def input_flag(name):
     return param
 
 
-def resolve_marker_file(path):
-    """A relative marker path is looked up in the working directory, then in this repository (so the
-    shipped config/markers/demo.csv serves a demo run from any directory)."""
-    if not path:
-        return None
-    if not Path(path).is_absolute() and not Path(path).exists() and (REPO_DIR / path).is_file():
-        return str(REPO_DIR / path)
-    return path
+def marker_input(path):
+    """A marker file named in config as a job input, or None when only this checkout holds it (the shipped
+    config/markers/demo.csv in a module deployment or a test): the job finds that one itself
+    (tissuelens.config.config_path), as it finds the scripts, so its absolute path is in no input or param and a
+    moved checkout reruns nothing (an edit of it reruns nothing either, as with the scripts)."""
+    return path if path and config_path(path) == Path(path) else None
 
 
 def kind_model_pattern(kind):

@@ -2,7 +2,6 @@
 the best PNMF-GP variant (lowest held-out deviance) and Leiden on each embedding -> agreement.csv."""
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tissuelens import cli
 from tissuelens.analyze.run import analyze, load_domains
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import atomic_path, read_h5ad, write_json, write_parquet
 
 
 def main(argv=None):
@@ -32,8 +32,7 @@ def main(argv=None):
               "cooccurrence": "co_occurrence.csv", "svg": "spatially_variable_genes.csv"}
     # the summary last: its presence marks a complete run
     for name, file in files.items():
-        with atomic_path(args.outdir / file) as tmp:
-            res[name].to_parquet(tmp)
+        write_parquet(res[name], args.outdir / file)
     for name, file in tables.items():
         with atomic_path(args.outdir / file) as tmp:
             res[name].to_csv(tmp, index=False)

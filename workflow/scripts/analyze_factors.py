@@ -1,29 +1,19 @@
 """Rule `analyze_factors`: a trained variant -> factors, loadings, metrics, enrichment and figures."""
 
-import argparse
 import json
 from pathlib import Path
 
 from tissuelens import cli
+from tissuelens.device import set_threads
 from tissuelens.factorize.run import analyse_variant, complete_settings
 from tissuelens.io import read_h5ad
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--h5ad", required=True, type=Path)
-    parser.add_argument("--variant", required=True)
-    parser.add_argument("--settings", required=True, type=cli.settings_arg)
-    parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--model", required=True, type=Path, help="trained model directory")
-    parser.add_argument("--elbo", required=True, type=Path)
+    parser = cli.variant_parser(__doc__)  # --model and --elbo: the factorize rule's outputs
     parser.add_argument("--outdir", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     settings = complete_settings(args.settings, args.seed)
     metrics = analyse_variant(read_h5ad(args.h5ad), args.variant, settings, args.model, args.elbo, args.outdir,
                               str(args.h5ad))

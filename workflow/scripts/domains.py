@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tissuelens import cli
 from tissuelens.analyze.domains import choice_text, compute_domains
-from tissuelens.io import atomic_path, write_json
+from tissuelens.io import write_json, write_parquet
 from tissuelens.preprocess import preprocess, read_raw
 
 
@@ -29,8 +29,7 @@ def main(argv=None):
     adata, _ = preprocess(read_raw(args.raw), args.entry, args.preprocess_settings, str(args.raw), args.doublet_rate,
                           args.seed)
     domains, record = compute_domains(adata, args.settings, args.entry.get("spatial", False), args.seed, str(args.raw))
-    with atomic_path(args.out) as tmp:
-        domains.to_parquet(tmp)
+    write_parquet(domains, args.out)
     write_json(record, args.record)
     for column in domains.columns:
         print(column, domains[column].value_counts(sort=False).to_dict())

@@ -6,21 +6,17 @@ best type, similarity and softmax entropy from the image and the text embeddings
 and annotation.json. Runs in the main environment or in workflow/envs/loki.yaml (Python 3.9).
 """
 
-import argparse
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import read_h5ad, write_json, write_parquet
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--embeddings", required=True, type=Path)
+    parser = cli.loki_task_parser(__doc__, "annotate")
     parser.add_argument("--preprocessed", required=True, type=Path)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--settings", required=True, type=cli.settings_arg, help="embed.loki.annotate settings as JSON")
     parser.add_argument("--out", required=True, type=Path, help="annotation.parquet")
-    parser.add_argument("--summary", required=True, type=Path, help="annotation.json")
     args = parser.parse_args(argv)
 
     from tissuelens.embed.loki.run import run_annotate
@@ -29,8 +25,7 @@ def main(argv=None):
     emb = read_h5ad(args.embeddings)
     genes = read_h5ad(args.preprocessed, backed=True).var_names
     table, summary = run_annotate(emb, genes, load_checkpoint(args.model_dir), args.settings, str(args.embeddings))
-    with atomic_path(args.out) as tmp:
-        table.to_parquet(tmp)
+    write_parquet(table, args.out)
     write_json(summary, args.summary)
     print({k: summary[k] for k in ("cell_types", "logit_scale")})
 

@@ -6,30 +6,25 @@ Loki's `percentile:<type>` / `nms:<type>`) and decompose.json. Runs in the main 
 workflow/envs/loki.yaml (Python 3.9, tangram-sc 1.0.4).
 """
 
-import argparse
 from pathlib import Path
 
 from tissuelens import cli
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import read_h5ad, write_json, write_parquet
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--embeddings", required=True, type=Path)
+    parser = cli.loki_task_parser(__doc__, "decompose")
     parser.add_argument("--reference", required=True, type=Path, help="the reference dataset's embeddings.h5ad")
     parser.add_argument("--reference-name", required=True)
-    parser.add_argument("--settings", required=True, type=cli.settings_arg, help="embed.loki.decompose settings as JSON")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="decompose.parquet")
-    parser.add_argument("--summary", required=True, type=Path, help="decompose.json")
     args = parser.parse_args(argv)
 
     from tissuelens.embed.loki.run import run_decompose
 
     table, summary = run_decompose(read_h5ad(args.embeddings), read_h5ad(args.reference), args.settings, args.seed,
                                    str(args.embeddings), args.reference_name)
-    with atomic_path(args.out) as tmp:
-        table.to_parquet(tmp)
+    write_parquet(table, args.out)
     write_json(summary, args.summary)
     print({k: summary[k] for k in ("cell_types", "mean_proportions")})
 

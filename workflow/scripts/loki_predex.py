@@ -9,26 +9,22 @@ spots, best genes, measured and predicted) and predex.json. Runs in the main env
 workflow/envs/loki.yaml (Python 3.9).
 """
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from tissuelens import cli
-from tissuelens.io import atomic_path, read_h5ad, write_json
+from tissuelens.io import atomic_path, read_h5ad, write_json, write_parquet
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--embeddings", required=True, type=Path)
+    parser = cli.loki_task_parser(__doc__, "predex")
     parser.add_argument("--preprocessed", required=True, type=Path)
-    parser.add_argument("--settings", required=True, type=cli.settings_arg, help="embed.loki.predex settings as JSON")
     parser.add_argument("--reference", nargs=3, action="append", default=[], metavar=("NAME", "EMBEDDINGS", "PREPROCESSED"),
                         help="a slide to train on (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--genes-out", required=True, type=Path, help="predex_genes.csv")
     parser.add_argument("--spots-out", required=True, type=Path, help="predex_spots.parquet")
-    parser.add_argument("--summary", required=True, type=Path, help="predex.json")
     args = parser.parse_args(argv)
 
     from tissuelens.embed.loki.run import run_predex
@@ -42,8 +38,7 @@ def main(argv=None):
                               "measured": pd.Series(dtype="float64"), "predicted": pd.Series(dtype="float64")})
     with atomic_path(args.genes_out) as tmp:
         genes.to_csv(tmp, index=False)
-    with atomic_path(args.spots_out) as tmp:
-        spots.to_parquet(tmp)
+    write_parquet(spots, args.spots_out)
     write_json(summary, args.summary)
     print(summary)
 

@@ -12,12 +12,9 @@ By hand:
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # by hand, without an install
-
-from tissuelens import cli  # noqa: E402
+from tissuelens import cli
 
 
 def main(argv=None):

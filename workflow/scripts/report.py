@@ -11,16 +11,9 @@ By hand (the plan lists each stage's files; see tissuelens.report.stages):
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # by hand, without an install
-
-from tissuelens import cli  # noqa: E402
-
-
-def json_object(text: str) -> dict:
-    return cli.settings_arg(text)
+from tissuelens import cli
 
 
 def main(argv=None):
@@ -28,9 +21,9 @@ def main(argv=None):
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--qc", required=True, type=Path)
     parser.add_argument("--preprocessed", required=True, type=Path)
-    parser.add_argument("--plan", required=True, type=json_object, help="stage plan (JSON), see report.stages")
-    parser.add_argument("--settings", type=json_object, default={}, help="report settings (JSON)")
-    parser.add_argument("--run-config", type=json_object, default={}, help="the dataset's effective config (JSON)")
+    parser.add_argument("--plan", required=True, type=cli.settings_arg, help="stage plan (JSON), see report.stages")
+    parser.add_argument("--settings", type=cli.settings_arg, default={}, help="report settings (JSON)")
+    parser.add_argument("--run-config", type=cli.settings_arg, default={}, help="the dataset's effective config (JSON)")
     parser.add_argument("--narrative", type=Path, default=None, help="narrative.json (omit when turned off)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--figures", type=Path, default=None, help="directory for the figures as PNG files")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tissuelens.config import config_path
 from tissuelens.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def read_markers(path: str | Path, fmt: str, species: str | None, organ=None, ca
     `species` field), canonical markers only (`canonical marker` == 1), sensitivity above `min_sensitivity` in
     that species (`sensitivity_human` for Hs, `sensitivity_mouse` for Mm, the larger of the two without a
     species; None: no filter), and the organ(s) `organ` (case-insensitive; None: every organ)."""
-    path = Path(path)
+    path = config_path(path)
     if not path.is_file():
         raise InputError(f"{path}: marker file not found (analyze.markers.path)")
     try:

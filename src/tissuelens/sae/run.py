@@ -17,7 +17,7 @@ def train(activations, settings: dict, seed: int, *, out_sae, metrics, history, 
     """Train an SAE on one layer of `activations`; write it in SAELens' format, metrics.json, the per-step
     training log and the loss curve; returns the metrics. `seed` is used when settings.seed is null;
     `checkpoints` (with settings n_checkpoints > 0) is removed once the run is complete."""
-    from tissuelens.device import resolve_device
+    from tissuelens.device import resolve_device, set_threads
     from tissuelens.io import write_json
     from tissuelens.sae.activations import open_activations, split_rows
     from tissuelens.sae.settings import check_sizes, resolve_settings
@@ -28,14 +28,11 @@ def train(activations, settings: dict, seed: int, *, out_sae, metrics, history, 
     d_sae = check_sizes(settings, acts.d_in, f"sae settings for {acts.path}")
     device = resolve_device(settings["device"])
 
-    import torch
-
     from tissuelens.sae.metrics import evaluate, plot_training
     from tissuelens.sae.outputs import staged
     from tissuelens.sae.train import load_sae, save_sae, train_on_activations
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     train_rows, eval_rows = split_rows(acts.rows, settings["eval_tokens"], seed)
     if eval_rows.size == 0:
         log.warning("too few tokens to hold out an evaluation set; metrics use the training tokens")
@@ -90,7 +87,7 @@ def analyze(sae_dir, activations, preprocessed, settings: dict, *, outputs: dict
     import numpy as np
     import pandas as pd
 
-    from tissuelens.device import resolve_device
+    from tissuelens.device import resolve_device, set_threads
     from tissuelens.errors import InputError
     from tissuelens.io import read_json
     from tissuelens.progress import Progress
@@ -118,16 +115,13 @@ def analyze(sae_dir, activations, preprocessed, settings: dict, *, outputs: dict
         factors = check_factors(factors, obs_names.size, factors_path)
     device = str(resolve_device(settings["device"]))
 
-    import torch
-
     from tissuelens.sae import cell_activations, dashboard, features
     from tissuelens.sae.activations import sequential_batches
     from tissuelens.sae.metrics import encode_decode
     from tissuelens.sae.outputs import staged
     from tissuelens.sae.train import load_sae
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     sae = load_sae(sae_dir, device)
     sae.eval()
     d_sae = int(sae.cfg.d_sae)

@@ -16,8 +16,8 @@ def group_source_arg(wildcards):
 
 
 def analyze_markers_file(wildcards):
-    """The marker file (resolve_marker_file) when annotation is on."""
-    path = resolve_marker_file(settings(wildcards.dataset, "analyze")["markers"].get("path"))
+    """The marker file (marker_input) when annotation is on."""
+    path = marker_input(settings(wildcards.dataset, "analyze")["markers"].get("path"))
     return [path] if path else []
 
 

@@ -1,8 +1,6 @@
 # Input functions and params of the rules in ../embed_loki.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
-import copy
-
 from tissuelens.plan import LOKI_TASK_FILES, LOKI_TASKS
 
 # Tahoe-x1's own image (llm-foundry, composer, flash-attn for CUDA 12); the Tahoe rule's `container:`.
@@ -27,15 +25,11 @@ def loki_task_config(dataset, task):
 
 
 def loki_task_settings(task):
-    """Input function: embed.loki.<task> settings as a JSON string param (annotate: its files resolved as
-    the analyze stage's marker file)."""
+    """Input function: embed.loki.<task> settings as a JSON string param (annotate: its files as written, found by
+    the job like the analyze stage's marker file: marker_input)."""
 
     def param(wildcards):
-        values = copy.deepcopy(loki_task_config(wildcards.dataset, task))
-        if task == "annotate":
-            for key in ("markers", "sentences", "bulk"):
-                values[key] = resolve_marker_file(values.get(key))
-        return as_param(values)
+        return as_param(loki_task_config(wildcards.dataset, task))
 
     return param
 
@@ -50,7 +44,7 @@ def loki_task_targets(dataset):
 def loki_markers(wildcards):
     """The annotation's input files: curated sentences (else the marker file) and the bulk table."""
     values = loki_task_config(wildcards.dataset, "annotate")
-    files = [resolve_marker_file(values.get("sentences") or values["markers"]), resolve_marker_file(values.get("bulk"))]
+    files = [marker_input(values.get("sentences") or values["markers"]), marker_input(values.get("bulk"))]
     return [f for f in files if f]
 
 

@@ -16,6 +16,17 @@ from tissuelens.io import read_h5ad
 log = logging.getLogger(__name__)
 
 
+def set_threads(n: int | None) -> None:
+    """torch and the tokenizer's parallel numba loops on the rule's `threads:` (0 or None: their defaults)."""
+    if n:
+        import numba
+
+        from tissuelens import device
+
+        device.set_threads(n)
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def load_geneformer(checkpoint: str):
     from tissuelens.models import load_model_dir
 

@@ -6,10 +6,9 @@ Imported by the Loki stack (Python 3.9).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from tissuelens.config import config_path
 from tissuelens.errors import InputError
 
 IMAGE, TEXT = "X_loki_image", "X_loki_text"
@@ -49,7 +48,8 @@ def read_sentences(path, where: str) -> dict:
     """{cell type: sentence} from a curated CSV (columns cell_type, sentence), in file order, used verbatim."""
     import pandas as pd
 
-    if not Path(path).is_file():
+    path = config_path(path)
+    if not path.is_file():
         raise InputError(f"{where}: embed.loki.annotate.sentences: file not found: {path}")
     try:
         t = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -72,7 +72,8 @@ def read_bulk(path, where: str):
     symbols, one numeric column per sample (CSV, or TSV by a .tsv/.txt name)."""
     import pandas as pd
 
-    if not Path(path).is_file():
+    path = config_path(path)
+    if not path.is_file():
         raise InputError(f"{where}: embed.loki.annotate.bulk: file not found: {path}")
     sep = "\t" if str(path).endswith((".tsv", ".txt", ".tsv.gz")) else ","
     try:
