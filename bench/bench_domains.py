@@ -66,7 +66,8 @@ def ours(adata, key, k, seed, method="niche"):
     return spatial_domains(adata.obsm["X_pca"], spatial_connectivities(adata, "bench"), s, seed, "bench")[0]
 
 
-def squidpy_flavour(flavor):
+def squidpy_flavour(flavor, resolution=None):
+    """squidpy's calculate_niche flavour; Leiden flavours at `resolution`, or (None) at the oracle resolution."""
     def run(adata, key, k, seed):
         import scanpy as sc
         import squidpy as sq
@@ -88,7 +89,8 @@ def squidpy_flavour(flavor):
         sq.gr.calculate_niche(a, flavor=flavor, library_key=key, resolutions=list(RESOLUTIONS), **extra)
         prefix = {"neighborhood": "nhood_niche", "utag": "utag_niche", "spatialleiden": "spatialleiden"}[flavor]
         cols = {r: [c for c in a.obs.columns if c.startswith(prefix) and c.endswith(f"res={r}")][0] for r in RESOLUTIONS}
-        return nearest_k({r: a.obs[c].astype(str).to_numpy() for r, c in cols.items()}, k)
+        found = {r: a.obs[c].astype(str).to_numpy() for r, c in cols.items()}
+        return found[resolution] if resolution is not None else nearest_k(found, k)
     return run
 
 
@@ -139,6 +141,7 @@ METHODS = {
     "squidpy utag (oracle res.)": squidpy_flavour("utag"),
     "squidpy neighborhood (oracle res.)": squidpy_flavour("neighborhood"),
     "squidpy spatialleiden (oracle res.)": squidpy_flavour("spatialleiden"),
+    "squidpy spatialleiden (res. 0.5, its default)": squidpy_flavour("spatialleiden", 0.5),
     "BANKSY λ=0.8 (oracle res.)": banksy,
     "CellCharter AutoK": cellcharter,
 }
