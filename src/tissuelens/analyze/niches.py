@@ -53,16 +53,20 @@ def niche_features(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: in
     return PCA(n_comps, random_state=seed).fit_transform(mixed)
 
 
-def fit_mixture(features: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Labels of a Gaussian mixture with `k` components and one shared (tied) covariance (sklearn, k-means start)."""
+def fit_mixture(features: np.ndarray, k: int, seed: int, n_init: int = 1) -> tuple[np.ndarray, float]:
+    """(labels, mean log-likelihood) of a Gaussian mixture with `k` components and one shared (tied) covariance
+    (sklearn, k-means start; the best of `n_init` starts)."""
     from sklearn.mixture import GaussianMixture
 
-    return GaussianMixture(n_components=k, covariance_type="tied", reg_covar=1e-4, random_state=seed).fit_predict(features)
+    model = GaussianMixture(n_components=k, covariance_type="tied", reg_covar=1e-4, n_init=n_init, random_state=seed)
+    labels = model.fit_predict(features)
+    return labels, float(model.score(features))
 
 
 def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
-    """(best K, its first fit's labels, {K: mean pairwise ARI of the fits}) over K = 2..high. Ties go to the larger
-    K, the finest partition that every seed reproduces: merging two real domains is as stable as keeping them."""
+    """(best K, the labels of its most likely fit, {K: mean pairwise ARI of the fits}) over K = 2..high. Ties go
+    to the larger K, the finest partition that every seed reproduces: merging two real domains is as stable as
+    keeping them. The most likely of the K's fits is kept, as CellCharter keeps its best run."""
     from itertools import combinations
 
     from sklearn.metrics import adjusted_rand_score
@@ -70,9 +74,9 @@ def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[
     fits, scores = {}, {}
     for k in range(2, high + 1):
         fits[k] = [fit_mixture(features, k, seed + r) for r in range(runs)]
-        scores[k] = float(np.mean([adjusted_rand_score(a, b) for a, b in combinations(fits[k], 2)]))
+        scores[k] = float(np.mean([adjusted_rand_score(a, b) for (a, _), (b, _) in combinations(fits[k], 2)]))
     best = max(scores, key=lambda k: (round(scores[k], 6), k))
-    return best, fits[best][0], scores
+    return best, max(fits[best], key=lambda fit: fit[1])[0], scores
 
 
 def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int, where: str
@@ -89,6 +93,7 @@ def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int
     else:
         if not 2 <= n_domains < len(pcs):
             raise InputError(f"{where}: analyze.domains.n_domains={n_domains} needs 2 <= n_domains < {len(pcs)} cells")
-        labels, record = fit_mixture(features, int(n_domains), seed), {"n_domains": int(n_domains), "chosen_by": "config"}
+        labels = fit_mixture(features, int(n_domains), seed, n_init=settings["stability_runs"])[0]
+        record = {"n_domains": int(n_domains), "chosen_by": "config"}
     order = np.argsort(-np.bincount(labels, minlength=labels.max() + 1), kind="stable")
     return np.argsort(order)[labels], record
