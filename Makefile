@@ -25,8 +25,10 @@ FAST_TIER := smoke or not (workflow or cluster or stack or size or slow)
 test: setup
 	python -m pytest -m "$(FAST_TIER)"
 
+# two workers: the workflow runs wait on Snakemake, SLURM and subprocesses for a good part of their time, so
+# a second worker fills the idle core (tests/conftest.py keeps files and shared runs on one worker)
 test-all: setup
-	python -m pytest
+	python -m pytest -n 2 --dist loadgroup
 
 lint: setup
 	snakemake --lint

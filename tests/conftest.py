@@ -112,3 +112,38 @@ def demo_preprocessed(tmp_path_factory):
     write_config(workdir, config)
     snakemake(workdir, "results/demo/preprocessed.h5ad", timeout=600)
     return workdir / "results" / "demo" / "preprocessed.h5ad", config
+
+
+# under pytest-xdist, the longest groups start first (longest-first scheduling): the size run, the SLURM
+# cluster, then the other full workflow runs, the stacks and the slow tests, then the unit tests
+HEAVY_FIRST = ("size", "cluster", "workflow", "stack", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test-all` runs `-n 2 --dist loadgroup`), keep each test file on one worker, and
+    files that share a session fixture of these tests (a full workflow run) on the same one, so that no module
+    or session fixture is built twice; and hand out the heavy groups first."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+        return
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name, defs in (info.name2fixturedefs.items() if info else ()):
+            if defs[-1].scope == "session" and Path(defs[-1].func.__code__.co_filename).is_relative_to(tests):
+                parent[root(item.path.name)] = root(f"fixture:{name}")
+    rank: dict[str, int] = {}
+    for item in items:
+        group = root(item.path.name)
+        item.add_marker(pytest.mark.xdist_group(group))
+        heavy = [HEAVY_FIRST.index(m.name) for m in item.iter_markers() if m.name in HEAVY_FIRST]
+        rank[group] = min([rank.get(group, len(HEAVY_FIRST)), *heavy])
+    items.sort(key=lambda item: rank[root(item.path.name)])
