@@ -119,12 +119,14 @@ def demo_preprocessed(tmp_path_factory):
 HEAVY_FIRST = ("size", "cluster", "workflow", "stack", "slow")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test-all` runs `-n 2 --dist loadgroup`), keep each test file on one worker, and
     files that share a session fixture of these tests (a full workflow run) on the same one, so that no module
     or session fixture is built twice; and hand out the heavy groups first."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers, which collect for the controller
         return
+    import dataclasses
     from pathlib import Path
 
     tests = Path(__file__).parent
@@ -144,6 +146,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         group = root(item.path.name)
         item.add_marker(pytest.mark.xdist_group(group))
+        node_id = getattr(item, "_id", None)
+        if dataclasses.is_dataclass(node_id):
+            # pytest 9 derives nodeid from `_id`, so xdist 3.8's `_nodeid` suffix no longer reaches its scheduler:
+            # put it on the id's string form, after any parameters, where the scheduler reads the group
+            item._id = dataclasses.replace(node_id)
+            object.__setattr__(item._id, "_str_cache", f"{node_id}@{group}")
         heavy = [HEAVY_FIRST.index(m.name) for m in item.iter_markers() if m.name in HEAVY_FIRST]
         rank[group] = min([rank.get(group, len(HEAVY_FIRST)), *heavy])
     items.sort(key=lambda item: rank[root(item.path.name)])
+
