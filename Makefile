@@ -26,9 +26,10 @@ test: setup
 	python -m pytest -m "$(FAST_TIER)"
 
 # two workers: the workflow runs wait on Snakemake, SLURM and subprocesses for a good part of their time, so
-# a second worker fills the idle core (tests/conftest.py keeps files and shared runs on one worker)
+# a second worker fills the idle core (tests/conftest.py keeps files and shared runs on one worker and puts the
+# heavy ones first; --no-loadscope-reorder keeps that order instead of xdist's largest-file-first)
 test-all: setup
-	python -m pytest -n 2 --dist loadgroup
+	python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 lint: setup
 	snakemake --lint
