@@ -63,6 +63,18 @@ def test_blocks_in_two_sections_are_found_with_their_number(two_sections):
     assert abs(len(set(labels)) - len(set(truth))) <= 1
 
 
+def test_refining_by_each_spots_own_expression_places_the_borders():
+    # seed 0's section has one-spot strips of background between blocks and the tissue's edge: every neighbourhood
+    # mean calls them block, the spots' own expression does not
+    adata = prepared(1, seed=0)
+    truth = adata.obs["domain"].to_numpy()
+    refined, rough = (np.asarray(domains_of(adata, refine=refine)) for refine in (True, False))
+    assert len(set(refined)) == len(set(rough)) == len(set(truth))
+    assert adjusted_rand_score(truth, refined) >= 0.99
+    assert adjusted_rand_score(truth, rough) < 0.95
+    assert 0 < (rough != refined).mean() < 0.05  # a border's width of spots moves, nothing else
+
+
 def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_sections):
     joint, labels, _ = two_sections
     section = joint.obs["section"].astype(str).to_numpy()

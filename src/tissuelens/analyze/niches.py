@@ -5,6 +5,12 @@ mixed with the cell's own PCs by BANKSY's weight λ (Singhal et al. 2024), reduc
 Gaussian mixture (CellCharter's clustering) with one covariance shared by all domains, so cells on a border (a
 mix of two domains) do not make a domain of their own. Written here from the papers' descriptions.
 
+The neighbourhood alone (λ = 1, the default) finds the domains and their number without letting a cell's own
+non-spatial programme make a domain, but it cannot place a border more finely than a hop. So the domains are
+then refined: the mixture, with their number fixed and started at their means, is fitted once more to
+CellCharter's full layers (the cell's own PCs beside each hop's mean, equal weights), where a cell's own
+expression decides on which side of a border it lies.
+
 The number of domains, when not set, is the most stable one (clustering stability, Lange et al. 2004): for
 each K in 2..max_domains the mixture is fitted from several seeds, and K scores the mean ARI between those
 fits; a real partition is found again from any start, a split of one domain lands differently each time.
@@ -40,17 +46,25 @@ def hop_means(x: np.ndarray, graph: sp.spmatrix, n_hops: int) -> list[np.ndarray
     return means
 
 
-def niche_features(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int) -> np.ndarray:
-    """[√(1-λ)·own, √(λ/n)·hop 1, ..., √(λ/n)·hop n] of the first settings["niche_pcs"] expression PCs (hop k = the
-    mean over the cells k steps away; the hops kept apart, not averaged, so a border blurs over one hop's width
-    rather than all of them), reduced to settings["cluster_dims"] principal components."""
+def niche_features(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(the features that find the domains: λ = settings["lambda"], those that refine them: CellCharter's layers,
+    each weighted alike, λ = n/(n+1)) of the first settings["niche_pcs"] expression PCs. Hop k is the mean over
+    the cells k steps away; the hops are kept apart, not averaged, so a border blurs over one hop's width rather
+    than all of them."""
+    n_hops, pcs = settings["n_hops"], pcs[:, : settings["niche_pcs"]]
+    hops = hop_means(pcs, graph, n_hops)
+    return tuple(mixed_features(pcs, hops, lam, settings["cluster_dims"], seed)
+                 for lam in (settings["lambda"], n_hops / (n_hops + 1)))
+
+
+def mixed_features(own: np.ndarray, hops: list[np.ndarray], lam: float, dims: int, seed: int) -> np.ndarray:
+    """[√(1-λ)·own, √(λ/n)·hop 1, ..., √(λ/n)·hop n] reduced to `dims` principal components."""
     from sklearn.decomposition import PCA
 
-    lam, n_hops, pcs = settings["lambda"], settings["n_hops"], pcs[:, : settings["niche_pcs"]]
-    hops = hop_means(pcs, graph, n_hops)
-    mixed = np.hstack(([np.sqrt(1 - lam) * pcs] if lam < 1 else []) + [np.sqrt(lam / n_hops) * h for h in hops])
-    n_comps = int(min(settings["cluster_dims"], mixed.shape[1], len(pcs) - 1))
-    return PCA(n_comps, random_state=seed).fit_transform(mixed)
+    n = len(hops)
+    mixed = np.hstack(([np.sqrt(1 - lam) * own] if lam < 1 else []) + [np.sqrt(lam / n) * h for h in hops])
+    return PCA(int(min(dims, mixed.shape[1], len(own) - 1)), random_state=seed).fit_transform(mixed)
 
 
 def fit_mixture(features: np.ndarray, k: int, seed: int, n_init: int = 1) -> tuple[np.ndarray, float]:
@@ -61,6 +75,18 @@ def fit_mixture(features: np.ndarray, k: int, seed: int, n_init: int = 1) -> tup
     model = GaussianMixture(n_components=k, covariance_type="tied", reg_covar=1e-4, n_init=n_init, random_state=seed)
     labels = model.fit_predict(features)
     return labels, float(model.score(features))
+
+
+def refine(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """The labels of a tied Gaussian mixture on `features` with one component per domain of `labels`, started at
+    those domains' means (EM from there, so the domains keep their identity and number)."""
+    from sklearn.mixture import GaussianMixture
+
+    present = np.unique(labels)
+    means = np.vstack([features[labels == c].mean(axis=0) for c in present])
+    model = GaussianMixture(n_components=len(present), covariance_type="tied", reg_covar=1e-4, means_init=means,
+                            random_state=seed)
+    return model.fit_predict(features)
 
 
 def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
@@ -82,7 +108,7 @@ def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[
 def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int, where: str
                   ) -> tuple[np.ndarray, dict]:
     """(domain codes 0..K-1 by decreasing size, a record of the choice). settings: analyze.domains."""
-    features = niche_features(pcs, graph, settings, seed)
+    features, layers = niche_features(pcs, graph, settings, seed)
     n_domains = settings["n_domains"]
     if n_domains == "auto":
         high = min(settings["max_domains"], len(pcs) - 1)
@@ -95,5 +121,7 @@ def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int
             raise InputError(f"{where}: analyze.domains.n_domains={n_domains} needs 2 <= n_domains < {len(pcs)} cells")
         labels = fit_mixture(features, int(n_domains), seed, n_init=settings["stability_runs"])[0]
         record = {"n_domains": int(n_domains), "chosen_by": "config"}
+    if settings["refine"]:
+        labels = refine(layers, labels, seed)
     order = np.argsort(-np.bincount(labels, minlength=labels.max() + 1), kind="stable")
     return np.argsort(order)[labels], record
