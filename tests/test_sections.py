@@ -399,13 +399,16 @@ def test_sheet_column_section_key_is_text(tmp_path):
         read_sheet(sheet)
 
 
-def test_section_key_on_a_non_spatial_dataset_is_rejected_at_download():
+def test_section_key_on_a_non_spatial_dataset_names_its_samples():
+    # single-cell data: section_key names each cell's sample (Scrublet runs per sample); a bad one still fails
     from tissuelens.datasets.contract import finalize
 
     a = ad.AnnData(sp.csr_matrix(np.ones((3, 2), dtype=np.int64)), obs=pd.DataFrame({"s": ["a", "b", "a"]},
                                                                                      index=["c1", "c2", "c3"]))
-    with pytest.raises(InputError, match=r"in.h5ad: section_key 's' is set but the dataset is not spatial"):
-        finalize(a, {"source": "local", "spatial": False, "section_key": "s"}, "in.h5ad", "d", 0)
+    done = finalize(a.copy(), {"source": "local", "spatial": False, "section_key": "s"}, "in.h5ad", "d", 0)
+    assert done.uns["tissuelens"]["section_key"] == "s" and done.uns["tissuelens"]["spatial"] is False
+    with pytest.raises(InputError, match=r"in.h5ad: section_key 'sample' is not an obs column"):
+        finalize(a, {"source": "local", "spatial": False, "section_key": "sample"}, "in.h5ad", "d", 0)
 
 
 def test_sae_feature_morans_i_per_section(factor_input):

@@ -127,9 +127,7 @@ def finalize(adata, entry: dict, where: str, dataset: str, seed: int):
     if entry.get("section_key"):
         from tissuelens.sections import section_labels_from
 
-        section_labels_from(adata.obs, entry["section_key"], where)
-        if not entry["spatial"]:
-            raise InputError(f"{where}: section_key '{entry['section_key']}' is set but the dataset is not spatial")
+        section_labels_from(adata.obs, entry["section_key"], where)  # on single-cell data: samples, for Scrublet
 
     symbols = entry.get("gene_symbols_key")
     if symbols is not None:
