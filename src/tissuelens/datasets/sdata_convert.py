@@ -194,6 +194,15 @@ def name_by_ids(adata, ids) -> None:
         adata.obs_names = pd.Index(ids).astype(str)
 
 
+def rows_geometry(gdf, region: str, ids, system: str, instance_key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, areas) in `system` of the shapes of `region` (a GeoDataFrame) that the rows' `ids` name."""
+    missing = ~pd.Index(ids).isin(gdf.index)
+    if missing.any():
+        raise InputError(f"{what}: {int(missing.sum())} rows have no shape in '{region}' "
+                         f"(e.g. {instance_key} {ids[missing][0]!r})")
+    return shape_geometry(gdf.loc[ids], affine(gdf, system))
+
+
 def several_regions(adata, gdfs: dict, system: str, region_key: str | None, instance_key: str | None, what: str):
     """(adata, centroids, areas) of a table over several shapes elements ({region: GeoDataFrame}), each row
     placed by its own region's shapes in `system`; obs[region_key] stays as the section column. `what` names
@@ -211,11 +220,7 @@ def several_regions(adata, gdfs: dict, system: str, region_key: str | None, inst
     coords, area = np.empty((adata.n_obs, 2)), np.empty(adata.n_obs)
     for name, gdf in gdfs.items():
         rows = np.flatnonzero(region == name)
-        missing = ~pd.Index(ids[rows]).isin(gdf.index)
-        if missing.any():
-            raise InputError(f"{what}: {int(missing.sum())} rows have no shape in '{name}' "
-                             f"(e.g. {instance_key} {ids[rows][missing][0]!r})")
-        coords[rows], area[rows] = shape_geometry(gdf.loc[ids[rows]], affine(gdf, system))
+        coords[rows], area[rows] = rows_geometry(gdf, name, ids[rows], system, instance_key, what)
     adata.obs[region_key] = pd.Categorical(region, categories=[r for r in gdfs if r in set(region)])
     name_by_ids(adata, ids)
     log.info("%s: %d regions (%s) read as sections, obs['%s']", what, len(gdfs), _names(gdfs), region_key)
@@ -263,16 +268,13 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
                          int((~rows).sum()), adata.n_obs, shapes)
                 adata = adata[rows].copy()
             ids = adata.obs[instance_key].to_numpy()
-            missing = ~pd.Index(ids).isin(gdf.index)
-            if missing.any():
-                raise InputError(f"{where}: {int(missing.sum())} rows of table '{table}' have no shape in '{shapes}' "
-                                 f"(e.g. {instance_key} {ids[missing][0]!r})")
-            gdf = gdf.loc[ids]
+            coords, area = rows_geometry(gdf, shapes, ids, system, instance_key, f"{where}: table '{table}'")
             name_by_ids(adata, ids)
         elif len(gdf) != adata.n_obs:
             raise InputError(f"{where}: table '{table}' ({adata.n_obs} rows) does not annotate shapes '{shapes}' "
                              f"({len(gdf)} shapes) and their sizes differ")
-        coords, area = shape_geometry(gdf, affine(gdf, system))
+        else:
+            coords, area = shape_geometry(gdf, affine(gdf, system))
         coords, area = coords * unit_scale, area * unit_scale**2
         adata.obs.drop(columns=[c for c in (region_key,) if c in adata.obs], inplace=True)
 
