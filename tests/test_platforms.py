@@ -198,9 +198,43 @@ def test_spatialdata_regions_the_entry_chooses(tmp_path, regions_store):
     assert load_dataset("d", {**entry, "spatial": False}, 0, tmp_path).uns["tissuelens"]["section_key"] == ""
 
 
+def test_spatialdata_regions_on_their_own_slides(tmp_path):
+    """image: {region: image}: regions in coordinate systems they share with no other region, each placed from its
+    own image's corner and its image stored under the region's name, so Loki cuts each section's patches from
+    its own slide."""
+    from tissuelens.datasets.load import load_dataset
+    from tissuelens.embed.loki.patches import spot_images
+
+    path = tmp_path / "slides.zarr"
+    truth = write_spatialdata_regions(path, systems=("global", "other"), images=True)
+    entry = {"source": "spatialdata", "spatial": True, "path": str(path), "image": {"s1": "he_s1", "s2": "he_s2"}}
+    proc, raw = download(tmp_path, entry)
+    assert proc.returncode == 0, proc.stderr
+    adata = ad.read_h5ad(raw)
+    assert set(adata.uns["spatial"]) == {"s1", "s2"} and adata.uns["tissuelens"]["section_key"] == "region"
+    assert adata.uns["coordinates"]["coordinate_system"] == "global, other"
+    assert {k: list(v) for k, v in adata.uns["coordinates"]["origin"].items()} == {"s1": [-2.0, -1.0], "s2": [1.0, -6.0]}
+    own = [np.subtract(truth["xy"][r][int(c[4:])], truth["corners"][r]) for r, c in zip(truth["region"], truth["cell_id"])]
+    np.testing.assert_allclose(adata.obsm["spatial"], own)
+    pre, _ = preprocess(tmp_path, raw, entry)
+    images = spot_images(pre, "d")
+    assert len(images) == 2
+    for rows, image in images:
+        region = set(pre.obs["region"].astype(str).to_numpy()[rows])
+        assert len(region) == 1 and len(rows) == 30
+        colour = (255, 0, 0) if region == {"s1"} else (0, 0, 255)
+        assert (image.image.reshape(-1, 3) == colour).all()
+    with pytest.raises(InputError, match=r"image: names an image per region \(s1, s3\), but table 'cells' is read "
+                                         r"over the regions s1, s2; name one image, or one for each region"):
+        load_dataset("d", {**entry, "image": {"s1": "he_s1", "s3": "he_s2"}}, 0, tmp_path)
+    with pytest.raises(InputError, match=r"no image 'he_s9'"):
+        load_dataset("d", {**entry, "image": {"s1": "he_s1", "s2": "he_s9"}}, 0, tmp_path)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"systems": ("global", "other")},
-     "the table's regions share no coordinate system (s1: global; s2: other); set shapes: to read one region"),
+     "the table's regions share no coordinate system (s1: global; s2: other); set shapes: to read one region, "
+     "or image: {region: image} for regions on their own slides"),
     ({"third_region": True}, "table 'cells': 30 rows annotate region 's3', which is not a shapes element "
                              "(regions with shapes: s1, s2); set shapes: to read one region"),
 ])

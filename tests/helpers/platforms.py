@@ -234,11 +234,12 @@ def write_cosmx_folder(path: Path, n_per_fov: int = 25, n_genes: int = 12, fov_s
 
 
 def write_spatialdata_regions(path: Path, n_per_region: int = 30, n_genes: int = 20, systems=("global", "global"),
-                              third_region: bool = False, seed=0) -> dict:
+                              third_region: bool = False, images: bool = False, seed=0) -> dict:
     """A SpatialData zarr of two sections: circles `s1` and `s2` on overlapping coordinates (the same cell ids
     in both), each in its coordinate system of `systems` (s2 shifted by (5, -3) into it), and one table `cells`
     annotating both (region_key `region`, instance_key `cell_id`). `third_region`: the table also has rows of a
-    region `s3` with no shapes element."""
+    region `s3` with no shapes element. `images`: each region's own slide, RGB images `he_s1` (all red) and
+    `he_s2` (all blue), 64 x 64 px of 1 unit each, in its region's system, with corners at (-2, -1) and (1, -6)."""
     import anndata as ad
     import geopandas as gpd
     import scipy.sparse as sp
@@ -266,5 +267,15 @@ def write_spatialdata_regions(path: Path, n_per_region: int = 30, n_genes: int =
                        var=pd.DataFrame(index=gene_table(n_genes)[1]))
     table.obs_names = [str(i) for i in range(n)]
     table = TableModel.parse(table, region=regions, region_key="region", instance_key="cell_id")
-    SpatialData(shapes=shapes, tables={"cells": table}).write(path)
-    return {"xy": xy, "region": obs["region"].astype(str).to_numpy()[order], "cell_id": np.array(ids * len(regions))[order]}
+    slides, corners = {}, {"s1": (-2.0, -1.0), "s2": (1.0, -6.0)}
+    if images:
+        from spatialdata.models import Image2DModel
+
+        for channel, (name, system) in enumerate(zip(("s1", "s2"), systems)):
+            pixels = np.zeros((3, 64, 64), dtype=np.uint8)
+            pixels[2 * channel] = 255  # s1 red, s2 blue
+            slides[f"he_{name}"] = Image2DModel.parse(
+                pixels, dims=("c", "y", "x"), transformations={system: Translation(list(corners[name]), axes=("x", "y"))})
+    SpatialData(images=slides, shapes=shapes, tables={"cells": table}).write(path)
+    return {"xy": xy, "region": obs["region"].astype(str).to_numpy()[order], "cell_id": np.array(ids * len(regions))[order],
+            "corners": corners}

@@ -1,4 +1,4 @@
-"""A SpatialData object (one table, its shapes, one image) -> AnnData in the raw contract's layout.
+"""A SpatialData object (one table, its shapes, an image) -> AnnData in the raw contract's layout.
 
 Coordinates are the centroids of the table's shapes in one coordinate system (`global` when there is
 one, else the system where the shapes are untransformed), so they keep that system's unit (micrometres
@@ -11,7 +11,10 @@ offset from the coordinates' origin moves the coordinates' origin to the image c
 A table that annotates several shapes elements (several sections or Xenium/MERSCOPE regions saved in one
 object) becomes one AnnData: each row placed by its own region's shapes in one coordinate system they all
 share, obs[region_key] kept as the section column and offered to the contract as the dataset's section_key
-(tissuelens.datasets.contract.ENTRY_DEFAULTS), so no spatial step links cells of two regions.
+(tissuelens.datasets.contract.ENTRY_DEFAULTS), so no spatial step links cells of two regions. Regions on
+different slides name one image each (`image: {region: image}`): each is then placed in a system it shares with
+its own image, from that image's corner, and each image is stored under its region's name, as squidpy's
+library_key convention has it, so Loki cuts each section's patches from its own slide.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def pick_coordinate_system(shape_els: dict, image_el, where: str) -> str:
     if not systems:  # only with several regions: one element always has a system
         listed = "; ".join(f"{name}: {', '.join(found)}" for name, found in each.items())
         raise InputError(f"{where}: the table's regions share no coordinate system ({listed}); "
-                         "set shapes: to read one region")
+                         "set shapes: to read one region, or image: {region: image} for regions on their own slides")
     if image_el is not None:
         systems = [s for s in systems if s in coordinate_systems(image_el)]
         if not systems:
@@ -176,15 +179,25 @@ def mosaic(image_els: dict, coordinate_system: str, where: str):
 
 def attach_image(adata, library_id: str, img: np.ndarray, per_unit: float, diameter: float, source: str,
                  where: str) -> None:
-    """The image the scanpy/squidpy way: `uns["spatial"][library_id]`, hires = `img`, `tissue_hires_scalef` =
-    its pixels per coordinate unit."""
-    adata.uns["spatial"] = {library_id: {
+    """The image the scanpy/squidpy way: `uns["spatial"][library_id]` (beside the other libraries already
+    attached), hires = `img`, `tissue_hires_scalef` = its pixels per coordinate unit."""
+    adata.uns.setdefault("spatial", {})[library_id] = {
         "images": {"hires": img},
         "scalefactors": {"tissue_hires_scalef": float(per_unit), "spot_diameter_fullres": float(diameter)},
         "metadata": {"source_image": source},
-    }}
+    }
     log.info("%s: image '%s' as hires %dx%d px, %.4g px per coordinate unit", where, source, img.shape[1],
              img.shape[0], per_unit)
+
+
+def image_under(adata, library_id: str, name: str, image_el, system: str, area: np.ndarray, unit_scale: float,
+                spot_diameter: float | None, where: str) -> np.ndarray:
+    """Attach `image_el` (seen in `system`) under uns["spatial"][library_id], its spot diameter given or the median
+    of the cells' (`area`, in the output unit); return its corner in the output unit: the coordinates' origin."""
+    img, per_unit, origin = tissue_image(image_el, system, where)
+    diameter = spot_diameter if spot_diameter is not None else float(np.median(2 * np.sqrt(area / np.pi)))
+    attach_image(adata, library_id, img, per_unit / unit_scale, diameter, name, where)
+    return origin * unit_scale
 
 
 def name_by_ids(adata, ids) -> None:
@@ -203,10 +216,10 @@ def rows_geometry(gdf, region: str, ids, system: str, instance_key: str, what: s
     return shape_geometry(gdf.loc[ids], affine(gdf, system))
 
 
-def several_regions(adata, gdfs: dict, system: str, region_key: str | None, instance_key: str | None, what: str):
+def several_regions(adata, gdfs: dict, systems: dict, region_key: str | None, instance_key: str | None, what: str):
     """(adata, centroids, areas) of a table over several shapes elements ({region: GeoDataFrame}), each row
-    placed by its own region's shapes in `system`; obs[region_key] stays as the section column. `what` names
-    the table in errors."""
+    placed by its own region's shapes in that region's coordinate system (`systems`); obs[region_key] stays as
+    the section column. `what` names the table in errors."""
     if region_key not in adata.obs or instance_key not in adata.obs:
         raise InputError(f"{what} annotates several shapes ({_names(gdfs)}) but its obs lacks the region_key "
                          f"{region_key!r} or instance_key {instance_key!r} column that places each row")
@@ -220,17 +233,18 @@ def several_regions(adata, gdfs: dict, system: str, region_key: str | None, inst
     coords, area = np.empty((adata.n_obs, 2)), np.empty(adata.n_obs)
     for name, gdf in gdfs.items():
         rows = np.flatnonzero(region == name)
-        coords[rows], area[rows] = rows_geometry(gdf, name, ids[rows], system, instance_key, what)
+        coords[rows], area[rows] = rows_geometry(gdf, name, ids[rows], systems[name], instance_key, what)
     adata.obs[region_key] = pd.Categorical(region, categories=[r for r in gdfs if r in set(region)])
     name_by_ids(adata, ids)
     log.info("%s: %d regions (%s) read as sections, obs['%s']", what, len(gdfs), _names(gdfs), region_key)
     return adata, coords, area
 
 
-def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | None = None,
+def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, image: str | dict | None = None,
                shapes: str | None = None, unit: str, unit_scale: float = 1.0, spot_diameter: float | None = None,
                keep_area: bool = False):
-    """AnnData of one SpatialData table: its counts and obs, `obsm["spatial"]`, the image in `uns["spatial"]`.
+    """AnnData of one SpatialData table: its counts and obs, `obsm["spatial"]`, the image in `uns["spatial"]`
+    (`image` names one image element, or, for a table over several regions on their own slides, one per region).
 
     `unit_scale` converts the coordinate system's unit to `unit` (e.g. Xenium's global system is morphology
     image pixels: × pixel_size gives µm); `spot_diameter` is in `unit`.
@@ -238,11 +252,16 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
     table = pick_table(sdata, table, where)
     adata = sdata.tables[table].copy()
     attrs = dict(adata.uns.pop("spatialdata_attrs", {}) or {})
-    if image is not None and image not in sdata.images:
-        raise InputError(f"{where}: no image '{image}' (images: {_names(sdata.images)})")
-    image_el = sdata.images[image] if image is not None else None
+    per_region = dict(image) if isinstance(image, dict) else {}  # {region: image}: regions on their own slides
+    for name in per_region.values() if per_region else [image] if image is not None else []:
+        if name not in sdata.images:
+            raise InputError(f"{where}: no image '{name}' (images: {_names(sdata.images)})")
+    image_el = sdata.images[image] if isinstance(image, str) else None
     regions = pick_shapes(sdata, attrs, shapes, where)
     region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    if per_region and (len(regions) < 2 or set(per_region) != set(regions)):
+        raise InputError(f"{where}: image: names an image per region ({_names(per_region)}), but table '{table}' "
+                         f"is read over the regions {_names(regions)}; name one image, or one for each region")
 
     if not regions:
         if "spatial" not in adata.obsm:
@@ -253,8 +272,13 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
         coords, area, system = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * unit_scale, None, None
     elif len(regions) > 1:
         gdfs = {r: sdata.shapes[r] for r in regions}
-        system = pick_coordinate_system(gdfs, image_el, where)
-        adata, coords, area = several_regions(adata, gdfs, system, region_key, instance_key, f"{where}: table '{table}'")
+        if per_region:  # each region in a system it shares with its own image
+            systems = {r: pick_coordinate_system({r: gdfs[r]}, sdata.images[per_region[r]], f"{where}: region '{r}'")
+                       for r in regions}
+        else:
+            systems = dict.fromkeys(regions, pick_coordinate_system(gdfs, image_el, where))
+        system = ", ".join(dict.fromkeys(systems.values()))
+        adata, coords, area = several_regions(adata, gdfs, systems, region_key, instance_key, f"{where}: table '{table}'")
         coords, area = coords * unit_scale, area * unit_scale**2
         adata.uns[ENTRY_DEFAULTS] = {"section_key": region_key}
     else:
@@ -278,16 +302,25 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
         coords, area = coords * unit_scale, area * unit_scale**2
         adata.obs.drop(columns=[c for c in (region_key,) if c in adata.obs], inplace=True)
 
-    origin = np.zeros(2)
-    frame = {"unit": unit, "coordinate_system": system or "", "shapes": ", ".join(regions), "table": table}
-    if image_el is not None:
-        img, per_unit, origin = tissue_image(image_el, system, where)
-        per_unit, origin = per_unit / unit_scale, origin * unit_scale
-        diameter = spot_diameter if spot_diameter is not None else float(np.median(2 * np.sqrt(area / np.pi)))
-        attach_image(adata, library_id, img, per_unit, diameter, image, where)
+    frame = {"unit": unit, "coordinate_system": system or "", "shapes": ", ".join(regions), "table": table,
+             "origin": [0.0, 0.0]}
+    if image_el is not None or per_region:
+        adata.uns["spatial"] = {}
         frame["image"] = image
-    adata.obsm["spatial"] = coords - origin
-    frame["origin"] = [float(v) for v in origin]
+    if image_el is not None:
+        origin = image_under(adata, library_id, image, image_el, system, area, unit_scale, spot_diameter, where)
+        coords = coords - origin
+        frame["origin"] = [float(v) for v in origin]
+    elif per_region:
+        section = adata.obs[region_key].astype(str).to_numpy()
+        frame["origin"] = {}
+        for region, name in per_region.items():
+            rows = section == region
+            origin = image_under(adata, region, name, sdata.images[name], systems[region], area[rows], unit_scale,
+                                 spot_diameter, f"{where}: region '{region}'")
+            coords[rows] -= origin
+            frame["origin"][region] = [float(v) for v in origin]
+    adata.obsm["spatial"] = coords
     if keep_area and area is not None:
         adata.obs["area"] = area
     adata.uns["coordinates"] = frame

@@ -1,8 +1,9 @@
 """Source `spatialdata`: a SpatialData `.zarr` store (scverse's common format), one table of it.
 
 Options: `table` (which table; needed when there are several), `image` (the image element placed under
-the spots; none when unset), `shapes` (the spot/cell geometry; default the shapes the table annotates: with
-several regions, each row's own, and the region column becomes the section_key). Coordinates keep the unit of
+the spots, or {region: image} for regions on their own slides; none when unset), `shapes` (the spot/cell
+geometry; default the shapes the table annotates: with several regions, each row's own, and the region column
+becomes the section_key). Coordinates keep the unit of
 the chosen coordinate system (see `sdata_convert`).
 """
 
@@ -14,7 +15,7 @@ from tissuelens.datasets.sdata_convert import to_anndata
 from tissuelens.errors import InputError, why
 
 
-def read_spatialdata(path: str | Path, library_id: str, table: str | None = None, image: str | None = None,
+def read_spatialdata(path: str | Path, library_id: str, table: str | None = None, image: str | dict | None = None,
                      shapes: str | None = None):
     import spatialdata
 
