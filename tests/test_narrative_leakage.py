@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,20 @@ def stage_inputs(tmp_path_factory):
     adata = ad.read_h5ad(h5ad)
     plan = write_stage_files(root, adata)
     return root, json.loads(qc_path.read_text()), adata, plan
+
+
+def test_the_narrative_reads_only_the_files_its_job_waits_for(stage_inputs):
+    # the narrative job's inputs are narrative_plan's files: the prompt from them alone is the prompt from them all
+    from tissuelens.report.stages import narrative_plan, plan_files
+
+    _, qc, adata, plan = stage_inputs
+    fewer = narrative_plan(plan)
+    assert 0 < len(plan_files(fewer)) < len(plan_files(plan)) and set(plan_files(fewer)) < set(plan_files(plan))
+    assert {s: e["status"] for s, e in fewer.items()} == {s: e["status"] for s, e in plan.items()}
+    full = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
+    assert build_prompt("demo", {"source": "synthetic"}, qc, adata, fewer, has_image=False) == full
+    for name in ("factors.npy", "summary.json", "features.parquet", "embedding_metrics.json", "markers_used.csv"):  # the last: withheld names
+        assert any(Path(f).name == name for f in plan_files(fewer)), name
 
 
 def test_prompt_from_every_stage_is_tissue_blind(stage_inputs):

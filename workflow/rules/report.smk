@@ -9,7 +9,7 @@ rule narrative:
         "results/{dataset}/report/narrative.json",
     params:
         entry=dataset_entry,
-        plan=report_plan_json,
+        plan=narrative_plan_json,
         settings=narrative_settings,
     resources:
         gpu=narrative_gpu,

@@ -100,6 +100,25 @@ def loki_plan(runs: DatasetPlan, producible: Callable[[str], bool]) -> dict:
     return {"status": "built", "reason": "", "units": units, "files": {}}
 
 
+# the files the narrative's prompt reads (tissuelens.report.prompt), by stage: its job waits for these alone
+NARRATIVE_FILES = {
+    "factorize": ("metrics.json", "factors.npy"),
+    "embed": ("embedding_metrics.json", "metrics.json"),
+    "sae": ("metrics.json", "features.parquet"),
+    "analyze": ("summary.json", "markers_used.csv", "domains.parquet", "spatially_variable_genes.csv", "agreement.csv"),
+}
+
+
+def narrative_plan(plan: dict) -> dict:
+    """`plan` with only the files the narrative reads (NARRATIVE_FILES); each stage's status and units kept."""
+    def kept(files: dict, stage: str) -> dict:
+        return {name: path for name, path in files.items() if name in NARRATIVE_FILES.get(stage, ())}
+
+    return {stage: {**entry, "files": kept(entry["files"], stage),
+                    "units": {unit: kept(files, stage) for unit, files in entry["units"].items()}}
+            for stage, entry in plan.items()}
+
+
 def plan_files(plan: dict) -> list[str]:
     """Every file a plan lists (the report's stage inputs)."""
     out = []

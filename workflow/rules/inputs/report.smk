@@ -1,7 +1,7 @@
 # Input functions and params of the rules in ../report.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
-from tissuelens.report.stages import plan_files, stage_plan
+from tissuelens.report.stages import narrative_plan, plan_files, stage_plan
 
 
 def producible(path):
@@ -25,6 +25,10 @@ def report_plan(dataset):
 
 def report_plan_json(wildcards):
     return as_param(report_plan(wildcards.dataset))
+
+
+def narrative_plan_json(wildcards):
+    return as_param(narrative_plan(report_plan(wildcards.dataset)))
 
 
 def narrative_config(dataset):
@@ -56,18 +60,22 @@ def report_run_config(wildcards):
     }, sort_keys=True)
 
 
-def narrative_inputs(wildcards):
-    """The narrative reads QC, the preprocessed data (tissue image) and every built stage's files."""
-    dataset = wildcards.dataset
+def dataset_inputs(dataset, plan):
+    """QC, the preprocessed data (tissue image) and the stage files `plan` lists."""
     return {
         "qc": f"results/{dataset}/qc.json",
         "preprocessed": f"results/{dataset}/preprocessed.h5ad",
-        "stages": plan_files(report_plan(dataset)),
+        "stages": plan_files(plan),
     }
 
 
+def narrative_inputs(wildcards):
+    """The narrative reads the files its prompt uses, not every stage file the report shows."""
+    return dataset_inputs(wildcards.dataset, narrative_plan(report_plan(wildcards.dataset)))
+
+
 def report_inputs(wildcards):
-    inputs = narrative_inputs(wildcards)
+    inputs = dataset_inputs(wildcards.dataset, report_plan(wildcards.dataset))
     if narrative_config(wildcards.dataset).get("enabled", True):
         inputs["narrative"] = f"results/{wildcards.dataset}/report/narrative.json"
     return inputs
