@@ -172,6 +172,8 @@ def test_spatialdata_regions_become_sections(tmp_path, regions_store):
     assert proc.returncode == 0, proc.stderr
     adata = ad.read_h5ad(raw)
     assert list(adata.obs["region"].astype(str)) == list(truth["region"])
+    # the same cell ids in both regions: the region makes each row's name unique
+    assert list(adata.obs_names) == [f"{r}_{c}" for r, c in zip(truth["region"], truth["cell_id"])]
     own = [truth["xy"][region][int(cell[4:])] for region, cell in zip(truth["region"], truth["cell_id"])]
     np.testing.assert_allclose(adata.obsm["spatial"], own)
     assert adata.uns["tissuelens"]["section_key"] == "region" and "entry_defaults" not in adata.uns

@@ -235,7 +235,10 @@ def several_regions(adata, gdfs: dict, systems: dict, region_key: str | None, in
         rows = np.flatnonzero(region == name)
         coords[rows], area[rows] = rows_geometry(gdf, name, ids[rows], systems[name], instance_key, what)
     adata.obs[region_key] = pd.Categorical(region, categories=[r for r in gdfs if r in set(region)])
-    name_by_ids(adata, ids)
+    names = pd.Index(ids).astype(str)
+    if not names.is_unique:  # each region numbers its own cells: the region makes the name unique
+        names = pd.Index([f"{r}_{i}" for r, i in zip(region, names)])
+    name_by_ids(adata, names)
     log.info("%s: %d regions (%s) read as sections, obs['%s']", what, len(gdfs), _names(gdfs), region_key)
     return adata, coords, area
 
