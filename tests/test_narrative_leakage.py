@@ -97,7 +97,8 @@ def test_the_narrative_reads_only_the_files_its_job_waits_for(stage_inputs):
     assert {s: e["status"] for s, e in fewer.items()} == {s: e["status"] for s, e in plan.items()}
     full = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
     assert build_prompt("demo", {"source": "synthetic"}, qc, adata, fewer, has_image=False) == full
-    for name in ("factors.npy", "summary.json", "features.parquet", "embedding_metrics.json", "markers_used.csv"):  # the last: withheld names
+    # markers_used.csv adds no line: it names the cell types the prompt must withhold
+    for name in ("factors.npy", "summary.json", "features.parquet", "embedding_metrics.json", "markers_used.csv"):
         assert any(Path(f).name == name for f in plan_files(fewer)), name
 
 

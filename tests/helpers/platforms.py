@@ -274,8 +274,8 @@ def write_spatialdata_regions(path: Path, n_per_region: int = 30, n_genes: int =
         for channel, (name, system) in enumerate(zip(("s1", "s2"), systems)):
             pixels = np.zeros((3, 64, 64), dtype=np.uint8)
             pixels[2 * channel] = 255  # s1 red, s2 blue
-            slides[f"he_{name}"] = Image2DModel.parse(
-                pixels, dims=("c", "y", "x"), transformations={system: Translation(list(corners[name]), axes=("x", "y"))})
+            corner = Translation(list(corners[name]), axes=("x", "y"))
+            slides[f"he_{name}"] = Image2DModel.parse(pixels, dims=("c", "y", "x"), transformations={system: corner})
     SpatialData(images=slides, shapes=shapes, tables={"cells": table}).write(path)
-    return {"xy": xy, "region": obs["region"].astype(str).to_numpy()[order], "cell_id": np.array(ids * len(regions))[order],
-            "corners": corners}
+    return {"xy": xy, "region": obs["region"].astype(str).to_numpy()[order],
+            "cell_id": np.array(ids * len(regions))[order], "corners": corners}

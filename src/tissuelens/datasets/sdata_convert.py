@@ -276,12 +276,13 @@ def to_anndata(sdata, where: str, library_id: str, *, table: str | None = None, 
     elif len(regions) > 1:
         gdfs = {r: sdata.shapes[r] for r in regions}
         if per_region:  # each region in a system it shares with its own image
-            systems = {r: pick_coordinate_system({r: gdfs[r]}, sdata.images[per_region[r]], f"{where}: region '{r}'")
-                       for r in regions}
+            systems = {r: pick_coordinate_system({r: gdfs[r]}, sdata.images[per_region[r]],
+                                                 f"{where}: region '{r}'") for r in regions}
         else:
             systems = dict.fromkeys(regions, pick_coordinate_system(gdfs, image_el, where))
         system = ", ".join(dict.fromkeys(systems.values()))
-        adata, coords, area = several_regions(adata, gdfs, systems, region_key, instance_key, f"{where}: table '{table}'")
+        adata, coords, area = several_regions(adata, gdfs, systems, region_key, instance_key,
+                                              f"{where}: table '{table}'")
         coords, area = coords * unit_scale, area * unit_scale**2
         adata.uns[ENTRY_DEFAULTS] = {"section_key": region_key}
     else:
