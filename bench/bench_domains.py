@@ -3,12 +3,13 @@
 
     python bench/bench_domains.py                       # blocks 2,500 and 10,000 spots x 1 and 2 sections, demo
     python bench/bench_domains.py --sizes 2500 --only ours cellcharter
+    python bench/bench_domains.py --sizes 2500 --sections 1 --no-demo --only ours --layout cells --expression-mean 5
 
 Data: `blocks_sections` (tissuelens.datasets.synthetic: 4 blocks over a background = 5 domains, 200 genes, one
 non-spatial programme; two sections share coordinates and gene programmes, each its own block layout) and the
 demo (900 spots, planted groups in 20 marker genes). Every method gets the same preprocessed data
 (tissuelens.preprocess at its defaults: log-normalised X, the recorded per-section spatial graph, 50 PCs).
-Settings: ours at the schema's defaults (number of domains chosen); CellCharter's ClusterAutoK over 2-10
+Settings: ours at the schema's defaults (number of domains chosen; also without the refinement, `refine: false`); CellCharter's ClusterAutoK over 2-10
 clusters (its own choice) on its aggregation of 3 hops of the PCs; squidpy and BANKSY methods have no choice
 of K, so they get an oracle: the Leiden resolution (of 0.05, 0.1, 0.2, 0.5, 1.0) whose K is nearest the truth,
 or the true K (squidpy's cellcharter flavour). Sections: squidpy and BANKSY run per section (library_key;
@@ -36,8 +37,10 @@ from tissuelens.spatial_graph import spatial_connectivities  # noqa: E402
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-def dataset(name: str, n_spots: int, n_sections: int, seed: int):
-    """(preprocessed AnnData with obs["truth"], section key or None)."""
+def dataset(name: str, n_spots: int, n_sections: int, seed: int, layout: str = "grid", expression_mean: float = 20.0):
+    """(preprocessed AnnData with obs["truth"], section key or None). Blocks: `layout` "cells" moves each spot by
+    up to 0.45 grid steps and joins them by Delaunay, as single-cell platforms are; `expression_mean` of the
+    blocks' programmes (the pattern's default 20)."""
     from tissuelens.datasets.synthetic import blocks_sections, make_synthetic
     from tissuelens.preprocess import preprocess
 
@@ -47,10 +50,13 @@ def dataset(name: str, n_spots: int, n_sections: int, seed: int):
         raw.obs["truth"] = raw.obs["group"].astype(str)
         key = None
     else:
-        raw = blocks_sections(n_spots=n_spots, n_sections=n_sections, seed=seed)
+        raw = blocks_sections(n_spots=n_spots, n_sections=n_sections, seed=seed, expression_mean=expression_mean)
         raw.obs["truth"] = raw.obs["domain"]
         key = "section" if n_sections > 1 else None
     settings = {**step_defaults("preprocess"), "min_counts": 1, "min_genes": 1, "min_cells": 0}
+    if layout == "cells" and name != "demo":
+        raw.obsm["spatial"] = raw.obsm["spatial"] + np.random.default_rng(seed).uniform(-0.45, 0.45, (raw.n_obs, 2))
+        settings["spatial_graph"] = {**settings["spatial_graph"], "method": "delaunay"}
     adata, _ = preprocess(raw, {"source": "synthetic", "spatial": True, "section_key": key}, settings, name)
     adata.obsm["X_pca"] = expression_pca(adata, 50, seed)
     return adata, key
@@ -61,8 +67,8 @@ def nearest_k(candidates: dict, k_true: int):
     return min(candidates.values(), key=lambda lab: abs(pd.Series(lab).nunique() - k_true))
 
 
-def ours(adata, key, k, seed, method="niche"):
-    s = {**step_defaults("analyze")["domains"], "method": method}
+def ours(adata, key, k, seed, method="niche", **settings):
+    s = {**step_defaults("analyze")["domains"], "method": method, **settings}
     return spatial_domains(adata.obsm["X_pca"], spatial_connectivities(adata, "bench"), s, seed, "bench")[0]
 
 
@@ -136,6 +142,7 @@ def cellcharter(adata, key, k, seed):
 
 METHODS = {
     "ours (niche)": ours,
+    "ours (niche, refine: false)": lambda a, key, k, seed: ours(a, key, k, seed, refine=False),
     "ours (aggregate_leiden, old)": lambda a, key, k, seed: ours(a, key, k, seed, "aggregate_leiden"),
     "squidpy cellcharter (true K)": squidpy_flavour("cellcharter"),
     "squidpy utag (oracle res.)": squidpy_flavour("utag"),
@@ -156,13 +163,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument("--only", nargs="+", help="methods whose name starts with one of these words")
+    parser.add_argument("--layout", choices=["grid", "cells"], default="grid",
+                        help="blocks: the square grid, or cells moved off it and joined by Delaunay")
+    parser.add_argument("--expression-mean", type=float, default=20.0, help="blocks: strength of the domains' programmes")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     cases = [("blocks", n, s) for n in args.sizes for s in args.sections] + ([] if args.no_demo else [("demo", 900, 1)])
     methods = {m: f for m, f in METHODS.items() if not args.only or any(m.lower().startswith(o.lower()) for o in args.only)}
     rows = []
     for name, n, s in cases:
-        adata, key = dataset(name, n, s, args.seed)
+        adata, key = dataset(name, n, s, args.seed, args.layout, args.expression_mean)
         truth = adata.obs["truth"].astype(str).to_numpy()
         k = len(set(truth))
         for method, run in methods.items():
