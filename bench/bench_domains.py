@@ -9,9 +9,9 @@ Data: `blocks_sections` (tissuelens.datasets.synthetic: 4 blocks over a backgrou
 non-spatial programme; two sections share coordinates and gene programmes, each its own block layout) and the
 demo (900 spots, planted groups in 20 marker genes). Every method gets the same preprocessed data
 (tissuelens.preprocess at its defaults: log-normalised X, the recorded per-section spatial graph, 50 PCs).
-Settings: ours at the schema's defaults (number of domains chosen; also without the refinement, `refine: false`); CellCharter's ClusterAutoK over 2-10
-clusters (its own choice) on its aggregation of 3 hops of the PCs; squidpy and BANKSY methods have no choice
-of K, so they get an oracle: the Leiden resolution (of 0.05, 0.1, 0.2, 0.5, 1.0) whose K is nearest the truth,
+Settings: ours at the schema's defaults (number of domains chosen; a second row without the refinement,
+`refine: false`); CellCharter's ClusterAutoK over 2-10 clusters (its own choice) on its aggregation of 3 hops of
+the PCs; squidpy and BANKSY methods have no choice of K, so they get an oracle: the Leiden resolution (of 0.05, 0.1, 0.2, 0.5, 1.0) whose K is nearest the truth,
 or the true K (squidpy's cellcharter flavour). Sections: squidpy and BANKSY run per section (library_key;
 squidpy's labels are per section by design), the others cluster the sections jointly.
 Needs pybanksy, cellcharter and spatialleiden (a side venv: pip install pybanksy cellcharter spatialleiden).
