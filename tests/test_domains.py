@@ -75,6 +75,20 @@ def test_refining_by_each_spots_own_expression_places_the_borders():
     assert 0 < (rough != refined).mean() < 0.05  # a border's width of spots moves, nothing else
 
 
+def test_refining_moves_border_cells_and_never_empties_a_domain():
+    rng = np.random.default_rng(0)
+    # two clusters on a line, the rough labels wrong for the 5 cells nearest the border: refining moves them back
+    x = np.r_[rng.normal(0, 0.5, 100), rng.normal(4, 0.5, 100)][:, None]
+    truth = np.repeat([0, 1], 100)
+    rough = truth.copy()
+    rough[np.argsort(x[:100, 0])[-5:]] = 1
+    np.testing.assert_array_equal(niches.refine(x, rough, 0), truth)
+    # a "domain" of one cell inside the other: EM empties it, so the labels stay as given
+    one = np.zeros(200, dtype=int)
+    one[50] = 1
+    np.testing.assert_array_equal(niches.refine(x[:100].repeat(2, axis=0), one, 0), one)
+
+
 def test_sections_with_overlapping_coordinates_get_their_domains_alone(two_sections):
     joint, labels, _ = two_sections
     section = joint.obs["section"].astype(str).to_numpy()

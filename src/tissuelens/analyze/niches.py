@@ -18,10 +18,14 @@ fits; a real partition is found again from any start, a split of one domain land
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
 
 from tissuelens.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def hop_means(x: np.ndarray, graph: sp.spmatrix, n_hops: int) -> list[np.ndarray]:
@@ -77,16 +81,22 @@ def fit_mixture(features: np.ndarray, k: int, seed: int, n_init: int = 1) -> tup
     return labels, float(model.score(features))
 
 
-def refine(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+def refine(features: np.ndarray, labels: np.ndarray, seed: int, where: str = "domains") -> np.ndarray:
     """The labels of a tied Gaussian mixture on `features` with one component per domain of `labels`, started at
-    those domains' means (EM from there, so the domains keep their identity and number)."""
+    those domains' means (EM from there, so the domains keep their identity). A fit in which a domain loses every
+    cell is not used: `labels` are returned, so the number of domains stays the one chosen."""
     from sklearn.mixture import GaussianMixture
 
     present = np.unique(labels)
     means = np.vstack([features[labels == c].mean(axis=0) for c in present])
     model = GaussianMixture(n_components=len(present), covariance_type="tied", reg_covar=1e-4, means_init=means,
                             random_state=seed)
-    return model.fit_predict(features)
+    refined = model.fit_predict(features)
+    if len(np.unique(refined)) < len(present):
+        log.info("%s: refining the spatial domains by each cell's own expression emptied a domain; the "
+                 "neighbourhood's domains are kept", where)
+        return labels
+    return refined
 
 
 def most_stable(features: np.ndarray, high: int, runs: int, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
@@ -122,6 +132,6 @@ def niche_domains(pcs: np.ndarray, graph: sp.spmatrix, settings: dict, seed: int
         labels = fit_mixture(features, int(n_domains), seed, n_init=settings["stability_runs"])[0]
         record = {"n_domains": int(n_domains), "chosen_by": "config"}
     if settings["refine"]:
-        labels = refine(layers, labels, seed)
+        labels = refine(layers, labels, seed, where)
     order = np.argsort(-np.bincount(labels, minlength=labels.max() + 1), kind="stable")
     return np.argsort(order)[labels], record
