@@ -95,8 +95,8 @@ def test_the_narrative_reads_only_the_files_its_job_waits_for(stage_inputs):
     fewer = narrative_plan(plan)
     assert 0 < len(plan_files(fewer)) < len(plan_files(plan)) and set(plan_files(fewer)) < set(plan_files(plan))
     assert {s: e["status"] for s, e in fewer.items()} == {s: e["status"] for s, e in plan.items()}
-    full = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
-    assert build_prompt("demo", {"source": "synthetic"}, qc, adata, fewer, has_image=False) == full
+    full = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, picture=None)
+    assert build_prompt("demo", {"source": "synthetic"}, qc, adata, fewer, picture=None) == full
     # markers_used.csv adds no line: it names the cell types the prompt must withhold
     for name in ("factors.npy", "summary.json", "features.parquet", "embedding_metrics.json", "markers_used.csv"):
         assert any(Path(f).name == name for f in plan_files(fewer)), name
@@ -104,7 +104,7 @@ def test_the_narrative_reads_only_the_files_its_job_waits_for(stage_inputs):
 
 def test_prompt_from_every_stage_is_tissue_blind(stage_inputs):
     _, qc, adata, plan = stage_inputs
-    rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=True)
+    rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, picture="An image of the stained section is attached")
     text = rec["system"] + rec["prompt"]
     assert rec["withheld"] == []
     assert "Best variant by held-out deviance: svgp" in rec["prompt"]
@@ -128,7 +128,7 @@ def test_leaky_metric_lines_are_withheld(stage_inputs):
     original = open(path).read()
     try:
         open(path, "w").write(json.dumps({"silhouette hepatocyte": 0.5, "ari": 0.3}))
-        rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
+        rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, picture=None)
     finally:
         open(path, "w").write(original)
     assert len(rec["withheld"]) == 1 and "cell-type name" in rec["withheld"][0]
@@ -138,9 +138,9 @@ def test_leaky_metric_lines_are_withheld(stage_inputs):
 
 def test_groups_from_domains_are_introduced_as_unsupervised(stage_inputs):
     _, qc, adata, plan = stage_inputs
-    labelled = build_prompt("demo", {}, qc, adata, plan, has_image=False)["prompt"]
+    labelled = build_prompt("demo", {}, qc, adata, plan, picture=None)["prompt"]
     assert "- Annotated groups: 3 (labels replaced by letters); share of spots: A " in labelled
-    unlabelled = build_prompt("demo", {}, {**qc, "group_source": "spatial_domain"}, adata, plan, has_image=False)["prompt"]
+    unlabelled = build_prompt("demo", {}, {**qc, "group_source": "spatial_domain"}, adata, plan, picture=None)["prompt"]
     assert ("- Groups: 3 unsupervised spatial domains (the sample has no annotation; labels replaced by letters); "
             "share of spots: A ") in unlabelled and "Annotated groups" not in unlabelled
 
@@ -154,7 +154,7 @@ def test_a_cell_type_name_in_an_analyze_line_is_withheld(stage_inputs):
     summary["nhood_enrichment"]["key"] = "type_domain_2"
     try:
         open(path, "w").write(json.dumps(summary))
-        rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, has_image=False)
+        rec = build_prompt("demo", {"source": "synthetic"}, qc, adata, plan, picture=None)
     finally:
         open(path, "w").write(original)
     assert rec["withheld"] == ["identifier"] and "type_domain_2" not in rec["prompt"]

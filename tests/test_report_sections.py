@@ -231,7 +231,7 @@ def test_single_cell_report_shows_the_doublet_rate(tmp_path, remove):
     assert ("preprocess removed them" in body) == remove and ("they are kept" in body) == (not remove)
     qc_table = sections(out.read_text())["dataset"][1]
     assert (f"<td>Scrublet doublets (remove_doublets)</td><td>{n_called:,}</td>" in qc_table) == remove
-    prompt = build_prompt("cells", {}, qc, adata, plan, has_image=False)["prompt"]
+    prompt = build_prompt("cells", {}, qc, adata, plan, picture=None)["prompt"]
     assert f"- Doublets (Scrublet): rate {100 * rate:.2f}% of cells, {'removed before analysis' if remove else 'kept'}." in prompt
 
 

@@ -513,20 +513,12 @@ def test_cells_on_a_line_get_a_knn_graph_instead_of_a_triangulation(caplog):
     assert "lie on a line" in caplog.text
 
 
-def test_loki_patches_come_from_each_sections_own_image(tmp_path):
-    """Two sections on the same coordinates, each with its own image (library named after the section): every
-    spot's patch is cut from its own section's image, and retrieval neighbours stay in the section."""
-    pytest.importorskip("torch")
-    pytest.importorskip("open_clip")
-    import importlib.util
-
+def two_coloured_sections():
+    """Sections 'A' and 'B' of 36 spots on the same coordinates, normalised, each with its own solid image
+    (A red, B blue) in uns["spatial"][<section>], and the spatial graph recorded per section."""
     import scanpy as sc
 
-    from tissuelens import cli
     from tissuelens.datasets.synthetic import make_synthetic
-    from tissuelens.embed.loki.agreement import spatial_neighbours
-    from tissuelens.embed.loki.patches import spot_images
-    from tissuelens.models import loki as lm
     from tissuelens.spatial_graph import build_spatial_graph
 
     parts = []
@@ -546,6 +538,50 @@ def test_loki_patches_come_from_each_sections_own_image(tmp_path):
     sc.pp.normalize_total(both, target_sum=1e4)
     sc.pp.log1p(both)
     build_spatial_graph(both, step_defaults("preprocess")["spatial_graph"], "slice", "synthetic", "two")
+    return both
+
+
+def test_narrative_shows_each_sections_own_image_side_by_side():
+    """The narrative's prompt counts the sections and its picture holds each section's own image, left to right
+    (not the first library's image alone); one image for several sections is named as the slide's."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tissuelens.report.prompt import make_narrative
+
+    both = two_coloured_sections()
+    rec = make_narrative("two", {}, {}, both, {}, {"image_size": 64})
+    assert rec["withheld"] == [] and "measured on spots of 2 sections, analysed apart" in rec["prompt"]
+    assert "Images of the 2 stained sections are attached side by side, left to right" in rec["prompt"]
+    assert rec["image"]["original_size"] == [120, 120 + 6 + 120]  # a gap of a twentieth of the height
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(rec["image"]["png_base64"]))))
+    assert picture.shape == (64, 64, 3)
+    row = picture[32]
+    np.testing.assert_array_equal(row[5], [200, 30, 30])  # left: section A's own image
+    np.testing.assert_array_equal(row[58], [30, 30, 200])  # right: section B's
+    assert (picture[5] == 255).all()  # letterbox padding above the wide picture
+
+    del both.uns["spatial"]["B"]  # one image for the two sections: the slide's, said so
+    rec = make_narrative("two", {}, {}, both, {}, {"image_size": 64})
+    assert "An image of the stained slide that holds the sections is attached" in rec["prompt"]
+    assert rec["image"]["original_size"] == [120, 120]
+
+
+def test_loki_patches_come_from_each_sections_own_image(tmp_path):
+    """Two sections on the same coordinates, each with its own image (library named after the section): every
+    spot's patch is cut from its own section's image, and retrieval neighbours stay in the section."""
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    import importlib.util
+
+    from tissuelens import cli
+    from tissuelens.embed.loki.agreement import spatial_neighbours
+    from tissuelens.embed.loki.patches import spot_images
+    from tissuelens.models import loki as lm
+
+    both = two_coloured_sections()
     pairs = spot_images(both, "two")
     assert [one.library for _, one in pairs] == ["A", "B"] and [len(r) for r, _ in pairs] == [36, 36]
     codes = np.repeat([0, 1], 36)

@@ -1,8 +1,9 @@
 """MedGemma (Gemma 3 image-text-to-text) behind one small interface, and the image letterbox.
 
 `letterbox` resizes the tissue image to fit the model's square input and pads the rest (white, like
-slide background), so the aspect ratio is kept. `Narrator` loads a local checkpoint through transformers'
-`pipeline("image-text-to-text")` and turns (system, prompt, image) into text.
+slide background), so the aspect ratio is kept; `side_by_side` puts several sections' images in one picture.
+`Narrator` loads a local checkpoint through transformers' `pipeline("image-text-to-text")` and turns
+(system, prompt, image) into text.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from tissuelens.io import read_json
 DEFAULT_SIZE = 896  # MedGemma 1.5's preprocessor size
 
 
-def letterbox(image, size: int, fill: int = 255):
-    """PIL RGB image of `size`x`size`: `image` (array in [0,1] or uint8, or PIL) scaled to fit, centred, padded."""
+def as_pil(image):
+    """PIL RGB image from an array (float in [0, 1] or uint8, grey or RGB(A)) or a PIL image."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -29,13 +30,37 @@ def letterbox(image, size: int, fill: int = 255):
         if arr.ndim == 2:
             arr = np.stack([arr] * 3, axis=-1)
         image = Image.fromarray(arr[..., :3])
-    image = image.convert("RGB")
+    return image.convert("RGB")
+
+
+def letterbox(image, size: int, fill: int = 255):
+    """PIL RGB image of `size`x`size`: `image` (array in [0,1] or uint8, or PIL) scaled to fit, centred, padded."""
+    from PIL import Image
+
+    image = as_pil(image)
     w, h = image.size
     scale = size / max(w, h)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
     resized = image.resize(new, Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (size, size), (fill, fill, fill))
     canvas.paste(resized, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def side_by_side(images, height: int, fill: int = 255):
+    """One PIL RGB image of several sections' images, left to right in the order given, each scaled to `height`
+    pixels tall, with a gap of a twentieth of `height` (white, like slide background) between them."""
+    from PIL import Image
+
+    pictures = [as_pil(image) for image in images]
+    pictures = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.LANCZOS)
+                for p in pictures]
+    gap = height // 20
+    canvas = Image.new("RGB", (sum(p.width for p in pictures) + gap * (len(pictures) - 1), height), (fill,) * 3)
+    x = 0
+    for picture in pictures:
+        canvas.paste(picture, (x, 0))
+        x += picture.width + gap
     return canvas
 
 

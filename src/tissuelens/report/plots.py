@@ -33,12 +33,15 @@ def point_size(n: int) -> float:
     return float(np.clip(20000.0 / max(n, 1), 0.3, 40.0))
 
 
-def tissue_image(adata):
-    """(image as float RGB in [0, 1], scale factor from coordinates to image pixels, library id) or None."""
+def tissue_image(adata, library_id: str | None = None):
+    """(image as float RGB in [0, 1], scale factor from coordinates to image pixels, library id) of
+    `library_id` (default: the first library with an image) or None."""
     spatial = adata.uns.get("spatial") if hasattr(adata, "uns") else None
     if not isinstance(spatial, dict):
         return None
     for library, entry in spatial.items():
+        if library_id is not None and str(library) != str(library_id):
+            continue
         images = entry.get("images", {}) if isinstance(entry, dict) else {}
         scalefactors = entry.get("scalefactors", {}) if isinstance(entry, dict) else {}
         for res in ("hires", "lowres"):

@@ -24,7 +24,8 @@ COUNT_KEY = re.compile(r"(^|[._])(n|num)_|count|tokens|cells|spots|seconds", re.
 
 SYSTEM = (
     "You are an expert in histopathology and spatial transcriptomics. You receive anonymised, aggregated results "
-    "of an analysis of one stained section and an image of that section. The origin of the sample, gene names "
+    "of an analysis of one stained sample (one section or several) and an image of it. The origin of the sample, "
+    "gene names "
     "and group labels are withheld on purpose. Reason only from the image and the numbers given; do not invent "
     "numbers."
 )
@@ -61,6 +62,11 @@ def num(x) -> str:
 
 def magnitude(n: int) -> str:
     return f"10^{int(round(math.log10(max(n, 1))))}" if n >= 1 else "none"
+
+
+def quantity(n: int) -> str:
+    """A small count as it is (sections), a large one as its order of magnitude (a raw count would leak)."""
+    return str(n) if n < 100 else f"about {magnitude(n)}"
 
 
 def pretty(key: str) -> str:
@@ -275,13 +281,20 @@ def _sae_lines(b: PromptBuilder, plan: dict) -> None:
             b.add(f"- Sparse autoencoder on {model}: " + "; ".join(vals) + ".")
 
 
-def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, has_image: bool) -> dict:
-    """{'system', 'prompt', 'sample_id', 'withheld'}; raises InputError if the final prompt leaks."""
+def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, picture: str | None) -> dict:
+    """{'system', 'prompt', 'sample_id', 'withheld'}; raises InputError if the final prompt leaks.
+    `picture`: the sentence on the attached image (`attached_picture`), None without one."""
+    from tissuelens.sections import section_labels
+
     b = PromptBuilder(identifiers_of(dataset, entry, adata), genes_of(adata))
     sid = sample_id(dataset, entry)
-    b.add(f"Sample {sid}: spatially resolved gene expression measured on spots of one section.")
-    if has_image:
-        b.add("An image of the stained section is attached (resized and padded to a square).")
+    sections = section_labels(adata)
+    n_sections = len(sections.categories) if sections is not None else 1
+    b.add(f"Sample {sid}: spatially resolved gene expression measured on spots of "
+          + ("one section." if n_sections == 1 else
+             f"{quantity(n_sections)} sections, analysed apart (no spatial statistic links cells of different sections)."))
+    if picture:
+        b.add(picture + " (resized and padded to a square).")
     b.add("Aggregated measurements:")
     n_raw, n_cells = qc.get("n_cells_raw"), qc.get("n_cells", adata.n_obs)
     g_raw, n_genes = qc.get("n_genes_raw"), qc.get("n_genes", adata.n_vars)
@@ -301,6 +314,29 @@ def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, has_ima
     return {"system": SYSTEM, "prompt": prompt, "sample_id": sid, "withheld": b.withheld}
 
 
+def attached_picture(adata):
+    """(picture, the prompt's sentence on it), or (None, None) without an image. With several sections
+    (tissuelens.sections): each section's own image (uns["spatial"][<section>], squidpy's library_key layout)
+    side by side, left to right in section order, else the one image of the slide they share; several
+    images that are not one per section are not attached."""
+    from tissuelens.report.medgemma import side_by_side
+    from tissuelens.report.plots import tissue_image
+    from tissuelens.sections import section_labels
+
+    sections = section_labels(adata)
+    if sections is None:
+        found = tissue_image(adata)
+        return (found[0], "An image of the stained section is attached") if found else (None, None)
+    own = [tissue_image(adata, name) for name in sections.categories]
+    if all(found is not None for found in own):
+        images = [found[0] for found in own]
+        picture = np.asarray(side_by_side(images, max(image.shape[0] for image in images)))
+        return picture, f"Images of the {quantity(len(own))} stained sections are attached side by side, left to right"
+    spatial = adata.uns.get("spatial")
+    found = tissue_image(adata) if isinstance(spatial, dict) and len(spatial) == 1 else None
+    return (found[0], "An image of the stained slide that holds the sections is attached") if found else (None, None)
+
+
 def make_narrative(dataset: str, entry: dict, qc: dict, adata, plan: dict, settings: dict, narrator=None) -> dict:
     """The narrative record: prompt (tissue-blind), letterboxed image, and the model's text when a
     checkpoint is configured (or a `narrator` callable is given, as tests do)."""
@@ -308,10 +344,9 @@ def make_narrative(dataset: str, entry: dict, qc: dict, adata, plan: dict, setti
     import io
 
     from tissuelens.report.medgemma import DEFAULT_SIZE, Narrator, checkpoint_info, letterbox
-    from tissuelens.report.plots import tissue_image
 
-    image_found = tissue_image(adata)
-    record = build_prompt(dataset, entry, qc, adata, plan, has_image=image_found is not None)
+    picture, sentence = attached_picture(adata)
+    record = build_prompt(dataset, entry, qc, adata, plan, sentence)
     checkpoint = settings.get("checkpoint")
     model_info = None
     if narrator is None and checkpoint:
@@ -321,12 +356,11 @@ def make_narrative(dataset: str, entry: dict, qc: dict, adata, plan: dict, setti
     size = int(getattr(narrator, "input_size", None) or settings.get("image_size", DEFAULT_SIZE))
     image = None
     record["image"] = None
-    if image_found is not None:
-        original = image_found[0]
-        image = letterbox(original, size)
+    if picture is not None:
+        image = letterbox(picture, size)
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        record["image"] = {"size": [size, size], "original_size": list(original.shape[:2]),
+        record["image"] = {"size": [size, size], "original_size": list(np.asarray(picture).shape[:2]),
                            "png_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
     record["mode"] = "model" if narrator is not None else "prompt"
     record["model"] = model_info
