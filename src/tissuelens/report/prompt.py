@@ -25,9 +25,8 @@ COUNT_KEY = re.compile(r"(^|[._])(n|num)_|count|tokens|cells|spots|seconds", re.
 SYSTEM = (
     "You are an expert in histopathology and spatial transcriptomics. You receive anonymised, aggregated results "
     "of an analysis of one stained sample (one section or several) and an image of it. The origin of the sample, "
-    "gene names "
-    "and group labels are withheld on purpose. Reason only from the image and the numbers given; do not invent "
-    "numbers."
+    "gene names and group labels are withheld on purpose. Reason only from the image and the numbers given; do "
+    "not invent numbers."
 )
 TASK = (
     "Task: write a short summary for a biologist. (1) Describe what the image shows: architecture, compartments, "
@@ -290,9 +289,9 @@ def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, picture
     sid = sample_id(dataset, entry)
     sections = section_labels(adata)
     n_sections = len(sections.categories) if sections is not None else 1
-    b.add(f"Sample {sid}: spatially resolved gene expression measured on spots of "
-          + ("one section." if n_sections == 1 else
-             f"{quantity(n_sections)} sections, analysed apart (no spatial statistic links cells of different sections)."))
+    where = ("one section." if n_sections == 1 else f"{quantity(n_sections)} sections, analysed apart (no spatial "
+             "statistic links cells of different sections).")
+    b.add(f"Sample {sid}: spatially resolved gene expression measured on spots of {where}")
     if picture:
         b.add(picture + " (resized and padded to a square).")
     b.add("Aggregated measurements:")
