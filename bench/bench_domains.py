@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tissuelens.analyze.domains import expression_pca, leiden, spatial_domains  # noqa: E402
 from tissuelens.config import step_defaults  # noqa: E402
+from tissuelens.neighbors import neighbors  # noqa: E402
 from tissuelens.spatial_graph import spatial_connectivities  # noqa: E402
 
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -75,7 +76,6 @@ def ours(adata, key, k, seed, method="niche", **settings):
 def squidpy_flavour(flavor, resolution=None):
     """squidpy's calculate_niche flavour; Leiden flavours at `resolution`, or (None) at the oracle resolution."""
     def run(adata, key, k, seed):
-        import scanpy as sc
         import squidpy as sq
 
         a = adata.copy()
@@ -89,8 +89,8 @@ def squidpy_flavour(flavor, resolution=None):
             extra = {"groups": "expr", "n_neighbors": 15}
         elif flavor == "utag":
             extra = {"n_neighbors": 15}
-        else:  # spatialleiden needs the expression kNN graph
-            sc.pp.neighbors(a, use_rep="X_pca", random_state=seed)
+        else:  # spatialleiden needs the expression kNN graph: scanpy's, at any size (tissuelens.neighbors)
+            neighbors(a, use_rep="X_pca", seed=seed)
             extra = {"random_state": seed}
         sq.gr.calculate_niche(a, flavor=flavor, library_key=key, resolutions=list(RESOLUTIONS), **extra)
         prefix = {"neighborhood": "nhood_niche", "utag": "utag_niche", "spatialleiden": "spatialleiden"}[flavor]
@@ -120,7 +120,7 @@ def banksy(adata, key, k, seed):
         parts.append(pd.DataFrame(np.asarray(m.X.todense() if hasattr(m.X, "todense") else m.X), index=a.obs_names))
     joint = ad.AnnData(pd.concat(parts).loc[adata.obs_names].to_numpy(dtype=np.float32))
     sc.pp.pca(joint, n_comps=20, random_state=seed)
-    sc.pp.neighbors(joint, use_rep="X_pca", random_state=seed)
+    neighbors(joint, use_rep="X_pca", seed=seed)
     found = {}
     for r in RESOLUTIONS:
         sc.tl.leiden(joint, resolution=r, random_state=seed, flavor="igraph", n_iterations=2, directed=False, key_added="l")
