@@ -541,17 +541,27 @@ def two_coloured_sections():
     return both
 
 
-def test_narrative_shows_each_sections_own_image_side_by_side():
+def test_narrative_and_report_show_each_sections_own_image_side_by_side(tmp_path):
     """The narrative's prompt counts the sections and its picture holds each section's own image, left to right
-    (not the first library's image alone); one image for several sections is named as the slide's."""
+    (not the first library's image alone), as the report's tissue figure does; one image for several sections
+    is named as the slide's."""
     import base64
     import io
 
     from PIL import Image
 
+    from tissuelens.report.context import Context
+    from tissuelens.report.dataset import _tissue
+    from tissuelens.report.html import Figures
     from tissuelens.report.prompt import make_narrative
 
     both = two_coloured_sections()
+    ctx = Context("two", both, {}, {}, {"max_points": 50000}, {"seed": 0}, Figures(out_dir=tmp_path / "fig"))
+    html = _tissue(ctx)
+    assert "Each section&#x27;s tissue image and the spots" in html and "no tissue image" not in html
+    figure = np.asarray(Image.open(tmp_path / "fig/dataset/tissue.png").convert("RGB")).reshape(-1, 3)
+    assert (figure == [200, 30, 30]).all(axis=1).sum() > 1000 and (figure == [30, 30, 200]).all(axis=1).sum() > 1000
+
     rec = make_narrative("two", {}, {}, both, {}, {"image_size": 64})
     assert rec["withheld"] == [] and "measured on spots of 2 sections, analysed apart" in rec["prompt"]
     assert "Images of the 2 stained sections are attached side by side, left to right" in rec["prompt"]

@@ -6,7 +6,8 @@ import numpy as np
 
 from tissuelens.report.context import Context
 from tissuelens.report.html import Section, esc, h3, kv_table, note, table
-from tissuelens.report.plots import group_palette, plt, spatial_panel, subsample, tissue_image
+from tissuelens.report.medgemma import side_by_side
+from tissuelens.report.plots import group_palette, plt, section_images, spatial_panel, subsample, tissue_image
 
 TITLE = "Dataset and QC"
 
@@ -124,25 +125,28 @@ def _tissue(ctx: Context) -> str:
     idx = subsample(len(coords), int(ctx.settings.get("max_points", 50000)))
     groups = ctx.groups
     sections = ctx.sections
-    img = tissue_image(ctx.adata) if sections is None else None  # several sections: drawn side by side, no underlay
-    panels = 2 if img is not None else 1
+    img = tissue_image(ctx.adata) if sections is None else None
+    # several sections: the map tiles them side by side with no underlay, and their own images (when each has
+    # one) are shown beside it in the same order
+    own = section_images(ctx.adata, sections) if sections is not None else None
+    shown = img[0] if img is not None else side_by_side(own) if own else None
+    panels = 2 if shown is not None else 1
     fig, axes = pl.subplots(1, panels, figsize=(4.6 * panels + 1.2, 4.4))
     axes = np.atleast_1d(axes)
-    if img is not None:
-        image, scale, _ = img
-        axes[0].imshow(image, origin="upper")
+    if shown is not None:
+        axes[0].imshow(shown, origin="upper")
         axes[0].set_xticks([])
         axes[0].set_yticks([])
-        axes[0].set_title("tissue image", fontsize=9)
-    else:
-        scale, image = 1.0, None
+        axes[0].set_title("tissue image" if img is not None else "tissue images, sections left to right", fontsize=9)
+    scale, image = (img[1], img[0]) if img is not None else (1.0, None)
     values = groups.iloc[idx] if groups is not None else np.asarray(ctx.adata.obs.get("total_counts", np.zeros(len(coords))))[idx]
     title = "spots by group" if groups is not None else "spots by total counts"
     spatial_panel(axes[-1], coords[idx], values, categorical=groups is not None, image=image, scale=scale,
                   title=title + (" on the tissue image" if image is not None else ""))
     fig.tight_layout()
-    caption = "The tissue image and the spots coloured by group" if img is not None else "Spots on tissue coordinates"
-    text = "" if img is not None else note("The dataset has coordinates but no tissue image.", "info")
+    caption = ("The tissue image and the spots coloured by group" if img is not None else
+               "Each section's tissue image and the spots on tissue coordinates" if own else "Spots on tissue coordinates")
+    text = "" if shown is not None else note("The dataset has coordinates but no tissue image.", "info")
     if sections is not None:
         text = note(f"{len(sections.categories)} tissue sections ({', '.join(map(str, sections.categories))}), drawn "
                     "side by side from left to right in every map of this report; no spatial statistic links two "

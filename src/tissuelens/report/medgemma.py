@@ -47,12 +47,14 @@ def letterbox(image, size: int, fill: int = 255):
     return canvas
 
 
-def side_by_side(images, height: int, fill: int = 255):
+def side_by_side(images, height: int | None = None, fill: int = 255):
     """One PIL RGB image of several sections' images, left to right in the order given, each scaled to `height`
-    pixels tall, with a gap of a twentieth of `height` (white, like slide background) between them."""
+    pixels tall (default: the tallest's), with a gap of a twentieth of `height` (white, like slide background)
+    between them."""
     from PIL import Image
 
     pictures = [as_pil(image) for image in images]
+    height = height or max(p.height for p in pictures)
     pictures = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.LANCZOS)
                 for p in pictures]
     gap = height // 20

@@ -57,6 +57,13 @@ def tissue_image(adata, library_id: str | None = None):
     return None
 
 
+def section_images(adata, sections) -> list | None:
+    """Each section's own image (the library named after it, squidpy's library_key layout), in the order of
+    `sections` (a Categorical, tissuelens.sections); None unless every section has one."""
+    own = [tissue_image(adata, name) for name in sections.categories]
+    return [found[0] for found in own] if all(found is not None for found in own) else None
+
+
 def spatial_panel(ax, coords, values, *, categorical: bool, palette=None, image=None, scale=1.0, title="",
                   cmap="viridis", size=None, legend=True):
     """Spots on tissue coordinates (over the tissue image when given), y pointing down like the image."""

@@ -315,22 +315,19 @@ def build_prompt(dataset: str, entry: dict, qc: dict, adata, plan: dict, picture
 
 def attached_picture(adata):
     """(picture, the prompt's sentence on it), or (None, None) without an image. With several sections
-    (tissuelens.sections): each section's own image (uns["spatial"][<section>], squidpy's library_key layout)
-    side by side, left to right in section order, else the one image of the slide they share; several
-    images that are not one per section are not attached."""
+    (tissuelens.sections): each section's own image side by side, left to right in section order, else the one
+    image of the slide they share; several images that are not one per section are not attached."""
     from tissuelens.report.medgemma import side_by_side
-    from tissuelens.report.plots import tissue_image
+    from tissuelens.report.plots import section_images, tissue_image
     from tissuelens.sections import section_labels
 
     sections = section_labels(adata)
     if sections is None:
         found = tissue_image(adata)
         return (found[0], "An image of the stained section is attached") if found else (None, None)
-    own = [tissue_image(adata, name) for name in sections.categories]
-    if all(found is not None for found in own):
-        images = [found[0] for found in own]
-        picture = np.asarray(side_by_side(images, max(image.shape[0] for image in images)))
-        return picture, f"Images of the {quantity(len(own))} stained sections are attached side by side, left to right"
+    images = section_images(adata, sections)
+    if images:
+        return side_by_side(images), f"Images of the {quantity(len(images))} stained sections are attached side by side, left to right"
     spatial = adata.uns.get("spatial")
     found = tissue_image(adata) if isinstance(spatial, dict) and len(spatial) == 1 else None
     return (found[0], "An image of the stained slide that holds the sections is attached") if found else (None, None)
