@@ -1,6 +1,8 @@
 # Input functions and params of the rules in ../embed.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
+from tissuelens.plan import LOKI_TASKS
+
 ENVS = WORKFLOW_DIR / "envs"
 # download_model's env per kind where it is not workflow/envs/<kind>.yaml: fetching or building a Tahoe model
 # needs no flash-attn, so it uses the Tahoe stack that builds anywhere
@@ -64,3 +66,13 @@ def embed_targets(dataset):
         if plan.perturb:
             targets.append(f"{base}/{m}/perturbation.tsv")
     return targets
+
+
+def embed_kind_settings(kind):
+    """Input function: the dataset's embed.<kind> settings as a JSON string param (the Loki tasks' own
+    settings left out, so that changing them does not re-embed)."""
+
+    def param(wildcards):
+        return as_param(settings(wildcards.dataset, "embed").get(kind) or {}, LOKI_TASKS)
+
+    return param

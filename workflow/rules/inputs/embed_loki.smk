@@ -1,23 +1,7 @@
 # Input functions and params of the rules in ../embed_loki.smk, which includes this file (snakemake --lint wants
 # functions and rules in separate files).
 
-from tissuelens.plan import LOKI_TASK_FILES, LOKI_TASKS
-
-# Tahoe-x1's own image (llm-foundry, composer, flash-attn for CUDA 12); the Tahoe rule's `container:`.
-# workflow/envs/tahoe.yaml is the conda alternative. workflow/envs/tahoe_cpu.yaml (no flash-attn) is download_model's env for
-# Tahoe models (MODEL_ENVS); embed_tahoe keeps a fixed env, since --containerize refuses a conda function on a
-# rule outside the DAG; on a CPU, run its script in the tahoe_cpu.yaml env (README, Tahoe-x1).
-TAHOE_IMAGE = "docker://ghcr.io/tahoebio/tahoe-x1:1.0.0"
-
-
-def embed_kind_settings(kind):
-    """Input function: the dataset's embed.<kind> settings as a JSON string param (the Loki tasks' own
-    settings left out, so that changing them does not re-embed)."""
-
-    def param(wildcards):
-        return as_param(settings(wildcards.dataset, "embed").get(kind) or {}, LOKI_TASKS)
-
-    return param
+from tissuelens.plan import LOKI_TASK_FILES
 
 
 def loki_task_config(dataset, task):
